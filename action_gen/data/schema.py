@@ -1,0 +1,49 @@
+"""The batch schema: every key that crosses a module boundary is defined here, once.
+
+A training batch is a flat ``dict[str, np.ndarray | jax.Array]``:
+
+  ``observation/state``          [B, T, S] float32  proprio / low-dim state history,
+                                  normalized; oldest first, the current step last.
+  ``observation/image/<camera>`` [B, T, h, w, 3] uint8  (optional, one key per camera).
+  ``obs_pad_mask``               [B, T] bool  True where the observation is real, False
+                                  where it repeats the first step (window before the
+                                  episode start).
+  ``prompt``                     [B] bytes  language instruction (optional).
+  ``actions``                    [B, H, A] float32  future action chunk a_t .. a_{t+H-1},
+                                  normalized to [-1, 1].
+  ``action_pad_mask``            [B, H] bool  True where the action is real, False where
+                                  it repeats the last action (window past the episode end).
+
+An *observation* (what a policy gets at inference) is the same dict without
+``actions`` and ``action_pad_mask``.
+
+Letters used in shapes across the package: B batch, T observation history, H action
+horizon (chunk length), A action dim, S state dim, C channels, K diffusion steps.
+"""
+
+OBS_STATE = "observation/state"
+OBS_IMAGE_PREFIX = "observation/image/"
+OBS_PAD_MASK = "obs_pad_mask"
+PROMPT = "prompt"
+ACTIONS = "actions"
+ACTION_PAD_MASK = "action_pad_mask"
+
+# Keys that belong to the target, not to the observation a policy conditions on.
+TARGET_KEYS = (ACTIONS, ACTION_PAD_MASK)
+
+# RLDS step fields (the on-disk format; see data/rlds.py).
+RLDS_STEPS = "steps"
+RLDS_OBSERVATION = "observation"
+RLDS_STATE = "state"
+RLDS_ACTION = "action"
+RLDS_LANGUAGE = "language_instruction"
+
+
+def image_key(camera: str) -> str:
+  """Batch key of one camera's image history."""
+    return OBS_IMAGE_PREFIX + camera
+
+
+def observation_of(batch: dict) -> dict:
+  """The observation part of a batch: everything a policy conditions on."""
+    return {k: v for k, v in batch.items() if k not in TARGET_KEYS}
