@@ -40,10 +40,10 @@ RLDS_LANGUAGE = "language_instruction"
 
 
 def image_key(camera: str) -> str:
-  """Batch key of one camera's image history."""
+    """Batch key of one camera's image history."""
     return OBS_IMAGE_PREFIX + camera
 
 
 def observation_of(batch: dict) -> dict:
-  """The observation part of a batch: everything a policy conditions on."""
+    """The observation part of a batch: everything a policy conditions on."""
     return {k: v for k, v in batch.items() if k not in TARGET_KEYS}

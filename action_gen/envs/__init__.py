@@ -1,0 +1,18 @@
+"""Built-in tasks and simulator adapters, chosen by name."""
+
+from collections.abc import Callable
+
+from action_gen.envs import obstacle
+
+# name -> constructor(num_envs) of a vector env following the ObstacleVecEnv contract
+# (seeded reset per env, no auto-reset, `info["success"]` / `info["collision"]`).
+VECTOR_ENVS: dict[str, Callable] = {
+    "obstacle": lambda num_envs, **kw: obstacle.ObstacleVecEnv(num_envs, **kw),
+}
+
+
+def make_vector_env(name: str, num_envs: int, **kwargs):
+    """A vector env of `num_envs` copies of task `name`."""
+    if name not in VECTOR_ENVS:
+        raise ValueError(f"unknown env {name!r}; known: {sorted(VECTOR_ENVS)}")
+    return VECTOR_ENVS[name](num_envs, **kwargs)

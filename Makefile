@@ -1,0 +1,31 @@
+# Two entry points: `make demo` (the main job on the built-in task) and `make test`.
+# Both create or refresh the local virtualenv first; re-running is cheap (a stamp file).
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) launch/demo.py --out=demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x --durations=15 tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check action_gen configs launch tests benchmarks
+	$(PY) -m ruff format --check action_gen configs launch tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo_out

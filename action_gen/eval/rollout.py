@@ -1,0 +1,188 @@
+"""Receding-horizon evaluation of a chunked policy on a vector env.
+
+Every `action_exec_horizon` (Ta) control steps the policy sees the last T observations of
+each env and returns a chunk of H >= Ta actions; the first Ta are executed open loop, then
+it re-plans (Diffusion Policy's receding horizon). Envs must follow the
+`envs.obstacle.ObstacleVecEnv` contract: no auto-reset, finished envs freeze, and `info`
+carries [N] arrays `success` and `collision`.
+
+The policy is always called on the full batch of N envs, finished ones included (their
+frozen observations, their actions ignored): a fixed batch shape keeps a jitted policy from
+recompiling as envs finish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from action_gen.envs import obstacle
+
+# policy_fn(obs_history [N, T, S] raw float32, obs_pad_mask [N, T] bool, rng_step)
+#   -> actions [N, H, A] raw.
+PolicyFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+_LAYOUT_KEYS = ("start", "goal", "obstacle_center", "obstacle_radius")
+
+
+def run_rollouts(
+    env: Any,
+    policy_fn: PolicyFn,
+    *,
+    num_episodes: int,
+    seed: int,
+    obs_horizon: int = 2,
+    action_exec_horizon: int = 8,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate `policy_fn` on `num_episodes` seeded episodes, env.num_envs at a time.
+
+    Episode i uses seed `obstacle.episode_seeds(seed, num_episodes)[i]` (prefix stable, so
+    it can be replayed alone). When num_episodes is not a multiple of N the last round pads
+    the batch with extra seeds whose episodes are discarded.
+
+    Observation history: oldest first, current last. At the episode start the missing past
+    is filled by repeating the first observation, with obs_pad_mask False there.
+
+    Args:
+        env: vector env with num_envs N, reset(seed=[N ints]) and step(actions [N, A]).
+        policy_fn: (obs_history [N, T, S], obs_pad_mask [N, T], rng_step) -> [N, H, A],
+            all raw (unnormalized) values. rng_step counts calls from 0 across all rounds,
+            for the caller to fold into its PRNG key.
+        num_episodes: episodes to run.
+        seed: base seed.
+        obs_horizon: T.
+        action_exec_horizon: Ta, actions executed per policy call (needs H >= Ta).
+        max_steps: cap on control steps per episode; unfinished episodes count as timeouts.
+            None runs until every env is done (the env's own step limit).
+
+    Returns:
+        dict with per-episode entries, E = num_episodes:
+          seeds [E] int, success/collision/timeout [E] bool, length [E] int (control
+          steps), side [E] int (obstacle.LEFT/RIGHT/NO_SIDE, geometric, see
+          obstacle.passing_side), states list of [L_e + 1, S] (first observation
+          included), positions list of [L_e + 1, 2], actions list of [L_e, A] (executed),
+          start/goal/obstacle_center [E, 2] and obstacle_radius [E] when the env reports
+          them at reset; and policy_call_s, the wall time of every policy call (seconds);
+          plus obs_horizon, action_exec_horizon.
+    """
+    num_envs = env.num_envs
+    all_seeds = obstacle.episode_seeds(seed, -(-num_episodes // num_envs) * num_envs)
+    limit = max_steps if max_steps is not None else getattr(env, "max_episode_steps", None)
+    if limit is None:
+        raise ValueError("max_steps is required for an env without max_episode_steps")
+
+    per_episode: dict[str, list] = {k: [] for k in ("success", "collision", "length")}
+    states_out, actions_out = [], []
+    layout: dict[str, list] = {k: [] for k in _LAYOUT_KEYS}
+    call_times: list[float] = []
+    rng_step = 0
+    for first in range(0, len(all_seeds), num_envs):
+        obs, info = env.reset(seed=all_seeds[first : first + num_envs])
+        for k in _LAYOUT_KEYS:
+            if k in info:
+                layout[k].append(np.asarray(info[k]))
+        history = np.repeat(obs[:, None], obs_horizon, axis=1)
+        pad_mask = np.zeros((num_envs, obs_horizon), bool)
+        pad_mask[:, -1] = True
+        running = np.ones(num_envs, bool)
+        success = np.zeros(num_envs, bool)
+        collision = np.zeros(num_envs, bool)
+        length = np.zeros(num_envs, np.int64)
+        state_log, action_log = [obs], []
+        t = 0
+        while running.any() and t < limit:
+            tic = time.perf_counter()
+            chunk = np.asarray(policy_fn(history.copy(), pad_mask.copy(), rng_step))
+            call_times.append(time.perf_counter() - tic)
+            rng_step += 1
+            if chunk.ndim != 3 or chunk.shape[0] != num_envs:
+                raise ValueError(f"policy returned shape {chunk.shape}, want [N={num_envs}, H, A]")
+            if chunk.shape[1] < action_exec_horizon:
+                raise ValueError(
+                    f"chunk length {chunk.shape[1]} < action_exec_horizon {action_exec_horizon}"
+                )
+            for k in range(action_exec_horizon):
+                if not running.any() or t >= limit:
+                    break
+                action = chunk[:, k]
+                obs, _, terminated, truncated, info = env.step(action)
+                action_log.append(action)
+                state_log.append(obs)
+                length += running
+                success = np.asarray(info["success"], bool)
+                collision = np.asarray(info["collision"], bool)
+                running = ~(np.asarray(terminated) | np.asarray(truncated))
+                history = np.concatenate([history[:, 1:], obs[:, None]], axis=1)
+                pad_mask = np.concatenate([pad_mask[:, 1:], np.ones((num_envs, 1), bool)], axis=1)
+                t += 1
+        states = np.stack(state_log, axis=1)  # [N, t + 1, S]
+        actions = np.stack(action_log, axis=1) if action_log else np.zeros((num_envs, 0, 0))
+        for i in range(num_envs):
+            states_out.append(states[i, : length[i] + 1])
+            actions_out.append(actions[i, : length[i]])
+        per_episode["success"].append(success)
+        per_episode["collision"].append(collision)
+        per_episode["length"].append(length)
+
+    e = num_episodes
+    result: dict[str, Any] = {k: np.concatenate(v)[:e] for k, v in per_episode.items()}
+    result["timeout"] = ~(result["success"] | result["collision"])
+    result["seeds"] = all_seeds[:e]
+    result["states"] = states_out[:e]
+    result["positions"] = [s[:, obstacle.POS] for s in result["states"]]
+    result["actions"] = actions_out[:e]
+    for k, v in layout.items():
+        if v:
+            result[k] = np.concatenate(v)[:e]
+    if "goal" in result and "obstacle_center" in result:
+        result["side"] = np.array(
+            [
+                obstacle.passing_side(p, p[0], g, c)
+                for p, g, c in zip(
+                    result["positions"], result["goal"], result["obstacle_center"], strict=True
+                )
+            ],
+            np.int64,
+        )
+    result["policy_call_s"] = np.asarray(call_times)
+    result["obs_horizon"] = obs_horizon
+    result["action_exec_horizon"] = action_exec_horizon
+    return result
+
+
+_RAGGED_KEYS = ("states", "positions", "actions")
+
+
+def save_rollouts(result: dict[str, Any], path: str) -> None:
+    """Writes a `run_rollouts` result to `.npz` (ragged per-episode arrays concatenated
+    with their lengths; plain arrays only, so loading never unpickles)."""
+    arrays = {}
+    for key, value in result.items():
+        if key in _RAGGED_KEYS:
+            arrays[f"{key}__lengths"] = np.asarray([len(v) for v in value], np.int64)
+            arrays[f"{key}__concat"] = (
+                np.concatenate(value) if len(value) else np.zeros((0,), np.float32)
+            )
+        else:
+            arrays[key] = np.asarray(value)
+    np.savez_compressed(path, **arrays)
+
+
+def load_rollouts(path: str) -> dict[str, Any]:
+    """Inverse of `save_rollouts`."""
+    with np.load(path, allow_pickle=False) as data:
+        raw = {key: data[key] for key in data.files}
+    result: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key.endswith("__lengths"):
+            name = key[: -len("__lengths")]
+            ends = np.cumsum(value)
+            concat = raw[f"{name}__concat"]
+            result[name] = [concat[e - n : e] for n, e in zip(value, ends, strict=True)]
+        elif not key.endswith("__concat"):
+            result[key] = value.item() if value.ndim == 0 else value
+    return result

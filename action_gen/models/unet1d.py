@@ -1,0 +1,137 @@
+"""Diffusion Policy's conditional 1-D temporal U-Net (Chi et al. 2023), in Flax Linen.
+
+A port of `diffusion_policy/model/diffusion/conditional_unet1d.py` (ConditionalUnet1D with
+global conditioning, `cond_predict_scale=True`, no local conditioning), channels-last:
+
+  cond = [MLP(sinusoidal(t)), flatten(obs state)]                      [B, E + T*S]
+  down level i (dims d_i):  2 x ResBlock(cond) → skip_i → Downsample (not on the last)
+  mid:                      2 x ResBlock(cond)
+  up level (reversed, skipping the first level): concat(x, skip) → 2 x ResBlock → Upsample
+  final:                    Conv1dBlock(d_0) → Conv1d(k=1) to A
+
+As in DP, the first level's skip is never consumed (the up path has one level fewer than
+the down path and every up level upsamples), so H=16 with three levels runs at lengths
+16 → 8 → 4 → 8 → 16. H must be divisible by 2^(len(down_dims) - 1).
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from action_gen.data import schema
+from action_gen.models import layers
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d → GroupNorm → Mish, over [B, L, C_in] → [B, L, C_out]."""
+
+    features: int
+    kernel_size: int
+    n_groups: int = 8
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = layers.Conv1d(self.features, self.kernel_size, name="conv")(x)
+        x = layers.group_norm(self.n_groups, name="norm")(x)
+        return layers.mish(x)
+
+
+class ConditionalResidualBlock1D(nn.Module):
+    """Conv1dBlock → FiLM(cond) → Conv1dBlock, plus a (1x1-conv) residual.
+
+    Args of __call__:
+      x: [B, L, C_in].
+      cond: [B, D].
+    Returns:
+      [B, L, features].
+    """
+
+    features: int
+    kernel_size: int = 5
+    n_groups: int = 8
+    cond_predict_scale: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
+        h = Conv1dBlock(self.features, self.kernel_size, self.n_groups, name="block0")(x)
+        h = layers.FiLM(self.cond_predict_scale, name="film")(h, cond)
+        h = Conv1dBlock(self.features, self.kernel_size, self.n_groups, name="block1")(h)
+        residual = x
+        if x.shape[-1] != self.features:
+            residual = layers.Conv1d(self.features, 1, name="residual_conv")(x)
+        return h + residual
+
+
+class ConditionalUnet1D(nn.Module):
+    """DP's ConditionalUnet1D: predicts [B, H, A] from (obs, noisy actions, time).
+
+    Attributes:
+      down_dims: channels per level (DP low-dim: (256, 512, 1024), ~65M parameters).
+      kernel_size: temporal kernel of the residual blocks (DP: 5).
+      n_groups: GroupNorm groups (DP: 8); every entry of down_dims must be divisible by it.
+      time_embed_dim: width E of the time embedding (DP's diffusion_step_embed_dim, 256).
+      cond_predict_scale: FiLM with scale and bias (True, DP's setting) or bias only.
+    """
+
+    down_dims: Sequence[int] = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    time_embed_dim: int = 256
+    cond_predict_scale: bool = True
+
+    def condition(self, obs: dict, time: jax.Array) -> jax.Array:
+        """The global condition [B, E + T*S]: time embedding and flattened state history.
+
+        `obs[schema.OBS_PAD_MASK]` is not used: padded steps repeat the first real
+        observation (as in DP), so the flattened history is well defined either way.
+        """
+        state = jnp.asarray(obs[schema.OBS_STATE], jnp.float32)
+        batch = state.shape[0]
+        time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
+        emb = layers.sinusoidal_embedding(time, self.time_embed_dim)
+        emb = layers.MLP((4 * self.time_embed_dim, self.time_embed_dim), name="time_mlp")(emb)
+        return jnp.concatenate([emb, state.reshape(batch, -1)], axis=-1)
+
+    @nn.compact
+    def __call__(self, obs: dict, noisy_actions: jax.Array, time: jax.Array) -> jax.Array:
+        """Args:
+          obs: `schema.OBS_STATE` [B, T, S] float32 (normalized); other keys ignored.
+          noisy_actions: [B, H, A].
+          time: [B] (or scalar) float: the diffusion step index k, or a scaled flow time.
+        Returns:
+          [B, H, A] float32.
+        """
+        dims = tuple(int(d) for d in self.down_dims)
+        horizon, action_dim = noisy_actions.shape[1:]
+        if horizon % 2 ** (len(dims) - 1):
+            raise ValueError(f"action horizon {horizon} not divisible by 2^{len(dims) - 1}")
+        cond = self.condition(obs, time)
+        block = dict(
+            kernel_size=self.kernel_size,
+            n_groups=self.n_groups,
+            cond_predict_scale=self.cond_predict_scale,
+        )
+
+        x = jnp.asarray(noisy_actions, jnp.float32)
+        skips = []
+        for i, dim in enumerate(dims):
+            x = ConditionalResidualBlock1D(dim, name=f"down{i}_res0", **block)(x, cond)
+            x = ConditionalResidualBlock1D(dim, name=f"down{i}_res1", **block)(x, cond)
+            skips.append(x)
+            if i < len(dims) - 1:
+                x = layers.Conv1d(dim, 3, strides=2, padding=1, name=f"down{i}_downsample")(x)
+
+        for i in range(2):
+            x = ConditionalResidualBlock1D(dims[-1], name=f"mid_res{i}", **block)(x, cond)
+
+        # Up levels pair with down levels len-1, ..., 1 (DP never uses the first skip).
+        for j, i in enumerate(range(len(dims) - 1, 0, -1)):
+            x = jnp.concatenate([x, skips[i]], axis=-1)
+            x = ConditionalResidualBlock1D(dims[i - 1], name=f"up{j}_res0", **block)(x, cond)
+            x = ConditionalResidualBlock1D(dims[i - 1], name=f"up{j}_res1", **block)(x, cond)
+            x = layers.ConvTranspose1d(dims[i - 1], 4, 2, 1, name=f"up{j}_upsample")(x)
+
+        x = Conv1dBlock(dims[0], self.kernel_size, self.n_groups, name="final_block")(x)
+        return layers.Conv1d(action_dim, 1, name="final_conv")(x)

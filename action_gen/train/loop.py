@@ -1,0 +1,180 @@
+"""The training loop: the only place with side effects (data, logging, checkpoints)."""
+
+import functools
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from action_gen import models, objectives
+from action_gen.data import normalize, pipeline
+from action_gen.envs import collect
+from action_gen.train import checkpoint, sharding
+from action_gen.train.metrics_writer import MetricWriter
+from action_gen.train.optimizer import create_optimizer
+from action_gen.train.state import create_train_state
+from action_gen.train.step import train_step
+
+
+def resolve_dataset_dir(data_config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The RLDS directory to train on; generates the built-in task's demos if asked to.
+
+    `data.dataset_dir` empty means `<workdir>/dataset`. When `data.builtin_task` is set
+    and the directory holds no dataset yet, the scripted expert's demos are written there.
+    """
+    dataset_dir = data_config.dataset_dir or os.path.join(workdir, "dataset")
+    if data_config.get("builtin_task"):
+        return collect.ensure_builtin_dataset(
+            data_config.builtin_task,
+            dataset_dir,
+            num_episodes=data_config.num_demo_episodes,
+            seed=data_config.demo_seed,
+        )
+    return dataset_dir
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None):
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    Args:
+      stop_at_step: end early after this step (with a checkpoint), as an interrupted run
+        would; the schedule still spans `config.train.num_steps`.
+    Returns:
+      The final TrainState.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    dataset_dir = resolve_dataset_dir(config.data, workdir)
+    norm_stats = pipeline.compute_dataset_norm_stats(dataset_dir)
+    state_dim, action_dim = normalize.feature_dims(norm_stats)
+    obs_horizon, action_horizon = config.data.obs_horizon, config.data.action_horizon
+    num_steps = config.train.num_steps
+
+    mesh = sharding.create_mesh(config.mesh)
+    if config.data.batch_size % mesh.devices.size:
+        raise ValueError(
+            f"data.batch_size={config.data.batch_size} is not divisible by the "
+            f"{mesh.devices.size} devices of the mesh"
+        )
+    model = models.create_model(config.model)
+    objective = objectives.create_objective(config.objective, (action_horizon, action_dim))
+    apply_fn = models.make_apply_fn(model)
+    tx, lr_schedule = create_optimizer(config.optimizer, num_steps)
+
+    rng = jax.random.key(config.seed)
+    init_rng, train_rng = jax.random.split(rng)
+    example_obs = models.example_observation(obs_horizon, state_dim)
+
+    def init_state(key):
+        params = models.init_params(model, key, example_obs, (action_horizon, action_dim))
+        return create_train_state(params, tx)
+
+    abstract_state = jax.eval_shape(init_state, init_rng)
+    state_shardings = sharding.state_sharding(mesh, abstract_state)
+    batch_sharding = sharding.batch_sharding(mesh)
+    replicated = sharding.replicated_sharding(mesh)
+
+    manager = checkpoint.create_checkpoint_manager(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.train.keep_checkpoints,
+        async_save=config.train.get("async_checkpoints", True),
+    )
+    config_json = checkpoint.config_to_json_dict(config)
+    if manager.latest_step() is not None:
+        abstract_with_shardings = jax.tree.map(
+            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+            abstract_state,
+            state_shardings,
+        )
+        state, _, _, data_state = checkpoint.restore_checkpoint(manager, abstract_with_shardings)
+        logging.info("Resumed from %s at step %d", manager.directory, int(state.step))
+        start_step = int(data_state["batches_consumed"])
+    else:
+        state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+        start_step = 0
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("Model %s: %.2fM parameters", config.model.name, num_params / 1e6)
+
+    num_processes = jax.process_count()
+    dataset = pipeline.create_train_dataset(
+        dataset_dir,
+        obs_horizon=obs_horizon,
+        action_horizon=action_horizon,
+        batch_size=config.data.batch_size // num_processes,
+        norm_stats=norm_stats,
+        state_norm=config.data.state_norm,
+        action_norm=config.data.action_norm,
+        shuffle_buffer=config.data.shuffle_buffer,
+        seed=config.seed,
+        shard_index=jax.process_index(),
+        num_shards=num_processes,
+    )
+    batches = pipeline.iterate_numpy_batches(dataset, start_batch=start_step)
+
+    step_fn = jax.jit(
+        functools.partial(
+            train_step,
+            apply_fn=apply_fn,
+            loss_fn=objective.loss,
+            tx=tx,
+            lr_schedule=lr_schedule,
+            ema_power=config.train.ema_power,
+            ema_max_decay=config.train.ema_max_decay,
+        ),
+        in_shardings=(state_shardings, batch_sharding, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+
+    def save(step: int, force: bool = False):
+        checkpoint.save_checkpoint(
+            manager,
+            step,
+            state,
+            config=config_json,
+            norm_stats=norm_stats,
+            data_state={"batches_consumed": step, "seed": config.seed, "dataset_dir": dataset_dir},
+            force=force,
+        )
+
+    writer = MetricWriter(os.path.join(workdir, "tensorboard"))
+    progress = tqdm.tqdm(
+        total=num_steps,
+        initial=start_step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=jax.process_index() != 0,
+    )
+    pending_metrics, timer = [], time.perf_counter()
+    end_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+    for step in range(start_step, end_step):
+        batch = sharding.global_batch(next(batches), batch_sharding)
+        state, metrics = step_fn(state, batch, train_rng)
+        pending_metrics.append(metrics)
+        done = step + 1
+        progress.update(1)
+        is_checkpoint_step = done % config.train.checkpoint_every == 0 or done == end_step
+        if done % config.train.log_every == 0 or is_checkpoint_step:
+            # One host sync per logging interval, not per step; always before a save so
+            # a non-finite loss never reaches a checkpoint.
+            fetched = jax.device_get(pending_metrics)
+            summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+            elapsed = time.perf_counter() - timer
+            summary["steps_per_second"] = len(fetched) / max(elapsed, 1e-9)
+            if not np.isfinite(summary["loss"]):
+                raise FloatingPointError(
+                    f"non-finite loss {summary['loss']} at step {done}; the last good "
+                    f"checkpoint in {manager.directory} is kept"
+                )
+            writer.write_scalars(done, summary)
+            progress.set_postfix(loss=f"{summary['loss']:.4f}")
+            pending_metrics, timer = [], time.perf_counter()
+        if is_checkpoint_step:
+            save(done, force=done == end_step)
+    progress.close()
+    manager.wait_until_finished()
+    writer.close()
+    return state

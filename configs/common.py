@@ -1,0 +1,125 @@
+"""Shared config builders (imports only ml_collections, so configs load instantly)."""
+
+import ml_collections
+
+
+def parse_arg(arg: str | None) -> tuple[set[str], dict[str, str]]:
+    """'demo,seed=3' -> ({'demo'}, {'seed': '3'})."""
+    flags, values = set(), {}
+    for token in (arg or "").split(","):
+        token = token.strip()
+        if not token:
+            continue
+        if "=" in token:
+            key, value = token.split("=", 1)
+            values[key.strip()] = value.strip()
+        else:
+            flags.add(token)
+    return flags, values
+
+
+def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """A U-Net policy with objective `objective` on the built-in obstacle task.
+
+    Variants: none (DP's low-dim sizes), 'demo' (CPU scale, `make demo`), 'runlocal'
+    (tiny, seconds).
+    """
+    flags, values = parse_arg(arg)
+    unknown = flags - {"demo", "runlocal"}
+    if unknown:
+        raise ValueError(f"unknown config variant(s) {sorted(unknown)}; use demo or runlocal")
+
+    config = ml_collections.ConfigDict()
+    config.seed = int(values.get("seed", 0))
+
+    # Shared sizes, linked so a sweep over the horizon changes data, model and eval.
+    obs_horizon = ml_collections.FieldReference(2)
+    action_horizon = ml_collections.FieldReference(16)
+    num_sample_steps = ml_collections.FieldReference(10)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset_dir = ""  # empty: <workdir>/dataset
+    config.data.builtin_task = "obstacle"  # generate demos there if missing ('' to disable)
+    config.data.num_demo_episodes = 200
+    config.data.demo_seed = 0
+    config.data.obs_horizon = obs_horizon
+    config.data.action_horizon = action_horizon
+    config.data.batch_size = 256
+    config.data.shuffle_buffer = 20_000
+    config.data.state_norm = "minmax"
+    config.data.action_norm = "minmax"  # DP's choice: the sampler clips to [-1, 1]
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "unet1d"
+    config.model.down_dims = (256, 512, 1024)
+    config.model.kernel_size = 5
+    config.model.n_groups = 8
+    config.model.time_embed_dim = 256
+
+    config.objective = ml_collections.ConfigDict()
+    config.objective.name = objective
+    if objective == "diffusion":
+        config.objective.num_train_steps = 100
+        config.objective.schedule = "squaredcos_cap_v2"
+        config.objective.prediction_type = "epsilon"
+        config.objective.sampler = "ddim"
+        config.objective.clip_sample = True
+        config.objective.eta = 0.0
+    config.objective.num_sample_steps = num_sample_steps
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.lr = 1e-4
+    config.optimizer.warmup_steps = 500
+    config.optimizer.b1 = 0.95
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.weight_decay = 1e-6
+    config.optimizer.grad_clip_norm = 1.0
+    config.optimizer.final_lr_fraction = 0.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = 20_000
+    config.train.log_every = 100
+    config.train.checkpoint_every = 2_000
+    config.train.keep_checkpoints = 3
+    config.train.async_checkpoints = True
+    config.train.ema_power = 0.75
+    config.train.ema_max_decay = 0.9999
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.env = "obstacle"
+    config.eval.num_episodes = 100
+    config.eval.seed = 100_000  # disjoint from the demo seeds
+    config.eval.obs_horizon = obs_horizon
+    config.eval.action_exec_horizon = 8  # execute Ta of the H planned actions, re-plan
+    config.eval.num_sample_steps = num_sample_steps
+    config.eval.use_ema = True
+    config.eval.plot = True
+
+    if "demo" in flags:
+        config.model.down_dims = (64, 128, 256)
+        config.model.time_embed_dim = 64
+        config.data.batch_size = 128
+        config.optimizer.lr = 1e-3
+        config.optimizer.warmup_steps = 100
+        config.train.num_steps = 2_000
+        config.train.log_every = 50
+        config.train.checkpoint_every = 1_000
+    if "runlocal" in flags:
+        config.data.num_demo_episodes = 12
+        config.data.batch_size = 16
+        config.data.shuffle_buffer = 256
+        config.model.down_dims = (16, 32)
+        config.model.time_embed_dim = 16
+        config.train.num_steps = 4
+        config.train.log_every = 2
+        config.train.checkpoint_every = 2
+        config.train.async_checkpoints = False
+        config.optimizer.warmup_steps = 2
+        config.eval.num_episodes = 4
+        num_sample_steps.set(3)
+    return config
