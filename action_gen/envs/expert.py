@@ -5,11 +5,16 @@ travel) and follows a smooth path around the obstacle on that side. In the frame
 start->goal line (axial coordinate a from the start, lateral l positive to the left), the
 nominal path is
 
-  l(a) = (l_c + side * R) * w(a),   R = obstacle radius + agent radius + margin,
+  l(a) = l_c * v(a) + side * R * w(a),   R = obstacle radius + agent radius + margin,
 
-where l_c is the obstacle center's lateral offset and w is a bump: 1 while the path is
-beside the obstacle (|a - a_c| <= obstacle radius + agent radius), falling to 0 at the start
-and the goal along half-cosines (so the path leaves and rejoins the line tangentially).
+where l_c is the obstacle center's lateral offset, v a bump that brings the path onto the
+line through the obstacle center within CONVERGE_LENGTH of the start, and w is a bump: 1 while the path is
+beside the obstacle (|a - a_c| <= obstacle radius + agent radius), 0 on the straight approach
+until a per-episode `swerve` distance (SWERVE_RANGE) before the obstacle, rising over it along
+a half-cosine, and falling back to 0 at the goal along a half-cosine (so the path leaves and
+rejoins the line tangentially). The late swerve is what makes the demos hard for a regressor:
+left and right demos share the whole approach, and the mean of the two swerves is the straight
+line into the obstacle, less than one executed chunk before contact.
 Beside the obstacle the path keeps `margin` of clearance; elsewhere the axial distance alone
 keeps it clear.
 
@@ -33,6 +38,13 @@ from action_gen.envs import obstacle
 
 # Expert design constants.
 MARGIN_RANGE = (0.08, 0.14)  # Clearance beside the obstacle, per episode.
+# Axial distance before the obstacle over which the expert swerves to its side. Before that
+# it drives straight at the obstacle, so left and right demos share those states: the side
+# is decided late, less than one executed chunk (Ta = 8 steps, ~0.2) before contact.
+SWERVE_RANGE = (0.10, 0.14)
+# Axial distance from the start over which the expert converges onto the line through the
+# obstacle center: afterwards the approach states no longer encode the (jittered) start.
+CONVERGE_LENGTH = 0.15
 SPEED_RANGE = (0.0225, 0.0275)  # Base arclength per control step (~0.25 units/s).
 SPEED_NOISE = 0.15  # Relative std of the temporal speed noise.
 SPEED_CLIP = (0.5, 1.5)  # Relative speed bounds.
@@ -51,12 +63,14 @@ INSTRUCTIONS = {
 }
 
 
-def _bump(axial: np.ndarray, axial_c: float, half_width: float, length: float) -> np.ndarray:
-    """w(a): 1 on |a - a_c| <= half_width, half-cosine ramps down to 0 at a = 0 and a = length."""
-    lo, hi = axial_c - half_width, axial_c + half_width
-    up = 0.5 * (1.0 - np.cos(np.pi * np.clip(axial / lo, 0.0, 1.0)))
-    down = 0.5 * (1.0 - np.cos(np.pi * np.clip((length - axial) / (length - hi), 0.0, 1.0)))
-    return np.where(axial < lo, up, np.where(axial > hi, down, 1.0))
+def _bump(
+    axial: np.ndarray, rise: tuple[float, float], fall: tuple[float, float]
+) -> np.ndarray:
+    """w(a): 0 before rise[0], up to 1 at rise[1] and down to 0 from fall[0] to fall[1], each
+    ramp a half-cosine (so the path leaves and rejoins a line tangentially)."""
+    up = np.clip((axial - rise[0]) / max(rise[1] - rise[0], 1e-9), 0.0, 1.0)
+    down = np.clip((fall[1] - axial) / max(fall[1] - fall[0], 1e-9), 0.0, 1.0)
+    return 0.25 * (1.0 - np.cos(np.pi * up)) * (1.0 - np.cos(np.pi * down))
 
 
 def _ar1_noise(rng: np.random.Generator, num_steps: int) -> np.ndarray:
@@ -91,6 +105,7 @@ def plan_episode(
     radius = float(state[obstacle.RADIUS])
     coin = rng.integers(2)
     margin = rng.uniform(*MARGIN_RANGE)
+    swerve = rng.uniform(*SWERVE_RANGE)
     speed = rng.uniform(*SPEED_RANGE)
     speed_noise = _ar1_noise(rng, num_steps)
     lateral_noise = _ar1_noise(rng, num_steps)
@@ -102,18 +117,27 @@ def plan_episode(
     normal = np.array([-direction[1], direction[0]])  # Unit vector to the left.
     axial_c, lateral_c = (v[0, 0] for v in obstacle.line_frame(start, goal, center[None, None]))
     half_width = radius + obstacle.AGENT_RADIUS
-    peak = lateral_c + side * (half_width + margin)
+    lo, hi = axial_c - half_width, axial_c + half_width
+    swerve_rise = (max(lo - swerve, 0.0), lo)
+    goal_fall = (hi, length)
+
+    def nominal_lateral(axial):
+        # Converge onto the line through the obstacle center early, drive straight at it,
+        # swerve late to this episode's side, rejoin the goal.
+        on_center = lateral_c * _bump(axial, (0.0, CONVERGE_LENGTH), goal_fall)
+        around = side * (half_width + margin) * _bump(axial, swerve_rise, goal_fall)
+        return on_center + around
 
     # Dense nominal path and its arclength, to advance along it at a controlled speed.
     axial = np.linspace(0.0, length, PATH_POINTS)
-    lateral = peak * _bump(axial, axial_c, half_width, length)
+    lateral = nominal_lateral(axial)
     points = start + axial[:, None] * direction + lateral[:, None] * normal
     arclength = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=-1))])
 
     step = speed * np.clip(1.0 + SPEED_NOISE * speed_noise, *SPEED_CLIP)
     s = np.minimum(np.cumsum(step), arclength[-1])
     a = np.interp(s, arclength, axial)
-    w = _bump(a, axial_c, half_width, length)
+    w = _bump(a, swerve_rise, goal_fall)
     lat = np.interp(s, arclength, lateral)
     lat = lat + np.clip(LATERAL_NOISE * lateral_noise, -LATERAL_CLIP, LATERAL_CLIP) * w
     targets = start + a[:, None] * direction + lat[:, None] * normal

@@ -9,12 +9,13 @@ policy samples one side and keeps to it.
 Layout (workspace [-1, 1]^2, y up). Every episode draws, from its own seed:
 
   start            (0, -0.75) + U[-0.05, 0.05]^2
-  goal             (0, +0.75) + U[-0.05, 0.05]^2
-  obstacle center  (0, 0)     + U[-0.05, 0.05]^2
-  obstacle radius  U[0.22, 0.28]
+  goal             (0, +0.75)
+  obstacle center  (0, 0)
+  obstacle radius  0.25
 
-The center is at most ~0.1 from the start->goal line while the collision radius
-(obstacle + agent) is at least 0.25, so the straight path always collides.
+(jitter and radius range are the module constants POSITION_JITTER, OBSTACLE_RADIUS_RANGE).
+The center is at most ~0.03 from the start->goal line while the collision radius
+(obstacle + agent) is 0.28, so the straight path always collides.
 
 Dynamics. The action is the next target position (position control, as in Push-T). A
 critically damped PD controller pulls the point mass towards it:
@@ -53,8 +54,13 @@ WORKSPACE_HALF_WIDTH = 1.0
 START = (0.0, -0.75)
 GOAL = (0.0, 0.75)
 OBSTACLE_CENTER = (0.0, 0.0)
-POSITION_JITTER = 0.05  # Uniform +- jitter on start, goal and obstacle center, per axis.
-OBSTACLE_RADIUS_RANGE = (0.22, 0.28)
+# Uniform +- jitter per axis of start, goal and obstacle center. Only the start moves: the
+# goal and obstacle are part of the observation for the whole episode, and a per-episode
+# layout would be a key from which a regressor can memorize each demo's (random) side, which
+# is not the ambiguity this task is about. The start is forgotten by the time the expert
+# commits to a side (see envs/expert.py).
+POSITION_JITTER = (0.05, 0.0, 0.0)
+OBSTACLE_RADIUS_RANGE = (0.25, 0.25)
 AGENT_RADIUS = 0.03
 GOAL_TOLERANCE = 0.05
 
@@ -64,7 +70,7 @@ KD = 40.0  # 2 sqrt(KP): critically damped, no overshoot around the target.
 PHYSICS_DT = 0.01
 SUBSTEPS = 10
 CONTROL_DT = PHYSICS_DT * SUBSTEPS
-MAX_SPEED = 1.0
+MAX_SPEED = 0.5  # ~1.2x the expert's top speed: no superhuman last-moment dodges.
 MAX_EPISODE_STEPS = 120
 
 # Observation layout.
@@ -98,7 +104,7 @@ def episode_seeds(seed: int, num_episodes: int) -> np.ndarray:
 def sample_layout(seed: int) -> dict[str, np.ndarray]:
     """The randomized start, goal and obstacle of one episode (a pure function of `seed`)."""
     rng = np.random.default_rng(seed)
-    jitter = rng.uniform(-POSITION_JITTER, POSITION_JITTER, size=(3, 2))
+    jitter = rng.uniform(-1.0, 1.0, size=(3, 2)) * np.asarray(POSITION_JITTER)[:, None]
     return {
         "start": np.asarray(START) + jitter[0],
         "goal": np.asarray(GOAL) + jitter[1],
