@@ -5,23 +5,24 @@ travel) and follows a smooth path around the obstacle on that side. In the frame
 start->goal line (axial coordinate a from the start, lateral l positive to the left), the
 nominal path is
 
-  l(a) = l_c * v(a) + side * R * w(a),   R = obstacle radius + agent radius + margin,
+  l(a) = (l_c + side * R) * u(a) * d(a),   R = obstacle radius + agent radius + margin,
 
-where l_c is the obstacle center's lateral offset, v a bump that brings the path onto the
-line through the obstacle center within CONVERGE_LENGTH of the start, and w is a bump: 1 while the path is
-beside the obstacle (|a - a_c| <= obstacle radius + agent radius), 0 on the straight approach
-until a per-episode `swerve` distance (SWERVE_RANGE) before the obstacle, rising over it along
-a half-cosine, and falling back to 0 at the goal along a half-cosine (so the path leaves and
-rejoins the line tangentially). The late swerve is what makes the demos hard for a regressor:
-left and right demos share the whole approach, and the mean of the two swerves is the straight
-line into the obstacle, less than one executed chunk before contact.
-Beside the obstacle the path keeps `margin` of clearance; elsewhere the axial distance alone
-keeps it clear.
+where l_c is the obstacle center's lateral offset, u(a) = sin(pi/2 * min(a / a_c, 1))^p rises
+from 0 at the start to 1 beside the obstacle center (axial a_c) (exponent RISE_EXPONENT), and d(a) is a half-cosine
+from 1 at a_c to 0 at the goal (the path rejoins the line tangentially). The obstacle sits
+right in front of the start (its edge 0.10 ahead), so the expert commits to a side at once,
+leaving at ~60 degrees from the straight line.
+
+Why this shape: every episode starts from (nearly) the same state at rest and the side is
+a coin flip, so the very first action chunk is genuinely bimodal. The mean of a left and a
+right chunk keeps only the forward component, which reaches the obstacle within one
+executed chunk (Ta = 8 steps): plain regression drives into it, while a generative policy
+samples one side and, once off the line, the next chunks are unimodal.
 
 Variation, so that demos are not copies of two curves: a per-episode margin and base speed,
 and temporally correlated noise (AR(1) low-pass Gaussian, correlation ~10 steps) on the
-speed along the path and on the lateral offset (scaled by w, so start and goal stay exact;
-clipped to half the minimum margin, so it can never close the clearance).
+speed along the path and on the lateral offset (scaled by u * d, so start and goal stay
+exact; clipped to half the minimum margin, so it can never close the clearance).
 
 The expert is open loop: the dynamics are deterministic and the PD controller tracks smooth
 targets closely, so the target sequence is planned once per episode from the first
@@ -38,18 +39,14 @@ from action_gen.envs import obstacle
 
 # Expert design constants.
 MARGIN_RANGE = (0.08, 0.14)  # Clearance beside the obstacle, per episode.
-# Axial distance before the obstacle over which the expert swerves to its side. Before that
-# it drives straight at the obstacle, so left and right demos share those states: the side
-# is decided late, less than one executed chunk (Ta = 8 steps, ~0.2) before contact.
-SWERVE_RANGE = (0.10, 0.14)
-# Axial distance from the start over which the expert converges onto the line through the
-# obstacle center: afterwards the approach states no longer encode the (jittered) start.
-CONVERGE_LENGTH = 0.15
-SPEED_RANGE = (0.0225, 0.0275)  # Base arclength per control step (~0.25 units/s).
+# u(a) = sin(pi/2 a / a_c) ** RISE_EXPONENT: below 1 the path leaves the line more steeply,
+# buying clearance from the obstacle at the cost of forward progress in the first chunk.
+RISE_EXPONENT = 0.8
+SPEED_RANGE = (0.03, 0.036)  # Base arclength per control step (~0.25 units/s).
 SPEED_NOISE = 0.15  # Relative std of the temporal speed noise.
 SPEED_CLIP = (0.5, 1.5)  # Relative speed bounds.
 LATERAL_NOISE = 0.02  # Std of the lateral offset noise.
-LATERAL_CLIP = 0.04  # = MARGIN_RANGE[0] / 2.
+LATERAL_CLIP = 0.03
 NOISE_CORRELATION = 0.9  # AR(1) coefficient per control step.
 PATH_POINTS = 512  # Resolution of the dense nominal path.
 
@@ -63,14 +60,12 @@ INSTRUCTIONS = {
 }
 
 
-def _bump(
-    axial: np.ndarray, rise: tuple[float, float], fall: tuple[float, float]
-) -> np.ndarray:
-    """w(a): 0 before rise[0], up to 1 at rise[1] and down to 0 from fall[0] to fall[1], each
-    ramp a half-cosine (so the path leaves and rejoins a line tangentially)."""
-    up = np.clip((axial - rise[0]) / max(rise[1] - rise[0], 1e-9), 0.0, 1.0)
-    down = np.clip((fall[1] - axial) / max(fall[1] - fall[0], 1e-9), 0.0, 1.0)
-    return 0.25 * (1.0 - np.cos(np.pi * up)) * (1.0 - np.cos(np.pi * down))
+def _lateral_profile(axial: np.ndarray, axial_c: float, length: float) -> np.ndarray:
+    """u(a) * d(a): rise from 0 at the start to 1 at a_c, half-cosine fall to 0 at the goal
+    (`length`)."""
+    rise = np.sin(0.5 * np.pi * np.clip(axial / axial_c, 0.0, 1.0)) ** RISE_EXPONENT
+    fall = 0.5 * (1.0 + np.cos(np.pi * np.clip((axial - axial_c) / (length - axial_c), 0.0, 1.0)))
+    return rise * fall
 
 
 def _ar1_noise(rng: np.random.Generator, num_steps: int) -> np.ndarray:
@@ -105,7 +100,6 @@ def plan_episode(
     radius = float(state[obstacle.RADIUS])
     coin = rng.integers(2)
     margin = rng.uniform(*MARGIN_RANGE)
-    swerve = rng.uniform(*SWERVE_RANGE)
     speed = rng.uniform(*SPEED_RANGE)
     speed_noise = _ar1_noise(rng, num_steps)
     lateral_noise = _ar1_noise(rng, num_steps)
@@ -117,27 +111,18 @@ def plan_episode(
     normal = np.array([-direction[1], direction[0]])  # Unit vector to the left.
     axial_c, lateral_c = (v[0, 0] for v in obstacle.line_frame(start, goal, center[None, None]))
     half_width = radius + obstacle.AGENT_RADIUS
-    lo, hi = axial_c - half_width, axial_c + half_width
-    swerve_rise = (max(lo - swerve, 0.0), lo)
-    goal_fall = (hi, length)
-
-    def nominal_lateral(axial):
-        # Converge onto the line through the obstacle center early, drive straight at it,
-        # swerve late to this episode's side, rejoin the goal.
-        on_center = lateral_c * _bump(axial, (0.0, CONVERGE_LENGTH), goal_fall)
-        around = side * (half_width + margin) * _bump(axial, swerve_rise, goal_fall)
-        return on_center + around
+    peak = lateral_c + side * (half_width + margin)
 
     # Dense nominal path and its arclength, to advance along it at a controlled speed.
     axial = np.linspace(0.0, length, PATH_POINTS)
-    lateral = nominal_lateral(axial)
+    lateral = peak * _lateral_profile(axial, axial_c, length)
     points = start + axial[:, None] * direction + lateral[:, None] * normal
     arclength = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=-1))])
 
     step = speed * np.clip(1.0 + SPEED_NOISE * speed_noise, *SPEED_CLIP)
     s = np.minimum(np.cumsum(step), arclength[-1])
     a = np.interp(s, arclength, axial)
-    w = _bump(a, swerve_rise, goal_fall)
+    w = _lateral_profile(a, axial_c, length)
     lat = np.interp(s, arclength, lateral)
     lat = lat + np.clip(LATERAL_NOISE * lateral_noise, -LATERAL_CLIP, LATERAL_CLIP) * w
     targets = start + a[:, None] * direction + lat[:, None] * normal

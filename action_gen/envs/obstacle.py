@@ -8,9 +8,9 @@ policy samples one side and keeps to it.
 
 Layout (workspace [-1, 1]^2, y up). Every episode draws, from its own seed:
 
-  start            (0, -0.75) + U[-0.05, 0.05]^2
+  start            (0, -0.6) + U[-0.03, 0.03]^2
   goal             (0, +0.75)
-  obstacle center  (0, 0)
+  obstacle center  (0, -0.22)   (collision edge 0.10 ahead of the start)
   obstacle radius  0.25
 
 (jitter and radius range are the module constants POSITION_JITTER, OBSTACLE_RADIUS_RANGE).
@@ -51,15 +51,14 @@ import numpy as np
 
 # Workspace and layout.
 WORKSPACE_HALF_WIDTH = 1.0
-START = (0.0, -0.75)
+START = (0.0, -0.6)
 GOAL = (0.0, 0.75)
-OBSTACLE_CENTER = (0.0, 0.0)
+OBSTACLE_CENTER = (0.0, -0.22)  # Collision edge 0.10 ahead of the start.
 # Uniform +- jitter per axis of start, goal and obstacle center. Only the start moves: the
 # goal and obstacle are part of the observation for the whole episode, and a per-episode
 # layout would be a key from which a regressor can memorize each demo's (random) side, which
-# is not the ambiguity this task is about. The start is forgotten by the time the expert
-# commits to a side (see envs/expert.py).
-POSITION_JITTER = (0.05, 0.0, 0.0)
+# is not the ambiguity this task is about (see envs/expert.py).
+POSITION_JITTER = (0.03, 0.0, 0.0)
 OBSTACLE_RADIUS_RANGE = (0.25, 0.25)
 AGENT_RADIUS = 0.03
 GOAL_TOLERANCE = 0.05
@@ -70,8 +69,8 @@ KD = 40.0  # 2 sqrt(KP): critically damped, no overshoot around the target.
 PHYSICS_DT = 0.01
 SUBSTEPS = 10
 CONTROL_DT = PHYSICS_DT * SUBSTEPS
-MAX_SPEED = 0.5  # ~1.2x the expert's top speed: no superhuman last-moment dodges.
-MAX_EPISODE_STEPS = 120
+MAX_SPEED = 0.6  # ~1.2x the expert's top speed: no superhuman last-moment dodges.
+MAX_EPISODE_STEPS = 80
 
 # Observation layout.
 STATE_DIM = 9

@@ -64,10 +64,12 @@ def test_straight_line_policy_collides_and_has_no_side():
 
 def test_history_padding_and_call_schedule():
     calls = []
+    # The expert runs long enough for several calls (a straight line collides at once).
+    inner = expert.ExpertChunkPolicy(HORIZON, 4, seed=0)
 
     def policy(obs_history, obs_pad_mask, rng_step):
         calls.append((obs_history, obs_pad_mask, rng_step))
-        return straight_line_policy(obs_history, obs_pad_mask, rng_step)
+        return inner(obs_history, obs_pad_mask, rng_step)
 
     env = obstacle.ObstacleVecEnv(3)
     r = rollout.run_rollouts(
