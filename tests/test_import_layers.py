@@ -71,3 +71,18 @@ def _violations():
 
 def test_no_back_edges():
     assert list(_violations()) == []
+
+
+def test_inference_path_loads_without_tensorflow():
+    """The device machines have no TensorFlow: models/, objectives/ and sample/ must import
+    (transitively) without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import action_gen.sample.policy, action_gen.objectives.diffusion, "
+        "action_gen.objectives.regression, action_gen.models.unet1d; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

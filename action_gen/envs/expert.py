@@ -41,12 +41,12 @@ from action_gen.envs import obstacle
 MARGIN_RANGE = (0.08, 0.14)  # Clearance beside the obstacle, per episode.
 # u(a) = sin(pi/2 a / a_c) ** RISE_EXPONENT: below 1 the path leaves the line more steeply,
 # buying clearance from the obstacle at the cost of forward progress in the first chunk.
-RISE_EXPONENT = 0.8
+RISE_EXPONENT = 0.7
 SPEED_RANGE = (0.03, 0.036)  # Base arclength per control step (~0.25 units/s).
 SPEED_NOISE = 0.15  # Relative std of the temporal speed noise.
 SPEED_CLIP = (0.5, 1.5)  # Relative speed bounds.
 LATERAL_NOISE = 0.02  # Std of the lateral offset noise.
-LATERAL_CLIP = 0.03
+LATERAL_CLIP = 0.02
 NOISE_CORRELATION = 0.9  # AR(1) coefficient per control step.
 PATH_POINTS = 512  # Resolution of the dense nominal path.
 
