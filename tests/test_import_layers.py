@@ -82,7 +82,8 @@ def test_inference_path_loads_without_tensorflow():
     code = (
         "import sys; import action_gen.sample.policy, action_gen.objectives.diffusion, "
         "action_gen.objectives.regression, action_gen.models.unet1d; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')]; "
+        "bad = [m for m in sys.modules "
+        "       if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
