@@ -8,8 +8,8 @@ nominal path is
   l(a) = (l_c + side * R) * u(a) * d(a),   R = obstacle radius + agent radius + margin,
 
 where l_c is the obstacle center's lateral offset, u(a) = sin(pi/2 * min(a / a_c, 1))^p
-rises
-from 0 at the start to 1 beside the obstacle center (axial a_c) (exponent RISE_EXPONENT), and d(a) is a half-cosine
+(p = RISE_EXPONENT) rises from 0 at the start to 1 beside the obstacle center (axial a_c),
+and d(a) is a half-cosine
 from 1 at a_c to 0 at the goal (the path rejoins the line tangentially). The obstacle sits
 right in front of the start (its edge 0.10 ahead), so the expert commits to a side at once,
 leaving at ~60 degrees from the straight line.
