@@ -72,6 +72,14 @@ def save_checkpoint(
     )
 
 
+def _resolve_step(manager: ocp.CheckpointManager, step: int | None) -> int:
+    """`step`, or the latest saved step; a clear error when there is none."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint found in {manager.directory}")
+    return step
+
+
 def _restore_args_like(abstract_tree):
     """Restore each leaf as a jax array with the sharding/dtype of the abstract leaf."""
 
@@ -90,9 +98,7 @@ def restore_checkpoint(
     Args:
       abstract_state: pytree of `jax.ShapeDtypeStruct` (with shardings) of the state.
     """
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint found in {manager.directory}")
+    step = _resolve_step(manager, step)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -111,9 +117,7 @@ def restore_checkpoint(
 
 def restore_metadata(manager: ocp.CheckpointManager, step: int | None = None) -> tuple[dict, dict]:
     """Restores only (config, norm_stats): enough to rebuild the model and data transform."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint found in {manager.directory}")
+    step = _resolve_step(manager, step)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -131,9 +135,7 @@ def restore_params(
     step: int | None = None,
 ) -> Any:
     """Restores only `state.ema_params` (or `state.params`): no optimizer state is read."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint found in {manager.directory}")
+    step = _resolve_step(manager, step)
     key = "ema_params" if use_ema else "params"
     item = {key: abstract_params}
     restored = manager.restore(

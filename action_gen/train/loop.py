@@ -1,6 +1,7 @@
 """The training loop: the only place with side effects (data, logging, checkpoints)."""
 
 import functools
+import json
 import logging
 import os
 import time
@@ -35,6 +36,41 @@ def resolve_dataset_dir(data_config: ml_collections.ConfigDict, workdir: str) ->
             seed=data_config.demo_seed,
         )
     return dataset_dir
+
+
+# Config keys that fix what the train state means (its shapes, or what the network
+# predicts): resuming under other values is refused, naming them. Learning-rate and
+# logging settings may change on resume.
+_RESUME_SECTIONS = ("model", "objective")
+_RESUME_KEYS = ("data.obs_horizon", "data.action_horizon")
+_RESUME_IGNORED = ("objective.num_sample_steps",)  # an inference-time knob
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def check_resume_compatible(stored: dict, current: dict, directory) -> None:
+    """Raises ValueError naming every state-defining config key that differs between the
+    checkpoint's config (`stored`) and this run's (`current`), both JSON dicts."""
+    old, new = dict(_flatten(stored)), dict(_flatten(current))
+    relevant = {
+        k
+        for k in old.keys() | new.keys()
+        if (k.split(".")[0] in _RESUME_SECTIONS or k in _RESUME_KEYS) and k not in _RESUME_IGNORED
+    }
+    # Compare JSON forms: the stored config has lists where the live one has tuples.
+    differing = sorted(k for k in relevant if json.dumps(old.get(k)) != json.dumps(new.get(k)))
+    if differing:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing)
+        raise ValueError(
+            f"cannot resume from {directory}: the config differs from the checkpoint's in "
+            f"{details}. Use a new --workdir, or the checkpoint's values."
+        )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None):
@@ -84,6 +120,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     )
     config_json = checkpoint.config_to_json_dict(config)
     if manager.latest_step() is not None:
+        stored_config, _ = checkpoint.restore_metadata(manager)
+        check_resume_compatible(stored_config, config_json, manager.directory)
         abstract_with_shardings = jax.tree.map(
             lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
             abstract_state,
@@ -150,31 +188,36 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     )
     pending_metrics, timer = [], time.perf_counter()
     end_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
-    for step in range(start_step, end_step):
-        batch = sharding.global_batch(next(batches), batch_sharding)
-        state, metrics = step_fn(state, batch, train_rng)
-        pending_metrics.append(metrics)
-        done = step + 1
-        progress.update(1)
-        is_checkpoint_step = done % config.train.checkpoint_every == 0 or done == end_step
-        if done % config.train.log_every == 0 or is_checkpoint_step:
-            # One host sync per logging interval, not per step; always before a save so
-            # a non-finite loss never reaches a checkpoint.
-            fetched = jax.device_get(pending_metrics)
-            summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-            elapsed = time.perf_counter() - timer
-            summary["steps_per_second"] = len(fetched) / max(elapsed, 1e-9)
-            if not np.isfinite(summary["loss"]):
-                raise FloatingPointError(
-                    f"non-finite loss {summary['loss']} at step {done}; the last good "
-                    f"checkpoint in {manager.directory} is kept"
-                )
-            writer.write_scalars(done, summary)
-            progress.set_postfix(loss=f"{summary['loss']:.4f}")
-            pending_metrics, timer = [], time.perf_counter()
-        if is_checkpoint_step:
-            save(done, force=done == end_step)
-    progress.close()
-    manager.wait_until_finished()
-    writer.close()
+    try:
+        for step in range(start_step, end_step):
+            batch = sharding.global_batch(next(batches), batch_sharding)
+            state, metrics = step_fn(state, batch, train_rng)
+            pending_metrics.append(metrics)
+            done = step + 1
+            progress.update(1)
+            is_checkpoint_step = done % config.train.checkpoint_every == 0 or done == end_step
+            if done % config.train.log_every == 0 or is_checkpoint_step:
+                # One host sync per logging interval, not per step; always before a save
+                # so a non-finite loss never reaches a checkpoint.
+                fetched = jax.device_get(pending_metrics)
+                losses = np.asarray([m["loss"] for m in fetched])
+                if not np.isfinite(losses).all():
+                    bad_step = done - len(fetched) + int(np.argmin(np.isfinite(losses))) + 1
+                    raise FloatingPointError(
+                        f"non-finite loss at step {bad_step}; stopping. The last good "
+                        f"checkpoint (step {manager.latest_step()}) in {manager.directory} "
+                        "is kept."
+                    )
+                summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                summary["steps_per_second"] = len(fetched) / max(time.perf_counter() - timer, 1e-9)
+                writer.write_scalars(done, summary)
+                progress.set_postfix(loss=f"{summary['loss']:.4f}")
+                pending_metrics, timer = [], time.perf_counter()
+            if is_checkpoint_step:
+                save(done, force=done == end_step)
+    finally:
+        # Whatever ends the loop, in-flight async checkpoint writes complete first.
+        progress.close()
+        manager.wait_until_finished()
+        writer.close()
     return state

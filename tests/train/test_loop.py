@@ -92,3 +92,23 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     config.data.builtin_task = ""
     with pytest.raises(FileNotFoundError, match="nowhere"):
         loop.train(config, str(tmp_path / "run"))
+
+
+def test_resume_with_a_different_model_is_refused(trained):
+    root, config, _ = trained
+    changed = _config(root / "dataset")
+    changed.model.down_dims = (16, 32, 64)
+    with pytest.raises(ValueError, match="model.down_dims"):
+        loop.train(changed, str(root / "full"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained):
+    root, _, _ = trained
+    config = _config(root / "dataset")
+    config.train.checkpoint_every = 1
+    config.train.log_every = 1
+    config.optimizer.lr = float("nan")  # the first update poisons the parameters
+    workdir = root / "nan"
+    with pytest.raises(FloatingPointError, match="step 2"):
+        loop.train(config, str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
