@@ -1,6 +1,8 @@
 # Two entry points: `make demo` (the main job on the built-in task) and `make test`.
 # Both create or refresh the local virtualenv first; re-running is cheap (a stamp file).
-PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+# The first interpreter that actually runs (pyenv shims exist for versions not selected).
+PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
