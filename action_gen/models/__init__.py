@@ -5,6 +5,7 @@ Every model is a Linen module called as
 """
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -83,3 +84,26 @@ def make_apply_fn(model: nn.Module) -> Callable:
         return model.apply({"params": params}, obs, noisy_actions, time)
 
     return apply_fn
+
+
+class ContextApply(NamedTuple):
+    """An `apply_fn` whose observation-only work runs once per chunk, not once per step.
+
+    Samplers call `context = prepare(params, obs)` before their `lax.scan` and
+    `apply(params, context, x, t)` inside it (π0: the prefix KV cache; U-Net: nothing to
+    hoist). Calling it like a plain apply_fn does both, so losses need not care.
+    """
+
+    prepare: Callable  # (params, obs) -> context pytree
+    apply: Callable  # (params, context, x [B, H, A], t [B]) -> [B, H, A]
+
+    def __call__(self, params, obs, noisy_actions, time):
+        return self.apply(params, self.prepare(params, obs), noisy_actions, time)
+
+
+def split_apply_fn(apply_fn: Callable, params, obs) -> tuple[Callable, object]:
+    """(step_fn, context) with `step_fn(params, context, x, t)`, for samplers: a
+    ContextApply is split; a plain apply_fn gets the observation as its context."""
+    if isinstance(apply_fn, ContextApply):
+        return apply_fn.apply, apply_fn.prepare(params, obs)
+    return apply_fn, obs
