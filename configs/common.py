@@ -65,6 +65,12 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
         config.objective.sampler = "ddim"
         config.objective.clip_sample = True
         config.objective.eta = 0.0
+    if objective == "flow":
+        # t = 0 noise, t = 1 data; the model sees t * time_scale (diffusion's k range).
+        config.objective.time_distribution = "beta"  # π0's, emphasises the noisy end
+        config.objective.time_scale = 100.0
+        config.objective.integrator = "euler"  # π0: 10 Euler steps
+        config.objective.clip_sample = True
     config.objective.num_sample_steps = num_sample_steps
 
     config.optimizer = ml_collections.ConfigDict()
@@ -107,8 +113,8 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
         config.optimizer.lr = 1e-3
         config.optimizer.warmup_steps = 100
         # Regression fits the (unimodal) mean quickly; its loss is flat well before 1k
-        # steps. Diffusion needs the longer run to separate the modes sharply.
-        config.train.num_steps = 2_000 if objective == "diffusion" else 1_000
+        # steps. Diffusion and flow need the longer run to separate the modes sharply.
+        config.train.num_steps = 2_000 if objective in ("diffusion", "flow") else 1_000
         config.train.log_every = 100
         config.train.checkpoint_every = 1_000
     if "runlocal" in flags:

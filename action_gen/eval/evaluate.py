@@ -43,7 +43,10 @@ def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> t
     summary = metrics.summarize(result)
     summary.update(
         objective=policy.config.objective.name,
-        sampler=policy.config.objective.get("sampler", ""),
+        # Diffusion names its sampler, flow its integrator.
+        sampler=policy.config.objective.get(
+            "sampler", policy.config.objective.get("integrator", "")
+        ),
         num_sample_steps=policy.num_sample_steps,
         action_exec_horizon=int(eval_config.action_exec_horizon),
         eval_seed=int(eval_config.seed),

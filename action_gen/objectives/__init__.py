@@ -13,10 +13,11 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import NamedTuple
 
-from action_gen.objectives import diffusion, regression
+from action_gen.objectives import diffusion, flow, regression
 
 OBJECTIVES: dict[str, ModuleType] = {
     "diffusion": diffusion,
+    "flow": flow,
     "regression": regression,
 }
 

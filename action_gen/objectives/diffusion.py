@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from action_gen import models
 from action_gen.data import schema
 from action_gen.objectives.regression import masked_mse
 
@@ -372,9 +373,12 @@ def sample(
             ddim_step, prediction_type=prediction_type, clip_sample=clip_sample, eta=eta
         )
 
+    # Observation-only work (e.g. a prefix KV cache) runs once, outside the scan.
+    step_fn, context = models.split_apply_fn(apply_fn, params, obs)
+
     def body(x, per_step):
         k, alpha_bar, alpha_bar_prev, z = per_step
-        model_output = apply_fn(params, obs, x, jnp.full((batch_size,), k, jnp.float32))
+        model_output = step_fn(params, context, x, jnp.full((batch_size,), k, jnp.float32))
         return step(x, model_output, alpha_bar, alpha_bar_prev, z), None
 
     xs = (jnp.asarray(ks), jnp.asarray(alpha_bars), jnp.asarray(alpha_bars_prev), noise)

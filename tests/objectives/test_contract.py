@@ -24,6 +24,13 @@ CONFIGS = {
     "diffusion_ddim_sample_linear": dict(
         name="diffusion", sampler="ddim", eta=0.5, prediction_type="sample", schedule="linear"
     ),
+    "flow_euler_beta": dict(
+        name="flow", integrator="euler", time_distribution="beta", time_scale=100.0
+    ),
+    "flow_heun_uniform_noclip": dict(
+        name="flow", integrator="heun", time_distribution="uniform", clip_sample=False
+    ),
+    "flow_midpoint": dict(name="flow", integrator="midpoint", time_scale=1.0),
     "regression": dict(name="regression"),
 }
 
@@ -87,3 +94,5 @@ def test_create_objective_rejects_unknown():
         objectives.create_objective({"name": "nope"}, (H, A))
     with pytest.raises(ValueError, match="does not take"):
         objectives.create_objective({"name": "diffusion", "shedule": "linear"}, (H, A))
+    with pytest.raises(ValueError, match="does not take"):
+        objectives.create_objective({"name": "flow", "sampler": "ddim"}, (H, A))

@@ -1,0 +1,177 @@
+"""Flow matching (linear / rectified-flow path) for action chunks, as in π0.
+
+Time convention: continuous t ∈ [0, 1] with t = 0 pure Gaussian noise and t = 1 the data
+(the π0 paper's; openpi's code uses the opposite). Sampling integrates t upwards, 0 → 1.
+
+Path and target:  x_t = t x_1 + (1 - t) ε,  ε ~ N(0, I),  u = dx_t/dt = x_1 - ε.
+Sampling:         dx/dt = v_θ(o, x, t) from x_0 ~ N(0, I) at t = 0 to the chunk at t = 1.
+
+The model receives `time = t · time_scale` (default 100), so a sinusoidal time embedding
+(the U-Net's) sees the same range [0, 100] as diffusion's step index k ∈ {0, ..., 99};
+t itself is used everywhere else. Note the direction is reversed w.r.t. diffusion: there
+large time means noisy, here large time means clean.
+
+The sampler is one `lax.scan` over the N steps of a uniform grid t_i = i / N
+(Euler, Heun or midpoint): the whole chunk is one XLA program.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from action_gen import models
+from action_gen.data import schema
+from action_gen.objectives.regression import masked_mse
+
+TIME_DISTRIBUTIONS = ("uniform", "beta")
+INTEGRATORS = ("euler", "heun", "midpoint")
+# Model evaluations per integration step.
+EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}
+# π0's Beta(1.5, 1) time distribution and its cutoff s (so t never reaches the data end).
+BETA_A, BETA_B, BETA_CUTOFF = 1.5, 1.0, 0.999
+
+
+def _check(time_distribution: str | None = None, integrator: str | None = None) -> None:
+    if time_distribution is not None and time_distribution not in TIME_DISTRIBUTIONS:
+        raise ValueError(
+            f"unknown time_distribution {time_distribution!r}; known: {TIME_DISTRIBUTIONS}"
+        )
+    if integrator is not None and integrator not in INTEGRATORS:
+        raise ValueError(f"unknown integrator {integrator!r}; known: {INTEGRATORS}")
+
+
+def sample_time(rng: jax.Array, batch_size: int, distribution: str = "beta") -> jax.Array:
+    """Training times t [B] float32 (t = 0 noise, t = 1 data).
+
+    uniform: t ~ U[0, 1).
+    beta:    t = c (1 - s),  s ~ Beta(1.5, 1),  c = 0.999  (π0, Sec. IV-B, rewritten for
+             t = 0 noise). The density p(t) = (1.5 / c) (1 - t/c)^{1/2} on [0, c] is
+             largest at t = 0 and decreases to 0 at t = c: it emphasises the noisy end.
+             E[t] = c (1 - 1.5 / 2.5) = 0.4 c;  P(t < a) = 1 - (1 - a/c)^{3/2}.
+
+    Args:
+      rng: PRNG key.
+      batch_size: B.
+      distribution: one of TIME_DISTRIBUTIONS.
+    Returns:
+      t [B] float32.
+    References:
+      Black et al., "π0: A Vision-Language-Action Flow Model for General Robot Control"
+      (2024), Sec. IV-B (p(τ) = Beta((s - τ)/s; 1.5, 1), s = 0.999).
+    """
+    _check(time_distribution=distribution)
+    if distribution == "uniform":
+        return jax.random.uniform(rng, (batch_size,), jnp.float32)
+    s = jax.random.beta(rng, BETA_A, BETA_B, (batch_size,), jnp.float32)
+    return BETA_CUTOFF * (1.0 - s)
+
+
+def loss(
+    apply_fn: Callable,
+    params,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    time_distribution: str = "beta",
+    time_scale: float = 100.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Conditional flow matching on the linear path: regress the velocity x_1 - ε.
+
+    L(θ) = E_{t ~ p(t), ε ~ N(0,I)} || v_θ(o, t x_1 + (1-t) ε, t) - (x_1 - ε) ||²,
+    averaged over the real (unpadded) actions; p(t) from `sample_time`.
+
+    Args:
+      apply_fn: `apply_fn(params, obs, x, time) -> [B, H, A]`, called with
+        time = t · time_scale.
+      params: model parameters.
+      batch: `schema.ACTIONS` x_1 [B, H, A], optional `schema.ACTION_PAD_MASK` [B, H] bool,
+        and the observation keys.
+      rng: PRNG key, split into (t, ε) keys in that order.
+      time_distribution: one of TIME_DISTRIBUTIONS.
+      time_scale: the model sees t · time_scale.
+    Returns:
+      (scalar loss, aux dict of scalars).
+    References:
+      Lipman et al., "Flow Matching for Generative Modeling" (2023); Liu et al., "Flow
+      Straight and Fast" (rectified flow, 2023); Black et al. (π0, 2024), Eq. 1.
+    """
+    _check(time_distribution=time_distribution)
+    x1 = batch[schema.ACTIONS].astype(jnp.float32)
+    obs = schema.observation_of(batch)
+    t_rng, eps_rng = jax.random.split(rng)
+    t = sample_time(t_rng, x1.shape[0], time_distribution)
+    eps = jax.random.normal(eps_rng, x1.shape, jnp.float32)
+    t_b = t[:, None, None]
+    x_t = t_b * x1 + (1.0 - t_b) * eps
+    target = x1 - eps
+    pred = apply_fn(params, obs, x_t, t * time_scale)
+    value = masked_mse(pred, target, batch.get(schema.ACTION_PAD_MASK))
+    return value, {"mse": value}
+
+
+def sample(
+    apply_fn: Callable,
+    params,
+    obs: dict,
+    rng: jax.Array,
+    num_steps: int,
+    *,
+    action_shape,
+    integrator: str = "euler",
+    time_scale: float = 100.0,
+    clip_sample: bool = True,
+) -> jax.Array:
+    """Draws action chunks by integrating dx/dt = v_θ(o, x, t) from t = 0 (noise) to t = 1.
+
+    On the grid t_i = i/N, Δ = 1/N (N = num_steps), with v(x, t) = v_θ(o, x, t):
+      euler:     x ← x + Δ v(x, t_i)
+      midpoint:  x ← x + Δ v(x + Δ/2 v(x, t_i), t_i + Δ/2)
+      heun:      x̃ = x + Δ v(x, t_i);  x ← x + Δ/2 (v(x, t_i) + v(x̃, t_i + Δ))
+    (euler: N model calls; heun and midpoint: 2N.) The observation-only work of a
+    `models.ContextApply` runs once, before the scan.
+
+    Args:
+      apply_fn: `apply_fn(params, obs, x, time) -> [B, H, A]` (or a ContextApply), called
+        with time = t · time_scale.
+      params: model parameters.
+      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
+      rng: PRNG key for x_0 ~ N(0, I).
+      num_steps: N ≥ 1, static.
+      action_shape: (H, A), static.
+      integrator: one of INTEGRATORS.
+      time_scale: the model sees t · time_scale.
+      clip_sample: clip the final chunk to [-1, 1] (actions are min-max normalized).
+    Returns:
+      x_1 [B, H, A] float32.
+    References:
+      Lipman et al. (2023); Black et al. (π0, 2024), Eq. 2 (Euler, Δ = 0.1).
+    """
+    _check(integrator=integrator)
+    if num_steps < 1:
+        raise ValueError(f"num_steps={num_steps} must be >= 1")
+    batch_size = obs[schema.OBS_STATE].shape[0]
+    x = jax.random.normal(rng, (batch_size, *tuple(action_shape)), jnp.float32)
+    step_fn, context = models.split_apply_fn(apply_fn, params, obs)
+    dt = 1.0 / num_steps
+    # Grid in float64 at trace time, then float32 for the scan.
+    ts = (np.arange(num_steps, dtype=np.float64) / num_steps).astype(np.float32)
+
+    def velocity(x, t):
+        time = jnp.full((batch_size,), t * time_scale, jnp.float32)
+        return step_fn(params, context, x, time).astype(jnp.float32)
+
+    def body(x, t):
+        v = velocity(x, t)
+        if integrator == "euler":
+            return x + dt * v, None
+        if integrator == "midpoint":
+            return x + dt * velocity(x + 0.5 * dt * v, t + 0.5 * dt), None
+        v_next = velocity(x + dt * v, t + dt)
+        return x + 0.5 * dt * (v + v_next), None
+
+    x, _ = jax.lax.scan(body, x, jnp.asarray(ts))
+    if clip_sample:
+        x = jnp.clip(x, -1.0, 1.0)
+    return x
