@@ -9,6 +9,11 @@ A training batch is a flat ``dict[str, np.ndarray | jax.Array]``:
                                   where it repeats the first step (window before the
                                   episode start).
   ``prompt``                     [B] bytes  language instruction (optional).
+  ``prompt_tokens``              [B, L] int32  the tokenized instruction (optional;
+                                  models/tokenizer.py), with
+  ``prompt_mask``                [B, L] bool  True on real tokens, False on padding.
+  ``image_mask/<camera>``        [B] bool  False where the camera is missing (optional,
+                                  default all present).
   ``actions``                    [B, H, A] float32  future action chunk a_t .. a_{t+H-1},
                                   normalized to [-1, 1].
   ``action_pad_mask``            [B, H] bool  True where the action is real, False where
@@ -25,6 +30,9 @@ OBS_STATE = "observation/state"
 OBS_IMAGE_PREFIX = "observation/image/"
 OBS_PAD_MASK = "obs_pad_mask"
 PROMPT = "prompt"
+PROMPT_TOKENS = "prompt_tokens"
+PROMPT_MASK = "prompt_mask"
+IMAGE_MASK_PREFIX = "image_mask/"
 ACTIONS = "actions"
 ACTION_PAD_MASK = "action_pad_mask"
 
@@ -42,6 +50,11 @@ RLDS_LANGUAGE = "language_instruction"
 def image_key(camera: str) -> str:
     """Batch key of one camera's image history."""
     return OBS_IMAGE_PREFIX + camera
+
+
+def image_mask_key(camera: str) -> str:
+    """Batch key of one camera's presence mask [B] bool."""
+    return IMAGE_MASK_PREFIX + camera
 
 
 def observation_of(batch: dict) -> dict:

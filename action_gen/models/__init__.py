@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from action_gen.data import schema
-from action_gen.models import unet1d
+from action_gen.models import pi0, unet1d
 
 # name -> module class; the remaining config fields are its constructor kwargs.
 MODELS: dict[str, type[nn.Module]] = {
     "unet1d": unet1d.ConditionalUnet1D,
+    "pi0": pi0.Pi0,
 }
 
 
@@ -84,6 +85,25 @@ def make_apply_fn(model: nn.Module) -> Callable:
         return model.apply({"params": params}, obs, noisy_actions, time)
 
     return apply_fn
+
+
+def make_context_apply_fn(model: nn.Module) -> "ContextApply":
+    """A ContextApply from a model with `prepare(obs)` and `apply_with_context(context, x,
+    t)` methods (π0: the prefix KV cache is computed once per chunk); other models get
+    the observation itself as context, so the result is always a ContextApply."""
+    if not (hasattr(model, "prepare") and hasattr(model, "apply_with_context")):
+        apply_fn = make_apply_fn(model)
+        return ContextApply(prepare=lambda params, obs: obs, apply=apply_fn)
+
+    def prepare(params, obs):
+        return model.apply({"params": params}, obs, method="prepare")
+
+    def apply(params, context, noisy_actions, time):
+        return model.apply(
+            {"params": params}, context, noisy_actions, time, method="apply_with_context"
+        )
+
+    return ContextApply(prepare=prepare, apply=apply)
 
 
 class ContextApply(NamedTuple):

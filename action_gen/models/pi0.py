@@ -1,0 +1,393 @@
+"""π0 (Black et al. 2024): a VLM backbone and an action expert, one joint attention.
+
+Sequence, with the expert that owns each token and its block id (`ar_mask`, 1 opens a block):
+
+  [ images (ViT → backbone width), text (token embedding * sqrt(D)) | state | actions + time ]
+    backbone expert (Gemma-like), ar 0 ...                           expert, ar 1 | 1, 0, 0 ...
+
+Every layer is a *mixture of transformer experts*: each token group is normed, projected to
+q/k/v and through its MLP with its own expert's weights, but attention runs jointly over
+the concatenated sequence (multi-query: 8 query heads, 1 KV head, RoPE). The block-causal
+mask (`make_attention_mask`) makes the prefix bidirectional and blind to the suffix, the
+state token see the prefix and itself, and the action tokens see everything; padded tokens
+(missing cameras, prompt padding) are invisible to everyone.
+
+Because the prefix never sees the suffix, its keys/values do not depend on (x, t): `prepare`
+runs the prefix through the backbone once and returns the per-layer KV cache, and
+`apply_with_context` runs only the suffix through the expert, attending to the cache.
+`__call__` is exactly `apply_with_context(prepare(obs), x, t)`, so training and cached
+sampling share one code path; `forward_joint` is the uncached one-pass reference (tests).
+
+Time: the objective passes `time = t * time_scale` (flow time t ∈ [0, 1]); the model
+divides by `time_scale` and embeds t with π0's sin-cos embedding (periods 4e-3 .. 4).
+Time conditioning (`time_conditioning`):
+  "mlp":    a_i = W2 swish(W1 [W_in x_i, emb(t)])                       (π0)
+  "adarms": a_i = W_in x_i; every expert RMSNorm is adaptive:            (π0.5)
+            y = rms(h) (1 + s(c)) + b(c), residual h + g(c) * f(y), c = MLP_swish(emb(t)),
+            [s, b, g] a zero-initialised Dense of c (so the expert's blocks start as identity).
+
+Action dim: `noisy_actions` has the model's `action_dim` (π0: 32); the data pipeline pads
+the robot's actions to it and the loss masks the padded dims. The output is always float32,
+also with `dtype="bfloat16"` (bf16 activations; parameters stay float32).
+
+Observation keys: `observation/state` [B, T, S] (last frame used), optional
+`observation/image/<cam>` [B, T, h, w, 3] uint8 (last frame, resized to `image_size`),
+optional `image_mask/<cam>` [B] bool (default True), optional `prompt_tokens` [B, L] int32
+with `prompt_mask` [B, L] bool (see models/tokenizer.py).
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from action_gen.data import schema
+from action_gen.models import vision
+
+AXIS_EMBED = "embed"
+AXIS_MLP = "mlp"
+AXIS_HEADS = "heads"
+AXIS_VOCAB = "vocab"
+NEG_INF = -2.3819763e38  # finite: a fully masked row (a padded query) must not give NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class Pi0Size:
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    expert_width: int
+    expert_mlp_dim: int
+    vocab_size: int
+    vit_width: int
+    vit_depth: int
+    vit_mlp_dim: int
+    vit_heads: int
+    patch_size: int
+    image_size: int
+
+
+SIZES = {
+    # Gemma-2B body + Gemma-300M-like expert + So400m/14 at 224².
+    "pi0": Pi0Size(2048, 18, 16384, 8, 1, 256, 1024, 4096, 257_152, 1152, 27, 4304, 16, 14, 224),
+    # CPU tests.
+    "tiny": Pi0Size(32, 2, 64, 2, 1, 8, 16, 32, 259, 16, 1, 32, 2, 8, 32),
+}
+
+
+def make_attention_mask(input_mask: jax.Array, ar_mask: jax.Array) -> jax.Array:
+    """Block-causal attention mask (big_vision / openpi `make_attn_mask`).
+
+    allowed[b, i, j] = (c_j <= c_i) and input_mask[b, i] and input_mask[b, j],
+    c = cumsum(ar_mask): a token with ar_mask 1 starts a new block that earlier tokens
+    cannot see; tokens of one block see each other and every earlier block.
+
+    Args:
+      input_mask: [B, N] bool, False on padding (invisible, and sees nothing).
+      ar_mask: [N] (or [B, N]) bool/int, 1 where a new block starts.
+    Returns:
+      [B, N, N] bool, query i (row) may attend to key j (column).
+    """
+    ar_mask = jnp.broadcast_to(jnp.asarray(ar_mask, jnp.int32), input_mask.shape)
+    cumsum = jnp.cumsum(ar_mask, axis=1)
+    causal = cumsum[:, None, :] <= cumsum[:, :, None]
+    valid = input_mask[:, None, :] & input_mask[:, :, None]
+    return causal & valid
+
+
+def posemb_sincos(t: jax.Array, dim: int, min_period=4e-3, max_period=4.0) -> jax.Array:
+    """π0's sin-cos embedding of t ∈ [0, 1]: [B] → [B, dim] float32."""
+    fraction = jnp.linspace(0.0, 1.0, dim // 2)
+    period = min_period * (max_period / min_period) ** fraction
+    args = jnp.asarray(t, jnp.float32)[:, None] * (2 * math.pi / period)[None, :]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0):
+    """Rotary embedding of [B, N, heads, D] at integer positions [B, N] (Gemma's halves)."""
+    half = x.shape[-1] // 2
+    freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) * 2 / x.shape[-1])
+    angle = positions[..., None, None].astype(jnp.float32) * freq  # [B, N, 1, half]
+    sin, cos = jnp.sin(angle), jnp.cos(angle)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def _dense(features, axes, dtype, name, use_bias=False, zero=False):
+    init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(init, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+        name=name,
+    )
+
+
+class RMSNorm(nn.Module):
+    """Gemma's RMSNorm, y = x / rms(x) * (1 + scale); adaptive with a condition [B, C]:
+    y = x / rms(x) * (1 + s) + b and a residual gate g, [s, b, g] = Dense_0(cond).
+
+    Returns (y, gate); gate is None without a condition.
+    """
+
+    adaptive: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cond=None):
+        xf = x.astype(jnp.float32)
+        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + 1e-6)
+        if not self.adaptive:
+            scale = self.param(
+                "scale",
+                nn.with_logical_partitioning(nn.initializers.zeros_init(), (AXIS_EMBED,)),
+                (x.shape[-1],),
+                jnp.float32,
+            )
+            return (normed * (1 + scale)).astype(self.dtype), None
+        mod = _dense(3 * x.shape[-1], (None, AXIS_EMBED), jnp.float32, "modulation", True, True)
+        scale, shift, gate = jnp.split(mod(cond.astype(jnp.float32))[:, None, :], 3, axis=-1)
+        return (normed * (1 + scale) + shift).astype(self.dtype), gate.astype(self.dtype)
+
+
+def _gated(x, y, gate):
+    return x + y if gate is None else x + y * gate
+
+
+class ExpertLayer(nn.Module):
+    """One expert's weights in one layer: pre-attention norm, q/k/v, out projection, GeGLU."""
+
+    width: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    adaptive: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        self.attn_norm = RMSNorm(self.adaptive, self.dtype)
+        self.q = _dense(h * d, (AXIS_EMBED, AXIS_HEADS), self.dtype, "q")
+        self.kv = _dense(2 * kv * d, (AXIS_EMBED, AXIS_HEADS), self.dtype, "kv")
+        self.out = _dense(self.width, (AXIS_HEADS, AXIS_EMBED), self.dtype, "out")
+        self.mlp_norm = RMSNorm(self.adaptive, self.dtype)
+        self.gate_up = _dense(2 * self.mlp_dim, (AXIS_EMBED, AXIS_MLP), self.dtype, "gate_up")
+        self.down = _dense(self.width, (AXIS_MLP, AXIS_EMBED), self.dtype, "down")
+
+    def qkv(self, x, positions, cond=None):
+        """[B, N, W] → q [B, N, h, d], k, v [B, N, kv, d] (RoPE on q and k), attn gate."""
+        b, n, _ = x.shape
+        y, gate = self.attn_norm(x, cond)
+        q = self.q(y).reshape(b, n, self.num_heads, self.head_dim)
+        k, v = jnp.split(self.kv(y).reshape(b, n, 2 * self.num_kv_heads, self.head_dim), 2, 2)
+        return apply_rope(q, positions), apply_rope(k, positions), v, gate
+
+    def finish(self, x, attn, gate, cond=None):
+        """Residual out projection, then the residual GeGLU MLP (Gemma)."""
+        b, n, h, d = attn.shape
+        x = _gated(x, self.out(attn.reshape(b, n, h * d)), gate)  # no -1: Np may be 0
+        y, gate = self.mlp_norm(x, cond)
+        g, u = jnp.split(self.gate_up(y), 2, axis=-1)
+        return _gated(x, self.down(nn.gelu(g) * u), gate)
+
+
+def attention(q, k, v, mask):
+    """Grouped-query attention. q [B, Nq, h, d], k, v [B, Nk, kv, d], mask [B, Nq, Nk]."""
+    b, nq, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, nq, kv, h // kv, d)
+    logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k).astype(jnp.float32) * d**-0.5
+    logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bgrqk,bkgd->bqgrd", probs, v).reshape(b, nq, h, d)
+
+
+class Pi0(nn.Module):
+    """π0: obs, noisy actions [B, H, A], time [B] → velocity [B, H, A] float32.
+
+    Attributes:
+      variant: a key of SIZES ("pi0" real size, "tiny" for CPU tests).
+      action_dim: A, the model's (padded) action dim; noisy_actions must have it.
+      time_conditioning: "mlp" (π0) or "adarms" (adaptive RMSNorm in the expert).
+      time_scale: the objective's time scale; t = time / time_scale is embedded.
+      dtype: activation dtype, "float32" or "bfloat16" (parameters are always float32).
+      vocab_size: overrides the variant's vocabulary (e.g. 259 for the byte tokenizer).
+    """
+
+    variant: str = "pi0"
+    action_dim: int = 32
+    time_conditioning: str = "mlp"
+    time_scale: float = 100.0
+    dtype: str = "float32"
+    vocab_size: int | None = None
+
+    def setup(self):
+        s = SIZES[self.variant]
+        if self.time_conditioning not in ("mlp", "adarms"):
+            raise ValueError(f"time_conditioning must be mlp|adarms: {self.time_conditioning}")
+        dt = jnp.dtype(self.dtype)
+        self.size, self.act_dtype = s, dt
+        adaptive = self.time_conditioning == "adarms"
+        self.vit = vision.ViT(
+            s.vit_width, s.vit_depth, s.vit_mlp_dim, s.vit_heads, s.patch_size, dt, name="vit"
+        )
+        self.image_proj = _dense(s.width, (None, AXIS_EMBED), dt, "image_proj", True)
+        self.token_embedding = nn.Embed(
+            self.vocab_size or s.vocab_size,
+            s.width,
+            dtype=dt,
+            param_dtype=jnp.float32,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(1.0), (AXIS_VOCAB, AXIS_EMBED)
+            ),
+            name="token_embedding",
+        )
+        heads = dict(num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim)
+        self.backbone = [
+            ExpertLayer(s.width, s.mlp_dim, dtype=dt, name=f"backbone_{i}", **heads)
+            for i in range(s.depth)
+        ]
+        self.expert = [
+            ExpertLayer(s.expert_width, s.expert_mlp_dim, adaptive=adaptive, dtype=dt,
+                        name=f"expert_{i}", **heads)
+            for i in range(s.depth)
+        ]  # fmt: skip
+        self.expert_norm = RMSNorm(adaptive, dt)
+        ew = s.expert_width
+        self.state_proj = _dense(ew, (None, AXIS_EMBED), dt, "state_proj", True)
+        self.action_in_proj = _dense(ew, (None, AXIS_EMBED), dt, "action_in_proj", True)
+        self.time_mlp_in = _dense(ew, (None, AXIS_EMBED), dt, "time_mlp_in", True)
+        self.time_mlp_out = _dense(ew, (AXIS_EMBED, AXIS_EMBED), dt, "time_mlp_out", True)
+        self.action_out_proj = _dense(self.action_dim, (AXIS_EMBED, None), dt, "action_out", True)
+
+    # ---------------------------------------------------------------- prefix (obs only)
+
+    def embed_prefix(self, obs: dict):
+        """Image and text tokens [B, Np, W] with their input mask [B, Np]."""
+        s, dt = self.size, self.act_dtype
+        batch = obs[schema.OBS_STATE].shape[0]
+        tokens, masks = [], []
+        for key in sorted(k for k in obs if k.startswith(schema.OBS_IMAGE_PREFIX)):
+            camera = key[len(schema.OBS_IMAGE_PREFIX) :]
+            image = jnp.asarray(obs[key])[:, -1]  # last frame [B, h, w, 3] uint8
+            image = image.astype(jnp.float32) / 127.5 - 1.0
+            if image.shape[1:3] != (s.image_size, s.image_size):
+                shape = (batch, s.image_size, s.image_size, image.shape[-1])
+                image = jax.image.resize(image, shape, "bilinear")
+            emb = self.image_proj(self.vit(image.astype(dt)))
+            present = obs.get(schema.image_mask_key(camera), jnp.ones((batch,), bool))
+            tokens.append(emb)
+            masks.append(jnp.broadcast_to(jnp.asarray(present, bool)[:, None], emb.shape[:2]))
+        if schema.PROMPT_TOKENS in obs:
+            ids = jnp.asarray(obs[schema.PROMPT_TOKENS], jnp.int32)
+            tokens.append(self.token_embedding(ids) * jnp.asarray(math.sqrt(s.width), dt))
+            masks.append(jnp.asarray(obs.get(schema.PROMPT_MASK, ids != 0), bool))
+        if not tokens:  # state-only observation: an empty prefix
+            return jnp.zeros((batch, 0, s.width), dt), jnp.zeros((batch, 0), bool)
+        return jnp.concatenate(tokens, 1).astype(dt), jnp.concatenate(masks, 1)
+
+    def prepare(self, obs: dict) -> dict:
+        """Runs images + text through the backbone once.
+
+        Returns:
+          context: {"k", "v": [depth, B, Np, kv, d] (post-RoPE), "prefix_mask": [B, Np] bool,
+          "state": [B, S] float32}.
+        """
+        x, prefix_mask = self.embed_prefix(obs)
+        positions = jnp.cumsum(prefix_mask, axis=1) - 1
+        mask = make_attention_mask(prefix_mask, jnp.zeros(prefix_mask.shape[1], jnp.int32))
+        ks, vs = [], []
+        for layer in self.backbone:
+            q, k, v, gate = layer.qkv(x, positions)
+            x = layer.finish(x, attention(q, k, v, mask), gate)
+            ks.append(k)
+            vs.append(v)
+        state = jnp.asarray(obs[schema.OBS_STATE], jnp.float32)[:, -1]
+        return {"k": jnp.stack(ks), "v": jnp.stack(vs), "prefix_mask": prefix_mask, "state": state}
+
+    # ---------------------------------------------------------------- suffix (per step)
+
+    def embed_suffix(self, state, noisy_actions, time):
+        """State + action tokens [B, 1 + H, We], their ar_mask [1 + H], the adaRMS cond."""
+        dt = self.act_dtype
+        ew = self.size.expert_width
+        batch, horizon, action_dim = noisy_actions.shape
+        if action_dim != self.action_dim:
+            raise ValueError(
+                f"noisy_actions dim {action_dim} != model action_dim {self.action_dim}"
+            )
+        t = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,)) / self.time_scale
+        t_emb = posemb_sincos(t, ew).astype(dt)
+        state_tok = self.state_proj(state.astype(dt))[:, None]
+        act = self.action_in_proj(noisy_actions.astype(dt))
+        cond = None
+        if self.time_conditioning == "mlp":
+            t_tok = jnp.broadcast_to(t_emb[:, None], (batch, horizon, ew))
+            act = self.time_mlp_in(jnp.concatenate([act, t_tok], -1))
+            act = self.time_mlp_out(nn.swish(act))
+        else:
+            cond = nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(t_emb))))
+        ar = jnp.zeros(1 + horizon, jnp.int32).at[:2].set(1)
+        return jnp.concatenate([state_tok, act], 1), ar, cond
+
+    def apply_with_context(self, context: dict, noisy_actions: jax.Array, time: jax.Array):
+        """The suffix [state | actions] through the expert, attending to the cached prefix.
+
+        Args:
+          context: from `prepare`.
+          noisy_actions: [B, H, A].
+          time: [B] (or scalar), t * time_scale.
+        Returns:
+          velocity [B, H, A] float32.
+        """
+        x, ar, cond = self.embed_suffix(context["state"], noisy_actions, time)
+        prefix_mask = context["prefix_mask"]
+        batch, n_prefix = prefix_mask.shape
+        full_mask = jnp.concatenate([prefix_mask, jnp.ones((batch, x.shape[1]), bool)], 1)
+        full_ar = jnp.concatenate([jnp.zeros(n_prefix, jnp.int32), ar])
+        mask = make_attention_mask(full_mask, full_ar)[:, n_prefix:]
+        positions = jnp.sum(prefix_mask, axis=1, keepdims=True) + jnp.arange(x.shape[1])
+        for i, layer in enumerate(self.expert):
+            q, k, v, gate = layer.qkv(x, positions, cond)
+            k = jnp.concatenate([context["k"][i].astype(k.dtype), k], 1)
+            v = jnp.concatenate([context["v"][i].astype(v.dtype), v], 1)
+            x = layer.finish(x, attention(q, k, v, mask), gate, cond)
+        x, _ = self.expert_norm(x, cond)
+        return self.action_out_proj(x[:, 1:]).astype(jnp.float32)
+
+    def __call__(self, obs: dict, noisy_actions: jax.Array, time: jax.Array) -> jax.Array:
+        """velocity [B, H, A] float32 = apply_with_context(prepare(obs), x, t)."""
+        return self.apply_with_context(self.prepare(obs), noisy_actions, time)
+
+    def forward_joint(self, obs: dict, noisy_actions: jax.Array, time: jax.Array):
+        """Reference: one pass over the whole sequence with the full block-causal mask
+        (openpi's formulation). Equals `__call__` up to float error; for tests."""
+        prefix, prefix_mask = self.embed_prefix(obs)
+        state = jnp.asarray(obs[schema.OBS_STATE], jnp.float32)[:, -1]
+        suffix, ar, cond = self.embed_suffix(state, noisy_actions, time)
+        batch, n_prefix = prefix_mask.shape
+        input_mask = jnp.concatenate([prefix_mask, jnp.ones((batch, suffix.shape[1]), bool)], 1)
+        mask = make_attention_mask(input_mask, jnp.concatenate([jnp.zeros(n_prefix, int), ar]))
+        positions = jnp.cumsum(input_mask, axis=1) - 1
+        pos_p, pos_s = positions[:, :n_prefix], positions[:, n_prefix:]
+        for bb, ex in zip(self.backbone, self.expert, strict=True):
+            qp, kp, vp, gp = bb.qkv(prefix, pos_p)
+            qs, ks, vs, gs = ex.qkv(suffix, pos_s, cond)
+            q = jnp.concatenate([qp, qs.astype(qp.dtype)], 1)
+            k = jnp.concatenate([kp, ks.astype(kp.dtype)], 1)
+            v = jnp.concatenate([vp, vs.astype(vp.dtype)], 1)
+            attn = attention(q, k, v, mask)
+            prefix = bb.finish(prefix, attn[:, :n_prefix], gp)
+            suffix = ex.finish(suffix, attn[:, n_prefix:], gs, cond)
+        suffix, _ = self.expert_norm(suffix, cond)
+        return self.action_out_proj(suffix[:, 1:]).astype(jnp.float32)
