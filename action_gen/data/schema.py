@@ -10,7 +10,7 @@ A training batch is a flat ``dict[str, np.ndarray | jax.Array]``:
                                   episode start).
   ``prompt``                     [B] bytes  language instruction (optional).
   ``prompt_tokens``              [B, L] int32  the tokenized instruction (optional;
-                                  models/tokenizer.py), with
+                                  data/tokenizer.py), with
   ``prompt_mask``                [B, L] bool  True on real tokens, False on padding.
   ``image_mask/<camera>``        [B] bool  False where the camera is missing (optional,
                                   default all present).
@@ -18,6 +18,8 @@ A training batch is a flat ``dict[str, np.ndarray | jax.Array]``:
                                   normalized to [-1, 1].
   ``action_pad_mask``            [B, H] bool  True where the action is real, False where
                                   it repeats the last action (window past the episode end).
+  ``action_dim_mask``            [B, A] bool  True on the robot's real action dims, False on
+                                  dims padded up to the model's action dim (optional).
 
 An *observation* (what a policy gets at inference) is the same dict without
 ``actions`` and ``action_pad_mask``.
@@ -35,9 +37,10 @@ PROMPT_MASK = "prompt_mask"
 IMAGE_MASK_PREFIX = "image_mask/"
 ACTIONS = "actions"
 ACTION_PAD_MASK = "action_pad_mask"
+ACTION_DIM_MASK = "action_dim_mask"
 
 # Keys that belong to the target, not to the observation a policy conditions on.
-TARGET_KEYS = (ACTIONS, ACTION_PAD_MASK)
+TARGET_KEYS = (ACTIONS, ACTION_PAD_MASK, ACTION_DIM_MASK)
 
 # RLDS step fields (the on-disk format; see data/rlds.py).
 RLDS_STEPS = "steps"

@@ -8,6 +8,10 @@ from action_gen.envs import obstacle
 # (seeded reset per env, no auto-reset, `info["success"]` / `info["collision"]`).
 VECTOR_ENVS: dict[str, Callable] = {
     "obstacle": lambda num_envs, **kw: obstacle.ObstacleVecEnv(num_envs, **kw),
+    # Each episode's instruction names the side to take (info["instruction"] at reset).
+    "obstacle_language": lambda num_envs, **kw: obstacle.ObstacleVecEnv(
+        num_envs, instructed=True, **kw
+    ),
 }
 
 

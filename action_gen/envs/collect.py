@@ -3,6 +3,7 @@
 python -m action_gen.envs.collect --env=obstacle --episodes=200 --seed=0 --out=DIR
 """
 
+import functools
 import logging
 import os
 
@@ -12,9 +13,13 @@ from action_gen.data import rlds
 from action_gen.envs import expert
 
 # Built-in tasks with a scripted expert: name -> collect_demos(num_episodes, seed).
-EXPERTS = {"obstacle": expert.collect_demos}
+EXPERTS = {
+    "obstacle": expert.collect_demos,
+    "obstacle_language": functools.partial(expert.collect_demos, instructed=True),
+}
 DESCRIPTIONS = {
-    "obstacle": "2-D reach around an obstacle; scripted expert passes left or right at random."
+    "obstacle": "2-D reach around an obstacle; scripted expert passes left or right at random.",
+    "obstacle_language": "2-D reach around an obstacle; the instruction names the side taken.",
 }
 
 

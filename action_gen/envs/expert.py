@@ -55,10 +55,7 @@ PATH_POINTS = 512  # Resolution of the dense nominal path.
 # choices are independent of (and do not shift) the env's layout draw from the same seed.
 _EXPERT_STREAM = 7919
 
-INSTRUCTIONS = {
-    obstacle.LEFT: "go around the left of the obstacle",
-    obstacle.RIGHT: "go around the right of the obstacle",
-}
+INSTRUCTIONS = obstacle.INSTRUCTIONS
 
 
 def _lateral_profile(axial: np.ndarray, axial_c: float, length: float) -> np.ndarray:
@@ -136,12 +133,18 @@ def expert_rng(seed: int) -> np.random.Generator:
 
 
 def collect_demos(
-    num_episodes: int, seed: int, max_episode_steps: int = obstacle.MAX_EPISODE_STEPS
+    num_episodes: int,
+    seed: int,
+    max_episode_steps: int = obstacle.MAX_EPISODE_STEPS,
+    instructed: bool = False,
 ) -> list[dict[str, Any]]:
     """Roll out the expert on `num_episodes` seeded episodes (all envs stepped together).
 
     Episode i uses layout seed `obstacle.episode_seeds(seed, num_episodes)[i]` and the expert
-    randomness `expert_rng(that seed)`, so each demo is reproducible on its own.
+    randomness `expert_rng(that seed)`, so each demo is reproducible on its own. With
+    `instructed`, the side is the one the episode's instruction names
+    (`obstacle.instructed_side`) instead of the expert's own coin flip; either way the
+    demo's language_instruction names the side actually taken.
 
     Returns:
         One dict per episode, L = steps until success (inclusive):
@@ -155,9 +158,15 @@ def collect_demos(
         RuntimeError: if the expert fails an episode (a bug: it is built never to).
     """
     seeds = obstacle.episode_seeds(seed, num_episodes)
-    env = obstacle.ObstacleVecEnv(num_episodes, max_episode_steps=max_episode_steps)
-    obs, _ = env.reset(seed=seeds)
-    plans = [plan_episode(obs[i], expert_rng(s), max_episode_steps) for i, s in enumerate(seeds)]
+    env = obstacle.ObstacleVecEnv(
+        num_episodes, max_episode_steps=max_episode_steps, instructed=instructed
+    )
+    obs, reset_info = env.reset(seed=seeds)
+    sides = reset_info["instructed_side"] if instructed else [None] * num_episodes
+    plans = [
+        plan_episode(obs[i], expert_rng(s), max_episode_steps, side=sides[i])
+        for i, s in enumerate(seeds)
+    ]
     targets = np.stack([p[0] for p in plans], axis=1)  # [M, N, 2]
     states, rewards = [obs], []
     for t in range(max_episode_steps):
@@ -203,9 +212,14 @@ class ExpertChunkPolicy:
         self._layout = None
 
     def __call__(
-        self, obs_history: np.ndarray, obs_pad_mask: np.ndarray, rng_step: int
+        self,
+        obs_history: np.ndarray,
+        obs_pad_mask: np.ndarray,
+        rng_step: int,
+        prompt: np.ndarray | None = None,
     ) -> np.ndarray:
-        """obs_history [N, T, S], obs_pad_mask [N, T] -> targets [N, horizon, 2]."""
+        """obs_history [N, T, S], obs_pad_mask [N, T] -> targets [N, horizon, 2]; with
+        `prompt` [N] instructions naming a side, that side is taken."""
         del rng_step
         current = obs_history[:, -1]
         layout = current[:, obstacle.GOAL_SLICE.start :]
@@ -218,10 +232,12 @@ class ExpertChunkPolicy:
         if new_episode:
             num_steps = obstacle.MAX_EPISODE_STEPS * 2 + self.horizon
             plans = []
-            for state in current:
+            for i, state in enumerate(current):
                 rng = np.random.default_rng([self.seed, self._num_plans])
                 self._num_plans += 1
-                plans.append(plan_episode(state, rng, num_steps)[0])
+                side = None if prompt is None else obstacle.side_of_instruction(prompt[i])
+                side = side or None  # NO_SIDE: the instruction names none, flip the coin
+                plans.append(plan_episode(state, rng, num_steps, side=side)[0])
             self._targets = np.stack(plans)
             self._layout = layout.copy()
             self._t = 0

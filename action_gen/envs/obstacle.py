@@ -83,6 +83,28 @@ RADIUS = 8
 
 LEFT, RIGHT, NO_SIDE = 1, -1, 0
 SIDE_NAMES = {LEFT: "left", RIGHT: "right", NO_SIDE: "none"}
+# The language-conditioned variant names the side to take; the demos carry the same text.
+INSTRUCTIONS = {
+    LEFT: "go around the left of the obstacle",
+    RIGHT: "go around the right of the obstacle",
+}
+# Stream id mixed into an episode's seed for the instructed side (independent of the layout).
+_INSTRUCTION_STREAM = 104_729
+
+
+def instructed_side(seed: int) -> int:
+    """The side (LEFT / RIGHT, a fair coin) the instruction of episode `seed` names."""
+    return LEFT if np.random.default_rng([int(seed), _INSTRUCTION_STREAM]).integers(2) else RIGHT
+
+
+def side_of_instruction(text: str | bytes) -> int:
+    """LEFT / RIGHT for an instruction naming a side (NO_SIDE if it names neither)."""
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    words = set(text.lower().replace(",", " ").replace(".", " ").split())
+    if ("left" in words) == ("right" in words):
+        return NO_SIDE
+    return LEFT if "left" in words else RIGHT
+
 
 ENV_ID = "action_gen/ObstacleAvoid-v0"
 
@@ -178,13 +200,22 @@ class ObstacleVecEnv(gymnasium.vector.VectorEnv):
       elapsed_steps                int   control steps taken (frozen once done)
       seed                         int   the episode's layout seed
     and at reset additionally start, goal, obstacle_center [N, 2], obstacle_radius [N].
+
+    With `instructed=True` (the language-conditioned variant, env name "obstacle_language")
+    every episode also gets an instruction naming a side, drawn from its seed
+    (`instructed_side`): reset's info adds `instruction` [N] str and `instructed_side` [N]
+    int. Success stays geometric (goal without collision); following the instruction is
+    scored by the evaluation (`instruction_following_rate`).
     """
 
     metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": None}
 
-    def __init__(self, num_envs: int, max_episode_steps: int = MAX_EPISODE_STEPS):
+    def __init__(
+        self, num_envs: int, max_episode_steps: int = MAX_EPISODE_STEPS, instructed: bool = False
+    ):
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
+        self.instructed = instructed
         w = WORKSPACE_HALF_WIDTH
         self.single_observation_space = gymnasium.spaces.Box(
             -np.inf, np.inf, shape=(STATE_DIM,), dtype=np.float32
@@ -245,6 +276,10 @@ class ObstacleVecEnv(gymnasium.vector.VectorEnv):
             obstacle_center=self._center.copy(),
             obstacle_radius=self._radius.copy(),
         )
+        if self.instructed:
+            sides = np.array([instructed_side(s) for s in seeds], np.int64)
+            info["instructed_side"] = sides
+            info["instruction"] = np.array([INSTRUCTIONS[s] for s in sides], dtype=object)
         return self._obs(), info
 
     @property

@@ -18,11 +18,14 @@ PLOT_FILE = "rollouts.png"
 
 
 def make_policy_fn(policy: Policy, seed: int) -> rollout.PolicyFn:
-    """Adapts a Policy to the rollout's `policy_fn(obs_history, obs_pad_mask, rng_step)`."""
+    """Adapts a Policy to the rollout's `policy_fn(obs_history, obs_pad_mask, rng_step,
+    prompt=None)`."""
     base_key = jax.random.key(seed)
 
-    def policy_fn(obs_history, obs_pad_mask, rng_step):
+    def policy_fn(obs_history, obs_pad_mask, rng_step, prompt=None):
         observation = {schema.OBS_STATE: obs_history, schema.OBS_PAD_MASK: obs_pad_mask}
+        if prompt is not None:
+            observation[schema.PROMPT] = prompt
         return policy.sample_actions(observation, jax.random.fold_in(base_key, rng_step))
 
     return policy_fn

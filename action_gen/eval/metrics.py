@@ -47,6 +47,9 @@ def summarize(rollout_result: dict[str, Any]) -> dict[str, float | int]:
         action_jerk: see `action_jerk`.
         policy_call_ms: mean wall time of a policy call, excluding the first call when
             there are several (it includes JIT compilation); policy_call_ms_first: that one.
+        instruction_following_rate: only for instructed envs, the fraction of ALL episodes
+            whose trajectory passed on the side the instruction named (an episode with no
+            side, e.g. a collision before the obstacle's level, did not follow it).
     """
     success = np.asarray(rollout_result["success"], bool)
     collision = np.asarray(rollout_result["collision"], bool)
@@ -55,7 +58,7 @@ def summarize(rollout_result: dict[str, Any]) -> dict[str, float | int]:
     length = np.asarray(rollout_result["length"])
     calls = np.asarray(rollout_result["policy_call_s"], np.float64) * 1e3
     steady = calls[1:] if len(calls) > 1 else calls
-    return {
+    summary = {
         "episodes": int(len(success)),
         "success_rate": float(success.mean()),
         "collision_rate": float(collision.mean()),
@@ -67,3 +70,7 @@ def summarize(rollout_result: dict[str, Any]) -> dict[str, float | int]:
         "policy_call_ms": float(steady.mean()) if len(steady) else 0.0,
         "policy_call_ms_first": float(calls[0]) if len(calls) else 0.0,
     }
+    if "instructed_side" in rollout_result:
+        instructed = np.asarray(rollout_result["instructed_side"])
+        summary["instruction_following_rate"] = float(np.mean(side == instructed))
+    return summary

@@ -22,10 +22,10 @@ import numpy as np
 from action_gen.envs import obstacle
 
 # policy_fn(obs_history [N, T, S] raw float32, obs_pad_mask [N, T] bool, rng_step)
-#   -> actions [N, H, A] raw.
-PolicyFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+#   -> actions [N, H, A] raw. Envs that give instructions also pass `prompt=` [N] str.
+PolicyFn = Callable[..., np.ndarray]
 
-_LAYOUT_KEYS = ("start", "goal", "obstacle_center", "obstacle_radius")
+_LAYOUT_KEYS = ("start", "goal", "obstacle_center", "obstacle_radius", "instructed_side")
 
 
 def run_rollouts(
@@ -66,8 +66,10 @@ def run_rollouts(
           obstacle.passing_side), states list of [L_e + 1, S] (first observation
           included), positions list of [L_e + 1, 2], actions list of [L_e, A] (executed),
           start/goal/obstacle_center [E, 2] and obstacle_radius [E] when the env reports
-          them at reset; and policy_call_s, the wall time of every policy call (seconds);
-          plus obs_horizon, action_exec_horizon.
+          them at reset; instructed_side [E] int when the env gives instructions (then
+          `policy_fn` also gets `prompt=` the [N] instructions on every call); and
+          policy_call_s, the wall time of every policy call (seconds); plus obs_horizon,
+          action_exec_horizon.
     """
     num_envs = env.num_envs
     all_seeds = obstacle.episode_seeds(seed, -(-num_episodes // num_envs) * num_envs)
@@ -85,6 +87,9 @@ def run_rollouts(
         for k in _LAYOUT_KEYS:
             if k in info:
                 layout[k].append(np.asarray(info[k]))
+        prompt_kwargs = {}
+        if "instruction" in info:
+            prompt_kwargs["prompt"] = np.asarray(info["instruction"], dtype=object)
         history = np.repeat(obs[:, None], obs_horizon, axis=1)
         pad_mask = np.zeros((num_envs, obs_horizon), bool)
         pad_mask[:, -1] = True
@@ -96,7 +101,9 @@ def run_rollouts(
         t = 0
         while running.any() and t < limit:
             tic = time.perf_counter()
-            chunk = np.asarray(policy_fn(history.copy(), pad_mask.copy(), rng_step))
+            chunk = np.asarray(
+                policy_fn(history.copy(), pad_mask.copy(), rng_step, **prompt_kwargs)
+            )
             call_times.append(time.perf_counter() - tic)
             rng_step += 1
             if chunk.ndim != 3 or chunk.shape[0] != num_envs:

@@ -33,7 +33,7 @@ also with `dtype="bfloat16"` (bf16 activations; parameters stay float32).
 Observation keys: `observation/state` [B, T, S] (last frame used), optional
 `observation/image/<cam>` [B, T, h, w, 3] uint8 (last frame, resized to `image_size`),
 optional `image_mask/<cam>` [B] bool (default True), optional `prompt_tokens` [B, L] int32
-with `prompt_mask` [B, L] bool (see models/tokenizer.py).
+with `prompt_mask` [B, L] bool (see data/tokenizer.py).
 """
 
 import dataclasses
@@ -75,6 +75,8 @@ class Pi0Size:
 SIZES = {
     # Gemma-2B body + Gemma-300M-like expert + So400m/14 at 224².
     "pi0": Pi0Size(2048, 18, 16384, 8, 1, 256, 1024, 4096, 257_152, 1152, 27, 4304, 16, 14, 224),
+    # CPU-scale training runs (configs/flow_pi0_obstacle.py:runlocal), ~1 M parameters.
+    "small": Pi0Size(128, 4, 256, 4, 1, 32, 128, 256, 259, 64, 2, 128, 2, 8, 32),
     # CPU tests.
     "tiny": Pi0Size(32, 2, 64, 2, 1, 8, 16, 32, 259, 16, 1, 32, 2, 8, 32),
 }
@@ -216,12 +218,15 @@ class Pi0(nn.Module):
     """π0: obs, noisy actions [B, H, A], time [B] → velocity [B, H, A] float32.
 
     Attributes:
-      variant: a key of SIZES ("pi0" real size, "tiny" for CPU tests).
+      variant: a key of SIZES ("pi0" real size, "small" CPU-scale runs, "tiny" tests).
       action_dim: A, the model's (padded) action dim; noisy_actions must have it.
       time_conditioning: "mlp" (π0) or "adarms" (adaptive RMSNorm in the expert).
       time_scale: the objective's time scale; t = time / time_scale is embedded.
       dtype: activation dtype, "float32" or "bfloat16" (parameters are always float32).
       vocab_size: overrides the variant's vocabulary (e.g. 259 for the byte tokenizer).
+      remat: rematerialize every layer's projections and MLP in the backward pass
+        (`nn.checkpoint`, nothing saved): activation memory O(depth) smaller for ~1/3 more
+        compute. Same parameters and outputs either way.
     """
 
     variant: str = "pi0"
@@ -230,6 +235,7 @@ class Pi0(nn.Module):
     time_scale: float = 100.0
     dtype: str = "float32"
     vocab_size: int | None = None
+    remat: bool = False
 
     def setup(self):
         s = SIZES[self.variant]
@@ -253,12 +259,19 @@ class Pi0(nn.Module):
             name="token_embedding",
         )
         heads = dict(num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim)
+        layer = ExpertLayer
+        if self.remat:
+            layer = nn.checkpoint(
+                ExpertLayer,
+                methods=["qkv", "finish"],
+                policy=jax.checkpoint_policies.nothing_saveable,
+            )
         self.backbone = [
-            ExpertLayer(s.width, s.mlp_dim, dtype=dt, name=f"backbone_{i}", **heads)
+            layer(s.width, s.mlp_dim, dtype=dt, name=f"backbone_{i}", **heads)
             for i in range(s.depth)
         ]
         self.expert = [
-            ExpertLayer(s.expert_width, s.expert_mlp_dim, adaptive=adaptive, dtype=dt,
+            layer(s.expert_width, s.expert_mlp_dim, adaptive=adaptive, dtype=dt,
                         name=f"expert_{i}", **heads)
             for i in range(s.depth)
         ]  # fmt: skip

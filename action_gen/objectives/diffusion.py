@@ -23,7 +23,7 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
-from action_gen.objectives.regression import masked_mse
+from action_gen.objectives.regression import batch_masked_mse
 
 SCHEDULES = ("linear", "cosine", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -159,7 +159,7 @@ def loss(
     else:
         target = sqrt_ab * eps - sqrt_1mab * x0
     pred = apply_fn(params, obs, x_k, k.astype(jnp.float32))
-    value = masked_mse(pred, target, batch.get(schema.ACTION_PAD_MASK))
+    value = batch_masked_mse(pred, target, batch)
     return value, {"mse": value}
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
-from action_gen.objectives.regression import masked_mse
+from action_gen.objectives.regression import batch_masked_mse
 
 TIME_DISTRIBUTIONS = ("uniform", "beta")
 INTEGRATORS = ("euler", "heun", "midpoint")
@@ -107,7 +107,7 @@ def loss(
     x_t = t_b * x1 + (1.0 - t_b) * eps
     target = x1 - eps
     pred = apply_fn(params, obs, x_t, t * time_scale)
-    value = masked_mse(pred, target, batch.get(schema.ACTION_PAD_MASK))
+    value = batch_masked_mse(pred, target, batch)
     return value, {"mse": value}
 
 

@@ -14,23 +14,41 @@ import jax.numpy as jnp
 from action_gen.data import schema
 
 
-def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Mean squared error over the real (unpadded) actions, Octo-style.
+def masked_mse(
+    pred: jax.Array,
+    target: jax.Array,
+    mask: jax.Array | None = None,
+    dim_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Mean squared error over the real (unpadded) actions and action dims, Octo-style.
 
-    L = sum_{b,h,a} m_{b,h} (pred - target)^2 / (A * sum_{b,h} m_{b,h})
+    L = sum_{b,h,a} m_{b,h} d_{b,a} (pred - target)^2 / sum_{b,h,a} m_{b,h} d_{b,a}
 
     Args:
       pred: [B, H, A].
       target: [B, H, A].
-      mask: [B, H] bool, True where the action is real; None means all real.
+      mask: [B, H] bool, True where the action is real (in time); None means all real.
+      dim_mask: [B, A] bool, True on the robot's real action dims, False on dims padded up
+        to the model's action dim (π0: 32); None means all real.
     Returns:
       Scalar float32 (0 when every action is padding).
     """
     err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
-    if mask is None:
+    if mask is None and dim_mask is None:
         return jnp.mean(err)
-    weights = jnp.broadcast_to(mask.astype(jnp.float32)[..., None], err.shape)
+    weights = jnp.ones_like(err)
+    if mask is not None:
+        weights = weights * mask.astype(jnp.float32)[:, :, None]
+    if dim_mask is not None:
+        weights = weights * dim_mask.astype(jnp.float32)[:, None, :]
     return jnp.sum(weights * err) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def batch_masked_mse(pred: jax.Array, target: jax.Array, batch: dict) -> jax.Array:
+    """`masked_mse` with the batch's own time and action-dim masks (when present)."""
+    return masked_mse(
+        pred, target, batch.get(schema.ACTION_PAD_MASK), batch.get(schema.ACTION_DIM_MASK)
+    )
 
 
 def _zero_inputs(obs: dict, action_shape) -> tuple[jax.Array, jax.Array]:
@@ -62,7 +80,7 @@ def loss(
     obs = schema.observation_of(batch)
     zeros_x, zeros_t = _zero_inputs(obs, actions.shape[1:])
     pred = apply_fn(params, obs, zeros_x, zeros_t)
-    value = masked_mse(pred, actions, batch.get(schema.ACTION_PAD_MASK))
+    value = batch_masked_mse(pred, actions, batch)
     return value, {"mse": value}
 
 

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 
 from action_gen import models, objectives
-from action_gen.data import normalize, schema
+from action_gen.data import normalize, schema, spec, transforms
 from action_gen.train import checkpoint
 
 
@@ -30,6 +30,11 @@ class Policy:
       params: the parameters sampled with (EMA weights by default).
       norm_stats: normalization statistics of the training data.
       num_sample_steps: denoising / integration steps per chunk.
+      observation_spec: what a caller sends, per unbatched observation: key -> (shape,
+        dtype); `observation/state` (T, S) float32, images (T, h, w, 3) uint8, and `prompt`
+        ((), "string") for language-conditioned policies. `obs_pad_mask` (T,) bool is
+        optional (default: all real).
+      action_shape: (H, A) of the returned chunks (A: the dataset's action dim).
     """
 
     def __init__(
@@ -44,12 +49,17 @@ class Policy:
         self.params = params
         self.norm_stats = norm_stats
         self.state_dim, self.action_dim = normalize.feature_dims(norm_stats)
+        self.model_action_dim = spec.model_action_dim(config.model, self.action_dim)
         self.obs_horizon = int(config.data.obs_horizon)
         self.action_horizon = int(config.data.action_horizon)
+        self.action_shape = (self.action_horizon, self.action_dim)
         self.num_sample_steps = int(num_sample_steps or config.objective.num_sample_steps)
+        self.model_observation_spec = spec.observation_spec(config.data, self.state_dim)
+        self.observation_spec = _client_spec(self.model_observation_spec)
+        self._prepare_observation = transforms.make_observation_preparer(config)
         self.model = models.create_model(config.model)
         self.objective = objectives.create_objective(
-            config.objective, (self.action_horizon, self.action_dim)
+            config.objective, (self.action_horizon, self.model_action_dim)
         )
         self._sample = jax.jit(
             functools.partial(
@@ -57,6 +67,7 @@ class Policy:
                 apply_fn=models.make_apply_fn(self.model),
                 sample_fn=self.objective.sample,
                 num_steps=self.num_sample_steps,
+                action_dim=self.action_dim,
                 norm_stats=norm_stats,
                 state_norm=config.data.state_norm,
                 action_norm=config.data.action_norm,
@@ -83,9 +94,10 @@ class Policy:
         manager = checkpoint.create_checkpoint_manager(ckpt_dir, read_only=True)
         config_dict, norm_stats = checkpoint.restore_metadata(manager, step)
         config = ml_collections.ConfigDict(config_dict)
-        state_dim, action_dim = normalize.feature_dims(norm_stats)
+        state_dim, data_action_dim = normalize.feature_dims(norm_stats)
+        action_dim = spec.model_action_dim(config.model, data_action_dim)
         model = models.create_model(config.model)
-        example_obs = models.example_observation(config.data.obs_horizon, state_dim)
+        example_obs = spec.example_observation(spec.observation_spec(config.data, state_dim))
         abstract_params = jax.eval_shape(
             lambda key: models.init_params(
                 model, key, example_obs, (config.data.action_horizon, action_dim)
@@ -103,21 +115,51 @@ class Policy:
         """Samples one action chunk per observation in the batch.
 
         Args:
-          observation: `schema.OBS_STATE` [B, T, S] raw (unnormalized) state history and
-            optionally `schema.OBS_PAD_MASK` [B, T] bool.
+          observation: raw (unnormalized) batched observation, keys as in
+            `self.observation_spec` with a leading batch dim: `schema.OBS_STATE` [B, T, S],
+            optionally `schema.OBS_PAD_MASK` [B, T] bool, images [B, T, h, w, 3] uint8,
+            `prompt` [B] strings.
           rng: a jax PRNG key or an int seed.
         Returns:
           [B, H, A] float32 numpy array of raw (unnormalized) actions.
         """
         if isinstance(rng, int | np.integer):
             rng = jax.random.key(int(rng))
+        return np.asarray(self._sample(self.params, self.prepare_observation(observation), rng))
+
+    def prepare_observation(self, observation: dict) -> dict:
+        """Raw batched observation -> the model-ready arrays of `model_observation_spec`
+        (prompt tokenized, pad mask defaulted, dtypes fixed); normalization happens in jit."""
+        missing = [k for k in self.observation_spec if k not in observation]
+        if missing:
+            raise KeyError(
+                f"observation is missing {missing}; expected {sorted(self.observation_spec)}"
+            )
+        observation = self._prepare_observation(observation)
         state = np.asarray(observation[schema.OBS_STATE], np.float32)
-        obs = {schema.OBS_STATE: state}
-        if schema.OBS_PAD_MASK in observation:
-            obs[schema.OBS_PAD_MASK] = np.asarray(observation[schema.OBS_PAD_MASK], bool)
-        else:
-            obs[schema.OBS_PAD_MASK] = np.ones(state.shape[:2], bool)
-        return np.asarray(self._sample(self.params, obs, rng))
+        obs = {}
+        for key, (_, dtype) in self.model_observation_spec.items():
+            if key == schema.OBS_PAD_MASK and key not in observation:
+                obs[key] = np.ones(state.shape[:2], bool)
+            else:
+                obs[key] = np.asarray(observation[key], dtype)
+        for key, value in observation.items():  # optional camera-presence masks
+            if key.startswith(schema.IMAGE_MASK_PREFIX):
+                obs[key] = np.asarray(value, bool)
+        return obs
+
+
+def _client_spec(model_spec: dict) -> dict:
+    """The spec a caller fills: the model's, with the raw `prompt` string in place of its
+    tokens and the pad mask left optional."""
+    client = {
+        k: v
+        for k, v in model_spec.items()
+        if k not in (schema.PROMPT_TOKENS, schema.PROMPT_MASK, schema.OBS_PAD_MASK)
+    }
+    if schema.PROMPT_TOKENS in model_spec:
+        client[schema.PROMPT] = ((), "string")
+    return client
 
 
 def _sample_raw(
@@ -128,14 +170,16 @@ def _sample_raw(
     apply_fn,
     sample_fn,
     num_steps: int,
+    action_dim: int,
     norm_stats: dict,
     state_norm: str,
     action_norm: str,
 ) -> jax.Array:
-    """normalize(obs) → objective sampler → unnormalize(actions); traced once per shape."""
+    """normalize(obs) → objective sampler → drop padded action dims → unnormalize; traced
+    once per shape."""
     obs = dict(obs)
     obs[schema.OBS_STATE] = normalize.normalize(
         obs[schema.OBS_STATE], norm_stats["state"], state_norm
     ).astype(jnp.float32)
-    actions = sample_fn(apply_fn, params, obs, rng, num_steps)
+    actions = sample_fn(apply_fn, params, obs, rng, num_steps)[..., :action_dim]
     return normalize.unnormalize(actions, norm_stats["actions"], action_norm)

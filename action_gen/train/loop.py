@@ -12,7 +12,7 @@ import numpy as np
 import tqdm
 
 from action_gen import models, objectives
-from action_gen.data import normalize, pipeline
+from action_gen.data import normalize, pipeline, spec, transforms
 from action_gen.envs import collect
 from action_gen.train import checkpoint, sharding
 from action_gen.train.metrics_writer import MetricWriter
@@ -85,7 +85,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     os.makedirs(workdir, exist_ok=True)
     dataset_dir = resolve_dataset_dir(config.data, workdir)
     norm_stats = pipeline.compute_dataset_norm_stats(dataset_dir)
-    state_dim, action_dim = normalize.feature_dims(norm_stats)
+    state_dim, data_action_dim = normalize.feature_dims(norm_stats)
+    action_dim = spec.model_action_dim(config.model, data_action_dim)
     obs_horizon, action_horizon = config.data.obs_horizon, config.data.action_horizon
     num_steps = config.train.num_steps
 
@@ -102,7 +103,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
 
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
-    example_obs = models.example_observation(obs_horizon, state_dim)
+    example_obs = spec.example_observation(spec.observation_spec(config.data, state_dim))
 
     def init_state(key):
         params = models.init_params(model, key, example_obs, (action_horizon, action_dim))
@@ -151,6 +152,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         num_shards=num_processes,
     )
     batches = pipeline.iterate_numpy_batches(dataset, start_batch=start_step)
+    prepare_batch = transforms.make_batch_preparer(config, data_action_dim)
 
     step_fn = jax.jit(
         functools.partial(
@@ -190,7 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     end_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
     try:
         for step in range(start_step, end_step):
-            batch = sharding.global_batch(next(batches), batch_sharding)
+            batch = sharding.global_batch(prepare_batch(next(batches)), batch_sharding)
             state, metrics = step_fn(state, batch, train_rng)
             pending_metrics.append(metrics)
             done = step + 1

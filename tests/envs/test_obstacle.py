@@ -100,3 +100,22 @@ def test_registered_single_env():
     obs, reward, terminated, truncated, info = env.step(obs[obstacle.POS])
     assert obs.shape == (9,) and isinstance(reward, float) and isinstance(terminated, bool)
     assert info["elapsed_steps"] == 1
+
+
+def test_language_variant_instructions_are_seeded_and_balanced():
+    from action_gen import envs
+
+    env = envs.make_vector_env("obstacle_language", num_envs=200)
+    _, info = env.reset(seed=11)
+    sides, texts = info["instructed_side"], info["instruction"]
+    assert set(np.unique(sides)) == {obstacle.LEFT, obstacle.RIGHT}
+    assert 0.35 < np.mean(sides == obstacle.LEFT) < 0.65
+    for side, text in zip(sides, texts, strict=True):
+        assert text == obstacle.INSTRUCTIONS[side]
+        assert obstacle.side_of_instruction(text) == side
+    # Episode i's instruction depends on its own seed only.
+    single = obstacle.ObstacleVecEnv(1, instructed=True)
+    _, one = single.reset(seed=[int(info["seed"][5])])
+    assert one["instruction"][0] == texts[5]
+    assert obstacle.side_of_instruction(b"pass on the LEFT.") == obstacle.LEFT
+    assert obstacle.side_of_instruction("left or right") == obstacle.NO_SIDE

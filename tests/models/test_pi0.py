@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from action_gen import models
-from action_gen.data import schema
-from action_gen.models import pi0, tokenizer
+from action_gen.data import schema, tokenizer
+from action_gen.models import pi0
 
 H, A, S = 4, 3, 5
 TINY = {"name": "pi0", "variant": "tiny", "action_dim": A}
@@ -154,3 +154,20 @@ def test_pi0_size_param_count():
     print(f"pi0 params without token embedding: {body / 1e9:.3f} B "
           f"(ViT {vit / 1e9:.3f} B, expert {expert / 1e9:.3f} B)")  # fmt: skip
     assert abs(body - 2.72e9) / 2.72e9 < 0.05
+
+
+def test_remat_changes_neither_params_nor_gradients():
+    model, params = _model_and_params()
+    remat_model = models.create_model({**TINY, "remat": True})
+    remat_params = models.init_params(remat_model, jax.random.key(0), _obs(), (H, A))
+    assert jax.tree.structure(remat_params) == jax.tree.structure(params)
+    x, t = _xt()
+
+    def grads(m):
+        apply_fn = models.make_apply_fn(m)
+        return jax.jit(jax.grad(lambda p: jnp.sum(apply_fn(p, _obs(), x, t) ** 2)))(params)
+
+    for a, b in zip(
+        jax.tree.leaves(grads(model)), jax.tree.leaves(grads(remat_model)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

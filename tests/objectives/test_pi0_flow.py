@@ -6,8 +6,7 @@ import ml_collections
 import numpy as np
 
 from action_gen import models, objectives
-from action_gen.data import schema
-from action_gen.models import tokenizer
+from action_gen.data import schema, tokenizer
 
 B, H, A = 2, 8, 4
 
