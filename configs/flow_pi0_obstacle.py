@@ -72,7 +72,7 @@ def get_config(arg=None):
         config.data.batch_size = 128
         config.optimizer.lr = 1e-3
         config.optimizer.warmup_steps = 100
-        config.train.num_steps = 3_000
-        config.train.checkpoint_every = 500
+        config.train.num_steps = 6_000
+        config.train.checkpoint_every = 1_000
         config.eval.num_episodes = 100
     return config

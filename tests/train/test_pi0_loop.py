@@ -43,3 +43,22 @@ def test_policy_from_checkpoint_follows_the_spec(workdir):
     np.testing.assert_array_equal(actions, policy.sample_actions(observation, 0))
     with pytest.raises(KeyError, match="prompt"):
         policy.sample_actions({schema.OBS_STATE: observation[schema.OBS_STATE]}, 0)
+
+
+def test_pi0_size_config_builds_abstractly():
+    """The real-size variant of the config (2.7 B parameters, bf16): shapes only."""
+    import jax
+
+    from action_gen import models
+    from action_gen.data import spec
+
+    config = flow_pi0_obstacle.get_config("pi0")
+    model = models.create_model(config.model)
+    example = spec.example_observation(spec.observation_spec(config.data, obstacle.STATE_DIM))
+    params = jax.eval_shape(
+        lambda key: models.init_params(model, key, example, (16, config.model.action_dim)),
+        jax.random.key(0),
+    )
+    count = sum(x.size for x in jax.tree.leaves(params))
+    assert count > 2.7e9 and params["token_embedding"]["embedding"].shape == (257_152, 2048)
+    assert all(x.dtype == jax.numpy.float32 for x in jax.tree.leaves(params))
