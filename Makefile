@@ -16,7 +16,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,sim]"
+	# openpi-client (the serving tests' real client) pins numpy<2, which jax contradicts;
+	# it runs fine on numpy 2 with the deps above (websockets, msgpack, typing_extensions).
+	$(PY) -m pip install -q --no-deps "openpi-client==0.1.2"
 	touch $(STAMP)
 
 demo: $(STAMP)

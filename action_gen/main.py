@@ -13,9 +13,37 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to run."
+    "mode", "train_and_eval", ["train", "eval", "train_and_eval", "serve"], "What to run."
 )
-flags.mark_flags_as_required(["config", "workdir"])
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: bind address (0.0.0.0 to expose).")
+_PORT = flags.DEFINE_integer("port", 8000, "serve: websocket port (0 picks a free one).")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "serve: most requests per sampler call.")
+_MAX_WAIT_MS = flags.DEFINE_float(
+    "max_wait_ms", 2.0, "serve: longest a request waits for others to join its batch."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "Multi-process: host:port of process 0 (else SLURM/TPU-pod detection)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.mark_flags_as_required(["workdir"])  # --config too, except for --mode=serve
+
+
+def serve(workdir: str) -> None:
+    """Serves the checkpoint in `workdir` (its stored config; no --config needed). The API
+    key, if any, comes from $ACTION_GEN_API_KEY (not a flag: flags show up in `ps`)."""
+    from action_gen.sample.policy import Policy
+    from action_gen.serve.server import PolicyServer
+
+    policy = Policy.from_checkpoint(os.path.abspath(workdir))
+    PolicyServer(
+        policy,
+        host=_HOST.value,
+        port=_PORT.value,
+        max_batch=_MAX_BATCH.value,
+        max_wait_ms=_MAX_WAIT_MS.value,
+        api_key=os.environ.get("ACTION_GEN_API_KEY") or None,
+    ).run()
 
 
 def run(config, workdir: str, mode: str) -> dict | None:
@@ -36,6 +64,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
+    if _MODE.value == "serve":
+        serve(_WORKDIR.value)
+        return
+    if _CONFIG.value is None:
+        raise app.UsageError(f"--config is required for --mode={_MODE.value}")
+    from action_gen.train import distributed  # lazily: jax loads only past flag parsing
+
+    distributed.initialize_from_env(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     run(_CONFIG.value, _WORKDIR.value, _MODE.value)
 
 

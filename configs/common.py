@@ -91,10 +91,15 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
     config.train.async_checkpoints = True
     config.train.ema_power = 0.75
     config.train.ema_max_decay = 0.9999
+    config.train.grad_accum_steps = 1  # micro-batches per update (divides batch_size)
+    config.train.compute_dtype = "float32"  # or "bfloat16": bf16 compute, fp32 weights
+    config.train.remat = "none"  # none | full | dots: recompute the forward in backward
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
     config.mesh.fsdp = 1
+    config.mesh.rules = "fsdp"  # logical-axis rule set (train/sharding.py RULE_SETS)
+    config.mesh.fsdp_min_size = 2**16  # params with fewer elements stay replicated
 
     config.eval = ml_collections.ConfigDict()
     config.eval.env = "obstacle"

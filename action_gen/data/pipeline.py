@@ -17,13 +17,13 @@ to k but reproduces the uninterrupted stream exactly.
 import hashlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from action_gen.data import augment, rlds, schema, windows
 from action_gen.data import normalize as norm
-from action_gen.data import rlds, schema, windows
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,21 @@ def create_train_dataset(
     shard_index: int = 0,
     num_shards: int = 1,
     split: str = "train",
+    weights: Sequence[float] | None = None,
+    image_crop: Sequence[int] | None = None,
 ) -> tf.data.Dataset:
     """Infinite, deterministic stream of normalized training batches.
 
     Args:
-      data_dir: RLDS dataset directory (see ``rlds.load_rlds_episodes``).
+      data_dir: RLDS dataset directory (see ``rlds.load_rlds_episodes``), or a list of
+        them: a mixture, each window drawn from dataset i with probability
+        ``weights[i] / sum(weights)`` (``tf.data.Dataset.sample_from_datasets``; every
+        dataset repeats on its own, so a small one is revisited, not exhausted). All must
+        have the same fields and shapes; ``norm_stats`` should cover all of them
+        (``compute_mixture_norm_stats``).
+      weights: per-dataset sampling weights of a mixture (default: equal).
+      image_crop: (h, w) random crop of every camera's frames (``augment.py``; training
+        only, the model center-crops at inference); None: frames as stored.
       obs_horizon: T, observations per window.
       action_horizon: H, actions per window.
       batch_size: B per process.
@@ -126,17 +136,29 @@ def create_train_dataset(
     norm.validate_norm_stats(norm_stats, source="norm_stats")
     state_stats, action_stats = norm_stats[norm.STATE], norm_stats[norm.ACTIONS]
 
-    episodes = rlds.load_rlds_episodes(
-        data_dir, split=split, shard_index=shard_index, num_shards=num_shards
-    )
-    ds = episodes.shuffle(_EPISODE_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.flat_map(lambda tr: windows.window_trajectory(tr, obs_horizon, action_horizon))
-    ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-    ds = ds.repeat()
+    data_dirs = [data_dir] if isinstance(data_dir, str | os.PathLike) else list(data_dir)
+    if weights is not None and len(weights) != len(data_dirs):
+        raise ValueError(f"{len(weights)} mixture weights for {len(data_dirs)} datasets")
+    streams = []
+    for i, path in enumerate(data_dirs):
+        episodes = rlds.load_rlds_episodes(
+            path, split=split, shard_index=shard_index, num_shards=num_shards
+        )
+        # Dataset 0 keeps the single-dataset seeds, so a one-element mixture is identical.
+        base = seed + 1000 * i
+        ds = episodes.shuffle(_EPISODE_SHUFFLE_BUFFER, seed=base, reshuffle_each_iteration=True)
+        ds = ds.flat_map(lambda tr: windows.window_trajectory(tr, obs_horizon, action_horizon))
+        ds = ds.shuffle(shuffle_buffer, seed=base + 1, reshuffle_each_iteration=True)
+        streams.append(ds.repeat())
+    ds = streams[0] if len(streams) == 1 else _mix(streams, data_dirs, weights, seed)
     ds = ds.batch(batch_size, drop_remainder=True)
+    # The batch index seeds the crop offsets: the stream stays a function of the seed.
+    ds = ds.enumerate()
 
-    def normalize_batch(batch):
+    def normalize_batch(index, batch):
         batch = dict(batch)
+        if image_crop:
+            batch = augment.crop_batch_images(batch, image_crop, seed, index)
         batch[schema.OBS_STATE] = norm.normalize(batch[schema.OBS_STATE], state_stats, state_norm)
         batch[schema.ACTIONS] = norm.normalize(batch[schema.ACTIONS], action_stats, action_norm)
         return batch
@@ -146,6 +168,40 @@ def create_train_dataset(
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)
+
+
+def _mix(streams, data_dirs, weights, seed: int) -> tf.data.Dataset:
+    """Weighted sampling of windows from several infinite streams (seeded)."""
+    specs = [s.element_spec for s in streams]
+    for path, spec in zip(data_dirs[1:], specs[1:], strict=True):
+        if spec != specs[0]:
+            raise ValueError(
+                f"cannot mix RLDS datasets with different fields: {data_dirs[0]} gives "
+                f"{specs[0]}, {path} gives {spec}"
+            )
+    weights = [1.0] * len(streams) if weights is None else [float(w) for w in weights]
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {weights}")
+    total = sum(weights)
+    return tf.data.Dataset.sample_from_datasets(
+        streams, weights=[w / total for w in weights], seed=seed + 2
+    )
+
+
+def compute_mixture_norm_stats(data_dirs: Sequence) -> dict:
+    """Normalization stats over the union of several RLDS datasets (one pass each, not
+    cached), for a mixture: every dataset is normalized the same way."""
+    state_acc = norm.NormStatsAccumulator()
+    action_acc = norm.NormStatsAccumulator()
+    for path in data_dirs:
+        episodes = rlds.load_rlds_episodes(path, decode_images=False)
+        episodes = episodes.map(
+            lambda tr: (tr[schema.RLDS_OBSERVATION][schema.RLDS_STATE], tr[schema.RLDS_ACTION])
+        )
+        for state, action in episodes.as_numpy_iterator():
+            state_acc.update(state.reshape(state.shape[0], -1))
+            action_acc.update(action.reshape(action.shape[0], -1))
+    return {norm.STATE: state_acc.finalize(), norm.ACTIONS: action_acc.finalize()}
 
 
 def iterate_numpy_batches(

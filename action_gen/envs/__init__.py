@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from action_gen.envs import obstacle
+from action_gen.envs import metaworld, obstacle
 
 # name -> constructor(num_envs) of a vector env following the ObstacleVecEnv contract
 # (seeded reset per env, no auto-reset, `info["success"]` / `info["collision"]`).
@@ -16,7 +16,12 @@ VECTOR_ENVS: dict[str, Callable] = {
 
 
 def make_vector_env(name: str, num_envs: int, **kwargs):
-    """A vector env of `num_envs` copies of task `name`."""
+    """A vector env of `num_envs` copies of task `name`.
+
+    "metaworld:<task>[@<camera>:<size>]" names any Meta-World task (envs/metaworld.py).
+    """
+    if name.startswith(metaworld.SPEC_PREFIX):
+        return metaworld.make_vector_env(name, num_envs, **kwargs)
     if name not in VECTOR_ENVS:
         raise ValueError(f"unknown env {name!r}; known: {sorted(VECTOR_ENVS)}")
     return VECTOR_ENVS[name](num_envs, **kwargs)

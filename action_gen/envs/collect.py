@@ -1,6 +1,8 @@
 """Scripted-expert demonstrations → an RLDS dataset on disk.
 
 python -m action_gen.envs.collect --env=obstacle --episodes=200 --seed=0 --out=DIR
+python -m action_gen.envs.collect --env=metaworld --task=push --episodes=50 \
+    [--image=corner2:96] --out=DIR
 """
 
 import functools
@@ -10,7 +12,7 @@ import os
 from absl import app, flags
 
 from action_gen.data import rlds
-from action_gen.envs import expert
+from action_gen.envs import expert, metaworld
 
 # Built-in tasks with a scripted expert: name -> collect_demos(num_episodes, seed).
 EXPERTS = {
@@ -25,7 +27,13 @@ DESCRIPTIONS = {
 
 def collect_to_rlds(task: str, out_dir: str, *, num_episodes: int, seed: int) -> str:
     """Runs task `task`'s scripted expert for `num_episodes` seeded episodes and writes them
-    as RLDS under `out_dir/<task>/1.0.0`. Returns that directory."""
+    as RLDS under `out_dir/<task>/1.0.0`. Returns that directory.
+
+    `task` may also be a Meta-World spec, "metaworld:<task>[@<camera>:<size>]"
+    (envs/metaworld.py: successful expert episodes only, written under
+    `out_dir/metaworld_<task>[_<camera><size>]/1.0.0`)."""
+    if task.startswith(metaworld.SPEC_PREFIX):
+        return metaworld.collect_to_rlds(task, out_dir, num_episodes=num_episodes, seed=seed)
     if task not in EXPERTS:
         raise ValueError(f"no scripted expert for task {task!r}; known: {sorted(EXPERTS)}")
     episodes = EXPERTS[task](num_episodes, seed)
@@ -55,7 +63,13 @@ def ensure_builtin_dataset(task: str, dataset_dir: str, *, num_episodes: int, se
 def main(argv):
     del argv
     values = flags.FLAGS
-    path = collect_to_rlds(values.env, values.out, num_episodes=values.episodes, seed=values.seed)
+    env = values.env
+    if env == "metaworld":
+        if not values.task:
+            raise app.UsageError("--env=metaworld needs --task=NAME (e.g. --task=push)")
+        camera, size = metaworld.parse_image_flag(values.image) if values.image else (None, None)
+        env = metaworld.make_spec(values.task, camera, size)
+    path = collect_to_rlds(env, values.out, num_episodes=values.episodes, seed=values.seed)
     print(path)
 
 
@@ -66,4 +80,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("episodes", 200, "Number of demonstrations.")
     flags.DEFINE_integer("seed", 0, "Base seed (episode seeds derive from it).")
     flags.DEFINE_string("out", None, "Output directory.", required=True)
+    flags.DEFINE_string("task", None, "Meta-World task name (with --env=metaworld).")
+    flags.DEFINE_string("image", None, "CAMERA:SIZE image observations (Meta-World).")
     app.run(main)

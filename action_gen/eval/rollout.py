@@ -22,10 +22,29 @@ import numpy as np
 from action_gen.envs import obstacle
 
 # policy_fn(obs_history [N, T, S] raw float32, obs_pad_mask [N, T] bool, rng_step)
-#   -> actions [N, H, A] raw. Envs that give instructions also pass `prompt=` [N] str.
+#   -> actions [N, H, A] raw. Envs that give instructions also pass `prompt=` [N] str;
+#   envs with cameras also pass `images=` {camera: [N, T, h, w, 3] uint8}.
 PolicyFn = Callable[..., np.ndarray]
 
 _LAYOUT_KEYS = ("start", "goal", "obstacle_center", "obstacle_radius", "instructed_side")
+_IMAGE_PREFIX = "image/"
+
+
+def _split_observation(obs) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """An env observation -> (state [N, S], {camera: [N, h, w, 3]}).
+
+    Envs return either a state array [N, S] or a dict {"state": [N, S], "image/<camera>":
+    [N, h, w, 3]} (envs/metaworld.py with a camera)."""
+    if not isinstance(obs, dict):
+        return np.asarray(obs), {}
+    if "state" not in obs:
+        raise KeyError(f"dict observation without a 'state' key; keys: {sorted(obs)}")
+    images = {
+        k.removeprefix(_IMAGE_PREFIX): np.asarray(v)
+        for k, v in obs.items()
+        if k.startswith(_IMAGE_PREFIX)
+    }
+    return np.asarray(obs["state"]), images
 
 
 def run_rollouts(
@@ -67,7 +86,8 @@ def run_rollouts(
           included), positions list of [L_e + 1, 2], actions list of [L_e, A] (executed),
           start/goal/obstacle_center [E, 2] and obstacle_radius [E] when the env reports
           them at reset; instructed_side [E] int when the env gives instructions (then
-          `policy_fn` also gets `prompt=` the [N] instructions on every call); and
+          `policy_fn` also gets `prompt=` the [N] instructions on every call; envs with
+          cameras (dict observations) pass `images=` {camera: [N, T, h, w, 3]}); and
           policy_call_s, the wall time of every policy call (seconds); plus obs_horizon,
           action_exec_horizon.
     """
@@ -84,10 +104,14 @@ def run_rollouts(
     rng_step = 0
     for first in range(0, len(all_seeds), num_envs):
         obs, info = env.reset(seed=all_seeds[first : first + num_envs])
+        obs, images = _split_observation(obs)
+        image_history = {k: np.repeat(v[:, None], obs_horizon, axis=1) for k, v in images.items()}
         for k in _LAYOUT_KEYS:
             if k in info:
                 layout[k].append(np.asarray(info[k]))
         prompt_kwargs = {}
+        if images:
+            prompt_kwargs["images"] = image_history
         if "instruction" in info:
             prompt_kwargs["prompt"] = np.asarray(info["instruction"], dtype=object)
         history = np.repeat(obs[:, None], obs_horizon, axis=1)
@@ -117,6 +141,11 @@ def run_rollouts(
                     break
                 action = chunk[:, k]
                 obs, _, terminated, truncated, info = env.step(action)
+                obs, images = _split_observation(obs)
+                for key, frame in images.items():
+                    image_history[key] = np.concatenate(
+                        [image_history[key][:, 1:], frame[:, None]], axis=1
+                    )
                 action_log.append(action)
                 state_log.append(obs)
                 length += running
@@ -155,6 +184,8 @@ def run_rollouts(
             ],
             np.int64,
         )
+    else:  # no obstacle layout (e.g. Meta-World): no passing side to measure
+        result["side"] = np.full(e, obstacle.NO_SIDE, np.int64)
     result["policy_call_s"] = np.asarray(call_times)
     result["obs_horizon"] = obs_horizon
     result["action_exec_horizon"] = action_exec_horizon

@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 
 from action_gen.data import schema
-from action_gen.models import pi0, unet1d
+from action_gen.models import pi0, token_head, transformer, unet1d
 
 # name -> module class; the remaining config fields are its constructor kwargs.
 MODELS: dict[str, type[nn.Module]] = {
     "unet1d": unet1d.ConditionalUnet1D,
     "pi0": pi0.Pi0,
+    "token_head": token_head.TokenHead,
+    "transformer": transformer.TransformerForDiffusion,
 }
 
 

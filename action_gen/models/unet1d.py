@@ -9,6 +9,11 @@ global conditioning, `cond_predict_scale=True`, no local conditioning), channels
   up level (reversed, skipping the first level): concat(x, skip) → 2 x ResBlock → Upsample
   final:                    Conv1dBlock(d_0) → Conv1d(k=1) to A
 
+With camera images in the observation (`observation/image/<camera>` [B, T, h, w, 3] uint8),
+the flattened history is that of per-step features [state_t, f_cam(image_t) for each
+camera] (models/resnet.py: ResNet18-GN + spatial softmax per camera, DP's image recipe);
+without images the model and its parameter tree are exactly the low-dim ones.
+
 As in DP, the first level's skip is never consumed (the up path has one level fewer than
 the down path and every up level upsamples), so H=16 with three levels runs at lengths
 16 → 8 → 4 → 8 → 16. H must be divisible by 2^(len(down_dims) - 1).
@@ -20,8 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from action_gen.data import schema
-from action_gen.models import layers
+from action_gen.models import layers, resnet
 
 
 class Conv1dBlock(nn.Module):
@@ -73,6 +77,12 @@ class ConditionalUnet1D(nn.Module):
       n_groups: GroupNorm groups (DP: 8); every entry of down_dims must be divisible by it.
       time_embed_dim: width E of the time embedding (DP's diffusion_step_embed_dim, 256).
       cond_predict_scale: FiLM with scale and bias (True, DP's setting) or bias only.
+      image_features, num_keypoints, resnet_width, resnet_blocks, image_crop: the per-camera
+        image encoder (models/resnet.py: output width, spatial-softmax keypoints, ResNet stem
+        width, blocks per stage, center-crop size), used only when the observation has images.
+      dtype: activation dtype of the image encoder ("bfloat16": bf16 activations, float32
+        parameters). The 1-D U-Net itself computes in float32 (layers.Conv1d is a float32
+        GEMM); at image-policy sizes the ResNet is nearly all of the compute.
     """
 
     down_dims: Sequence[int] = (256, 512, 1024)
@@ -80,14 +90,29 @@ class ConditionalUnet1D(nn.Module):
     n_groups: int = 8
     time_embed_dim: int = 256
     cond_predict_scale: bool = True
+    image_features: int = 64
+    num_keypoints: int = 32
+    resnet_width: int = 64
+    resnet_blocks: Sequence[int] = (2, 2, 2, 2)  # ResNet18
+    image_crop: Sequence[int] | None = None
+    dtype: str = "float32"
 
     def condition(self, obs: dict, time: jax.Array) -> jax.Array:
-        """The global condition [B, E + T*S]: time embedding and flattened state history.
+        """The global condition [B, E + T*F]: time embedding and flattened per-step
+        observation features (F = S without images; see the module docstring).
 
         `obs[schema.OBS_PAD_MASK]` is not used: padded steps repeat the first real
         observation (as in DP), so the flattened history is well defined either way.
         """
-        state = jnp.asarray(obs[schema.OBS_STATE], jnp.float32)
+        state = resnet.ObservationEncoder(
+            features=self.image_features,
+            num_keypoints=self.num_keypoints,
+            width=self.resnet_width,
+            blocks_per_stage=self.resnet_blocks,
+            image_crop=self.image_crop,
+            dtype=jnp.dtype(self.dtype),
+            name="obs_encoder",
+        )(obs)  # [B, T, F]
         batch = state.shape[0]
         time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
         emb = layers.sinusoidal_embedding(time, self.time_embed_dim)
@@ -97,7 +122,8 @@ class ConditionalUnet1D(nn.Module):
     @nn.compact
     def __call__(self, obs: dict, noisy_actions: jax.Array, time: jax.Array) -> jax.Array:
         """Args:
-          obs: `schema.OBS_STATE` [B, T, S] float32 (normalized); other keys ignored.
+          obs: `schema.OBS_STATE` [B, T, S] float32 (normalized), optional camera images
+            `schema.image_key(camera)` [B, T, h, w, 3] uint8; other keys ignored.
           noisy_actions: [B, H, A].
           time: [B] (or scalar) float: the diffusion step index k, or a scaled flow time.
         Returns:

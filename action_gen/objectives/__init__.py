@@ -13,12 +13,13 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import NamedTuple
 
-from action_gen.objectives import diffusion, flow, regression
+from action_gen.objectives import diffusion, flow, regression, tokens
 
 OBJECTIVES: dict[str, ModuleType] = {
     "diffusion": diffusion,
     "flow": flow,
     "regression": regression,
+    "tokens": tokens,
 }
 
 # Config fields that belong to callers, not to the objective's functions.

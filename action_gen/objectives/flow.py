@@ -175,3 +175,111 @@ def sample(
     if clip_sample:
         x = jnp.clip(x, -1.0, 1.0)
     return x
+
+
+def rtc_guidance_weight(t: jax.Array, max_guidance: float) -> jax.Array:
+    """ΠGDM guidance weight of real-time chunking at flow time t (t = 0 noise, t = 1 data).
+
+      r_t² = (1 - t)² / (t² + (1 - t)²),   w(t) = min(β, (1 - t) / (t r_t²))
+
+    w → ∞ as t → 0 (the one-step estimate of the data is then worthless, so unclipped
+    guidance would dominate); β clips it (the paper's β = 5).
+    """
+    t = jnp.asarray(t, jnp.float32)
+    r2 = (1.0 - t) ** 2 / (t**2 + (1.0 - t) ** 2)
+    denom = t * r2
+    # t = 0 gives (1 - t) / 0 = inf, which the clip turns into β; `where` keeps it NaN-free.
+    raw = jnp.where(denom > 0, (1.0 - t) / jnp.where(denom > 0, denom, 1.0), jnp.inf)
+    return jnp.minimum(max_guidance, raw)
+
+
+def sample_guided(
+    apply_fn: Callable,
+    params,
+    obs: dict,
+    rng: jax.Array,
+    num_steps: int,
+    prefix: jax.Array,
+    prefix_weights: jax.Array,
+    *,
+    action_shape,
+    max_guidance: float = 5.0,
+    integrator: str = "euler",
+    time_scale: float = 100.0,
+    clip_sample: bool = True,
+) -> jax.Array:
+    """Inpaints a chunk towards a target prefix: real-time chunking's guided flow sampler.
+
+    Same integration as `sample` (t = 0 noise → t = 1 data, grid t_i = i/N), with the
+    velocity replaced by the ΠGDM-guided one (Black, Galliker & Levine 2025, Alg. 1):
+
+      x̂_1(x, t) = x + (1 - t) v(x, t)                         (one-step data estimate)
+      e        = W ⊙ (Y - x̂_1)                                 (weighted prefix error)
+      g        = eᵀ ∂x̂_1/∂x                                    (one `jax.vjp` of x̂_1)
+      ṽ(x, t)  = v(x, t) + min(β, (1 - t) / (t r_t²)) g,  r_t² = (1-t)² / (t² + (1-t)²)
+
+    Y is the target chunk (the previous chunk's not-yet-executed actions, re-indexed to
+    start at the new chunk's first step) and W [B, H] its per-step weights: 1 for the d
+    actions that will execute while this chunk is computed, exponentially decaying to 0
+    over the rest of the overlap, 0 where there is no previous plan (`rtc_prefix_weights`
+    in sample/executor.py). W = 0 gives exactly `sample`'s chunk for the same rng. The
+    model's time input is t · time_scale; the whole chunk is one `lax.scan`.
+
+    Args:
+      apply_fn: `apply_fn(params, obs, x, time) -> [B, H, A]` (or a ContextApply).
+      params: model parameters.
+      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
+      rng: PRNG key for x_0 ~ N(0, I).
+      num_steps: N ≥ 1, static.
+      prefix: Y [B, H, A] in the model's (normalized) action space.
+      prefix_weights: W [B, H] (or [H], broadcast over the batch) in [0, 1].
+      action_shape: (H, A), static.
+      max_guidance: β, the clip of the guidance weight.
+      integrator: one of INTEGRATORS (every velocity evaluation is guided).
+      time_scale: the model sees t · time_scale.
+      clip_sample: clip the final chunk to [-1, 1].
+    Returns:
+      x_1 [B, H, A] float32.
+    References:
+      Black, Galliker & Levine, "Real-Time Execution of Action Chunking Flow Policies"
+      (2025), Eq. 5-6 and Alg. 1; Song et al., "Pseudoinverse-Guided Diffusion Models for
+      Inverse Problems" (ΠGDM, 2023).
+    """
+    _check(integrator=integrator)
+    if num_steps < 1:
+        raise ValueError(f"num_steps={num_steps} must be >= 1")
+    batch_size = obs[schema.OBS_STATE].shape[0]
+    shape = (batch_size, *tuple(action_shape))
+    if tuple(prefix.shape) != shape:
+        raise ValueError(f"prefix shape {tuple(prefix.shape)} != chunk shape {shape}")
+    weights = jnp.broadcast_to(jnp.asarray(prefix_weights, jnp.float32), shape[:2])[..., None]
+    target = prefix.astype(jnp.float32)
+    x = jax.random.normal(rng, shape, jnp.float32)
+    step_fn, context = models.split_apply_fn(apply_fn, params, obs)
+    dt = 1.0 / num_steps
+    ts = (np.arange(num_steps, dtype=np.float64) / num_steps).astype(np.float32)
+
+    def guided_velocity(x, t):
+        time = jnp.full((batch_size,), t * time_scale, jnp.float32)
+
+        def denoise(x):  # x ↦ (x̂_1, v): the data estimate and the velocity it came from
+            v = step_fn(params, context, x, time).astype(jnp.float32)
+            return x + (1.0 - t) * v, v
+
+        x1_hat, vjp_fn, v = jax.vjp(denoise, x, has_aux=True)
+        (g,) = vjp_fn(weights * (target - x1_hat))
+        return v + rtc_guidance_weight(t, max_guidance) * g
+
+    def body(x, t):
+        v = guided_velocity(x, t)
+        if integrator == "euler":
+            return x + dt * v, None
+        if integrator == "midpoint":
+            return x + dt * guided_velocity(x + 0.5 * dt * v, t + 0.5 * dt), None
+        v_next = guided_velocity(x + dt * v, t + dt)
+        return x + 0.5 * dt * (v + v_next), None
+
+    x, _ = jax.lax.scan(body, x, jnp.asarray(ts))
+    if clip_sample:
+        x = jnp.clip(x, -1.0, 1.0)
+    return x

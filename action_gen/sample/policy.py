@@ -10,6 +10,7 @@ import numpy as np
 
 from action_gen import models, objectives
 from action_gen.data import normalize, schema, spec, transforms
+from action_gen.objectives import flow
 from action_gen.train import checkpoint
 
 
@@ -35,6 +36,8 @@ class Policy:
         ((), "string") for language-conditioned policies. `obs_pad_mask` (T,) bool is
         optional (default: all real).
       action_shape: (H, A) of the returned chunks (A: the dataset's action dim).
+      supports_rtc: whether `sample_actions_rtc` (guided flow sampling) is available.
+      compiled_batch_sizes: batch sizes compiled ahead of time by `compile`.
     """
 
     def __init__(
@@ -73,6 +76,36 @@ class Policy:
                 action_norm=config.data.action_norm,
             )
         )
+        # Real-time chunking inpaints with the flow sampler's guided variant.
+        self.supports_rtc = config.objective.name == "flow"
+        self._sample_rtc = None
+        if self.supports_rtc:
+            guided_kwargs = {
+                k: v
+                for k, v in config.objective.to_dict().items()
+                if k in ("integrator", "time_scale", "clip_sample")
+            }
+            self._sample_rtc = jax.jit(
+                functools.partial(
+                    _sample_raw_guided,
+                    apply_fn=models.make_apply_fn(self.model),
+                    guided_fn=functools.partial(
+                        flow.sample_guided,
+                        action_shape=(self.action_horizon, self.model_action_dim),
+                        **guided_kwargs,
+                    ),
+                    num_steps=self.num_sample_steps,
+                    action_dim=self.action_dim,
+                    model_action_dim=self.model_action_dim,
+                    norm_stats=norm_stats,
+                    state_norm=config.data.state_norm,
+                    action_norm=config.data.action_norm,
+                ),
+                static_argnames=("max_guidance",),
+            )
+        # batch size -> (plain, guided or None) executables compiled ahead of time.
+        self._compiled: dict[int, tuple] = {}
+        self.compiled_batch_sizes: tuple[int, ...] = ()
 
     @classmethod
     def from_checkpoint(
@@ -125,7 +158,133 @@ class Policy:
         """
         if isinstance(rng, int | np.integer):
             rng = jax.random.key(int(rng))
-        return np.asarray(self._sample(self.params, self.prepare_observation(observation), rng))
+        obs = self.prepare_observation(observation)
+        return self._run(obs, rng, lambda fns: fns[0], self._sample)
+
+    def sample_actions_rtc(
+        self,
+        observation: dict,
+        rng,
+        *,
+        prefix: np.ndarray,
+        prefix_weights: np.ndarray,
+        max_guidance: float = 5.0,
+    ) -> np.ndarray:
+        """Samples chunks inpainted towards `prefix` (real-time chunking; flow only).
+
+        See `objectives.flow.sample_guided` for the math and `sample.executor` for how the
+        prefix and weights are built. The prefix is normalized like the training actions
+        (and zero-padded to the model's action dim) inside the same jitted program.
+
+        Args:
+          observation: as for `sample_actions`, batch B.
+          rng: a jax PRNG key or an int seed.
+          prefix: [B, H, A] raw actions the new chunk should start with.
+          prefix_weights: [H] or [B, H] weights in [0, 1].
+          max_guidance: β, the clip of the guidance weight (compiled in: one program per β;
+            the ahead-of-time programs use the default 5).
+        Returns:
+          [B, H, A] float32 numpy array of raw actions.
+        """
+        if not self.supports_rtc:
+            raise ValueError(
+                "real-time chunking needs a flow policy; this one is "
+                f"{self.config.objective.name!r}"
+            )
+        if isinstance(rng, int | np.integer):
+            rng = jax.random.key(int(rng))
+        obs = self.prepare_observation(observation)
+        batch = obs[schema.OBS_STATE].shape[0]
+        prefix = np.asarray(prefix, np.float32)
+        if prefix.shape != (batch, *self.action_shape):
+            raise ValueError(
+                f"prefix shape {prefix.shape} != (B, H, A) = {(batch, *self.action_shape)}"
+            )
+        weights = np.asarray(prefix_weights, np.float32)
+        try:
+            weights = np.broadcast_to(weights, (batch, self.action_horizon)).copy()
+        except ValueError:
+            raise ValueError(
+                f"prefix_weights shape {weights.shape} is neither [H] nor [B, H] "
+                f"(H={self.action_horizon}, B={batch})"
+            ) from None
+        obs = {**obs, _PREFIX: prefix, _WEIGHTS: weights}
+        if max_guidance != 5.0:
+            return self._call_guided(self._sample_rtc, obs, rng, max_guidance)
+        return self._run(
+            obs,
+            rng,
+            lambda fns: fns[1],
+            lambda params, o, r: self._call_guided(self._sample_rtc, o, r, 5.0, params),
+        )
+
+    def _call_guided(self, fn, obs, rng, max_guidance, params=None):
+        obs = dict(obs)
+        prefix, weights = obs.pop(_PREFIX), obs.pop(_WEIGHTS)
+        params = self.params if params is None else params
+        if max_guidance is None:  # an AOT executable: β is compiled in
+            return fn(params, obs, rng, prefix, weights)
+        return fn(params, obs, rng, prefix, weights, max_guidance=max_guidance)
+
+    def compile(self, batch_sizes=(1,)) -> None:
+        """Compiles the sampler ahead of time for each batch size, and runs each once.
+
+        After this, a call with batch B runs the program of the smallest compiled size
+        >= B (the batch padded by repeating its last row, results sliced back), or splits
+        B into pieces of the largest size: no request pays compilation. Observations
+        with keys outside `model_observation_spec` (optional camera masks) fall back to
+        the jitted function.
+        """
+        for size in sorted({int(b) for b in batch_sizes}):
+            if size < 1:
+                raise ValueError(f"batch sizes must be >= 1, got {size}")
+            if size in self._compiled:
+                continue
+            obs = spec.example_observation(self.model_observation_spec, size)
+            rng = jax.random.key(0)
+            plain = self._sample.lower(self.params, obs, rng).compile()
+            np.asarray(plain(self.params, obs, rng))  # warm-up: first-run allocations
+            guided = None
+            if self.supports_rtc:
+                prefix = np.zeros((size, *self.action_shape), np.float32)
+                weights = np.zeros((size, self.action_horizon), np.float32)
+                guided = self._sample_rtc.lower(
+                    self.params, obs, rng, prefix, weights, max_guidance=5.0
+                ).compile()
+                np.asarray(guided(self.params, obs, rng, prefix, weights))
+            self._compiled[size] = (plain, guided)
+        self.compiled_batch_sizes = tuple(sorted(self._compiled))
+
+    def _run(self, obs: dict, rng, pick, fallback) -> np.ndarray:
+        """Runs on an AOT program when one fits (padding / splitting the batch), else on
+        the jitted `fallback(params, obs, rng)`."""
+        keys = set(obs) - {_PREFIX, _WEIGHTS}
+        if not self._compiled or keys != set(self.model_observation_spec):
+            return np.asarray(fallback(self.params, obs, rng))
+        batch = obs[schema.OBS_STATE].shape[0]
+        largest = self.compiled_batch_sizes[-1]
+        if batch > largest:  # split into pieces that each have a program
+            pieces = [
+                self._run(
+                    {k: v[i : i + largest] for k, v in obs.items()},
+                    jax.random.fold_in(rng, i),
+                    pick,
+                    fallback,
+                )
+                for i in range(0, batch, largest)
+            ]
+            return np.concatenate(pieces)
+        size = next(b for b in self.compiled_batch_sizes if b >= batch)
+        padded = {
+            k: np.concatenate([v, np.repeat(v[-1:], size - batch, axis=0)]) if size > batch else v
+            for k, v in obs.items()
+        }
+        fn = pick(self._compiled[size])
+        if _PREFIX in padded:
+            out = self._call_guided(fn, padded, rng, None)
+        else:
+            out = fn(self.params, padded, rng)
+        return np.asarray(out)[:batch]
 
     def prepare_observation(self, observation: dict) -> dict:
         """Raw batched observation -> the model-ready arrays of `model_observation_spec`
@@ -147,6 +306,10 @@ class Policy:
             if key.startswith(schema.IMAGE_MASK_PREFIX):
                 obs[key] = np.asarray(value, bool)
         return obs
+
+
+# Internal keys carrying the RTC prefix through `_run` (never part of an observation).
+_PREFIX, _WEIGHTS = "__rtc_prefix__", "__rtc_weights__"
 
 
 def _client_spec(model_spec: dict) -> dict:
@@ -182,4 +345,37 @@ def _sample_raw(
         obs[schema.OBS_STATE], norm_stats["state"], state_norm
     ).astype(jnp.float32)
     actions = sample_fn(apply_fn, params, obs, rng, num_steps)[..., :action_dim]
+    return normalize.unnormalize(actions, norm_stats["actions"], action_norm)
+
+
+def _sample_raw_guided(
+    params,
+    obs: dict,
+    rng: jax.Array,
+    prefix: jax.Array,
+    prefix_weights: jax.Array,
+    *,
+    apply_fn,
+    guided_fn,
+    num_steps: int,
+    action_dim: int,
+    model_action_dim: int,
+    norm_stats: dict,
+    state_norm: str,
+    action_norm: str,
+    max_guidance: float,
+) -> jax.Array:
+    """`_sample_raw` with the RTC-guided flow sampler: the raw prefix [B, H, A] is
+    normalized (and zero-padded to the model's action dim) like the training actions."""
+    obs = dict(obs)
+    obs[schema.OBS_STATE] = normalize.normalize(
+        obs[schema.OBS_STATE], norm_stats["state"], state_norm
+    ).astype(jnp.float32)
+    target = normalize.normalize(prefix, norm_stats["actions"], action_norm).astype(jnp.float32)
+    pad = model_action_dim - action_dim
+    if pad:
+        target = jnp.pad(target, ((0, 0), (0, 0), (0, pad)))
+    actions = guided_fn(
+        apply_fn, params, obs, rng, num_steps, target, prefix_weights, max_guidance=max_guidance
+    )[..., :action_dim]
     return normalize.unnormalize(actions, norm_stats["actions"], action_norm)

@@ -12,13 +12,13 @@ import numpy as np
 import tqdm
 
 from action_gen import models, objectives
-from action_gen.data import normalize, pipeline, spec, transforms
+from action_gen.data import normalize, pipeline, spec, transforms, validate
 from action_gen.envs import collect
-from action_gen.train import checkpoint, sharding
+from action_gen.train import checkpoint, distributed, sharding
 from action_gen.train.metrics_writer import MetricWriter
 from action_gen.train.optimizer import create_optimizer
 from action_gen.train.state import create_train_state
-from action_gen.train.step import train_step
+from action_gen.train.step import step_options, train_step
 
 
 def resolve_dataset_dir(data_config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -83,7 +83,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
       The final TrainState.
     """
     os.makedirs(workdir, exist_ok=True)
-    dataset_dir = resolve_dataset_dir(config.data, workdir)
+    # Process 0 writes a built-in dataset first; the others then find it on disk.
+    dataset_dir = distributed.process_zero_first(
+        lambda: resolve_dataset_dir(config.data, workdir), "dataset"
+    )
     norm_stats = pipeline.compute_dataset_norm_stats(dataset_dir)
     state_dim, data_action_dim = normalize.feature_dims(norm_stats)
     action_dim = spec.model_action_dim(config.model, data_action_dim)
@@ -110,7 +113,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         return create_train_state(params, tx)
 
     abstract_state = jax.eval_shape(init_state, init_rng)
-    state_shardings = sharding.state_sharding(mesh, abstract_state)
+    logical_axes = models.param_logical_axes(model, example_obs, (action_horizon, action_dim))
+    state_shardings = sharding.state_sharding_from_config(
+        config.mesh, mesh, abstract_state, logical_axes
+    )
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = sharding.replicated_sharding(mesh)
 
@@ -120,6 +126,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         async_save=config.train.get("async_checkpoints", True),
     )
     config_json = checkpoint.config_to_json_dict(config)
+    if manager.latest_step() is None and config.data.get("validate", True):
+        # A fresh run checks its data once (data/validate.py) and stops on errors before
+        # spending compute; a resumed run already passed this check.
+        validate.check_dataset(dataset_dir)
     if manager.latest_step() is not None:
         stored_config, _ = checkpoint.restore_metadata(manager)
         check_resume_compatible(stored_config, config_json, manager.directory)
@@ -150,6 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         seed=config.seed,
         shard_index=jax.process_index(),
         num_shards=num_processes,
+        image_crop=config.data.get("image_crop"),
     )
     batches = pipeline.iterate_numpy_batches(dataset, start_batch=start_step)
     prepare_batch = transforms.make_batch_preparer(config, data_action_dim)
@@ -163,6 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
             lr_schedule=lr_schedule,
             ema_power=config.train.ema_power,
             ema_max_decay=config.train.ema_max_decay,
+            **step_options(config.train),
         ),
         in_shardings=(state_shardings, batch_sharding, replicated),
         out_shardings=(state_shardings, replicated),
@@ -190,6 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     )
     pending_metrics, timer = [], time.perf_counter()
     end_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+    preemption = distributed.PreemptionWatcher().start()  # SIGTERM: save, then return
     try:
         for step in range(start_step, end_step):
             batch = sharding.global_batch(prepare_batch(next(batches)), batch_sharding)
@@ -197,7 +210,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
             pending_metrics.append(metrics)
             done = step + 1
             progress.update(1)
-            is_checkpoint_step = done % config.train.checkpoint_every == 0 or done == end_step
+            preempted = preemption.should_stop(done)
+            is_checkpoint_step = (
+                done % config.train.checkpoint_every == 0 or done == end_step or preempted
+            )
             if done % config.train.log_every == 0 or is_checkpoint_step:
                 # One host sync per logging interval, not per step; always before a save
                 # so a non-finite loss never reaches a checkpoint.
@@ -216,8 +232,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
                 progress.set_postfix(loss=f"{summary['loss']:.4f}")
                 pending_metrics, timer = [], time.perf_counter()
             if is_checkpoint_step:
-                save(done, force=done == end_step)
+                save(done, force=done == end_step or preempted)
+            if preempted:
+                logging.warning(
+                    "Preempted: saved step %d to %s; stopping.", done, manager.directory
+                )
+                break
     finally:
+        preemption.stop()
         # Whatever ends the loop, in-flight async checkpoint writes complete first.
         progress.close()
         manager.wait_until_finished()

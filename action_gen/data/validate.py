@@ -1,0 +1,292 @@
+"""Dataset validator: finds the defects that silently ruin a policy before training starts.
+
+  python -m action_gen.data.validate DIR [--action_quantiles=0.01,0.99]
+      [--outlier_margin=1.0] [--strict]
+
+One streaming pass over an RLDS dataset (images are not decoded) checks every episode:
+
+  errors (non-zero exit; training refuses the dataset)
+    missing_is_last      no step has is_last, or it is set before the final step
+    bad_is_first         is_first not exactly at step 0
+    length_mismatch      an observation / action / reward / instruction stream whose
+                         length differs from the episode's action count
+    non_finite           NaN or inf in a state, action, reward (or any float field)
+    timestamp_order      duplicated or decreasing timestamps (an observation or step field
+                         named "timestamp"), when present
+    empty_episode        an episode with no steps
+  warnings (reported; errors with --strict)
+    constant_dim         a state or action dimension with the same value in every step of
+                         the dataset (min-max normalization maps it to a constant; a policy
+                         cannot learn from it, and an action dim the expert never moves is
+                         often a unit or mapping bug)
+    action_outlier       an action outside the quantile fence, per dimension
+                         [q_lo - m (q_hi - q_lo), q_hi + m (q_hi - q_lo)], q = the
+                         configured quantiles over all steps, m = outlier_margin
+                         (a teleoperation glitch stretches min-max normalization and
+                         squashes every other action into a sliver of [-1, 1])
+
+Called at train start as `validate.check_dataset(dataset_dir)`: raises ValueError with the
+report on errors, logs warnings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ERROR = "error"
+WARNING = "warning"
+ERROR_CODES = (
+    "missing_is_last",
+    "bad_is_first",
+    "length_mismatch",
+    "non_finite",
+    "timestamp_order",
+    "empty_episode",
+)
+WARNING_CODES = ("constant_dim", "action_outlier")
+TIMESTAMP_KEYS = ("timestamp", "observation/timestamp")
+# Examples printed per finding code (the count is always complete).
+_EXAMPLES_PER_CODE = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    severity: str  # ERROR or WARNING
+    code: str  # one of ERROR_CODES / WARNING_CODES
+    message: str
+    episode: int | None = None  # dataset index, None for dataset-wide findings
+
+
+@dataclasses.dataclass
+class Report:
+    """Everything the validator found, plus what it looked at."""
+
+    path: str
+    num_episodes: int = 0
+    num_steps: int = 0
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == WARNING]
+
+    def codes(self) -> set[str]:
+        return {f.code for f in self.findings}
+
+    def ok(self, strict: bool = False) -> bool:
+        return not (self.findings if strict else self.errors)
+
+    def format(self) -> str:
+        """A human-readable summary: counts per code, a few examples each."""
+        lines = [
+            f"dataset {self.path}: {self.num_episodes} episodes, {self.num_steps} steps; "
+            f"{len(self.errors)} errors, {len(self.warnings)} warnings"
+        ]
+        for code in ERROR_CODES + WARNING_CODES:
+            found = [f for f in self.findings if f.code == code]
+            if not found:
+                continue
+            lines.append(f"  {found[0].severity.upper()} {code}: {len(found)}")
+            for f in found[:_EXAMPLES_PER_CODE]:
+                where = "dataset" if f.episode is None else f"episode {f.episode}"
+                lines.append(f"    {where}: {f.message}")
+            if len(found) > _EXAMPLES_PER_CODE:
+                lines.append(f"    ... and {len(found) - _EXAMPLES_PER_CODE} more")
+        if not self.findings:
+            lines.append("  OK: no defects found")
+        return "\n".join(lines)
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = np.asarray(value)
+    return out
+
+
+def _check_episode(index: int, traj: Mapping, add) -> int:
+    """Per-episode checks on one trajectory (fields batched over its L steps); returns L."""
+    fields = _flat({k: v for k, v in traj.items() if k != "episode_metadata"})
+    action = fields.get("action")
+    if action is None:
+        raise KeyError(f"episode {index} has no 'action' field; fields: {sorted(fields)}")
+    length = int(action.shape[0])
+    if length == 0:
+        add(ERROR, "empty_episode", "no steps", index)
+        return 0
+    for key, value in fields.items():
+        if value.ndim == 0:
+            continue
+        if value.shape[0] != length:
+            add(
+                ERROR,
+                "length_mismatch",
+                f"{key!r} has {value.shape[0]} steps, 'action' has {length}",
+                index,
+            )
+    for key, value in fields.items():
+        if value.dtype.kind == "f" and value.size and not np.isfinite(value).all():
+            bad = np.argwhere(~np.isfinite(value.reshape(value.shape[0], -1)))
+            add(
+                ERROR,
+                "non_finite",
+                f"{key!r}: {len(bad)} non-finite values, first at step {bad[0][0]}",
+                index,
+            )
+    is_last = fields.get("is_last")
+    if is_last is None or not is_last.any():
+        add(ERROR, "missing_is_last", "no step has is_last=True", index)
+    elif not is_last[-1] or is_last[:-1].any():
+        steps = np.flatnonzero(is_last).tolist()
+        add(ERROR, "missing_is_last", f"is_last at steps {steps}, want only {length - 1}", index)
+    is_first = fields.get("is_first")
+    if is_first is not None and (not is_first[0] or is_first[1:].any()):
+        steps = np.flatnonzero(is_first).tolist()
+        add(ERROR, "bad_is_first", f"is_first at steps {steps}, want only 0", index)
+    for key in TIMESTAMP_KEYS:
+        stamps = fields.get(key)
+        if stamps is None or stamps.shape[0] < 2:
+            continue
+        delta = np.diff(stamps.reshape(stamps.shape[0], -1)[:, 0].astype(np.float64))
+        if (delta <= 0).any():
+            step = int(np.argmax(delta <= 0)) + 1
+            kind = "duplicated" if delta[step - 1] == 0 else "decreasing"
+            add(ERROR, "timestamp_order", f"{key!r} {kind} at step {step}", index)
+    return length
+
+
+def validate_trajectories(
+    trajectories: Iterable[Mapping],
+    *,
+    path: str = "<trajectories>",
+    action_quantiles: tuple[float, float] = (0.01, 0.99),
+    outlier_margin: float = 1.0,
+    constant_tol: float = 1e-8,
+) -> Report:
+    """Validates trajectories as `rlds.load_rlds_episodes(...).as_numpy_iterator()` yields
+    them ({"observation": {"state": [L, S], ...}, "action": [L, A], "is_last": [L], ...}).
+
+    Args:
+      action_quantiles: (q_lo, q_hi) of the outlier fence, in [0, 1].
+      outlier_margin: m, the fence's extension beyond the quantiles in units of
+        (q_hi - q_lo).
+      constant_tol: a dim whose max - min over the dataset is at most this is constant.
+    """
+    q_lo, q_hi = action_quantiles
+    if not 0.0 <= q_lo < q_hi <= 1.0:
+        raise ValueError(f"action_quantiles must satisfy 0 <= lo < hi <= 1, got {action_quantiles}")
+    report = Report(path=path)
+
+    def add(severity, code, message, episode=None):
+        report.findings.append(Finding(severity, code, message, episode))
+
+    actions, states, owners = [], [], []
+    for index, traj in enumerate(trajectories):
+        length = _check_episode(index, traj, add)
+        report.num_episodes += 1
+        report.num_steps += length
+        if length:
+            action = np.asarray(traj["action"], np.float64).reshape(length, -1)
+            actions.append(action)
+            owners.append(np.full(length, index))
+            state = traj.get("observation", {}).get("state")
+            if state is not None and np.shape(state)[0] == length:
+                states.append(np.asarray(state, np.float64).reshape(length, -1))
+    if not report.num_episodes:
+        add(ERROR, "empty_episode", "the dataset has no episodes")
+        return report
+    if not actions:
+        return report
+
+    for name, chunks in (("state", states), ("action", actions)):
+        if not chunks or len({c.shape[1] for c in chunks}) != 1:
+            continue
+        values = np.concatenate(chunks)
+        finite = np.where(np.isfinite(values), values, np.nan)
+        spread = np.nanmax(finite, axis=0) - np.nanmin(finite, axis=0)
+        for dim in np.flatnonzero(spread <= constant_tol):
+            add(
+                WARNING,
+                "constant_dim",
+                f"{name} dim {dim} is constant ({np.nanmin(finite[:, dim]):.6g}) in every step",
+            )
+
+    if len({a.shape[1] for a in actions}) == 1:
+        values = np.concatenate(actions)
+        episode_of = np.concatenate(owners)
+        finite = np.isfinite(values).all(axis=1)
+        lo, hi = np.quantile(values[finite], [q_lo, q_hi], axis=0)
+        fence_lo = lo - outlier_margin * (hi - lo)
+        fence_hi = hi + outlier_margin * (hi - lo)
+        outside = finite[:, None] & ((values < fence_lo) | (values > fence_hi))
+        for episode in np.unique(episode_of[outside.any(axis=1)]):
+            rows = (episode_of == episode) & outside.any(axis=1)
+            dims = np.flatnonzero(outside[rows].any(axis=0)).tolist()
+            worst = values[rows][:, dims]
+            add(
+                WARNING,
+                "action_outlier",
+                f"{int(rows.sum())} steps outside the fence in action dims {dims} "
+                f"(values {worst.min():.4g}..{worst.max():.4g}; fence per dim "
+                f"{np.round(fence_lo[dims], 4).tolist()}..{np.round(fence_hi[dims], 4).tolist()})",
+                int(episode),
+            )
+    return report
+
+
+def validate_dataset(data_dir: str | os.PathLike, **kwargs) -> Report:
+    """Validates the RLDS dataset in `data_dir` (see `validate_trajectories` for kwargs)."""
+    from action_gen.data import rlds  # TensorFlow, only when reading from disk
+
+    path = rlds.resolve_dataset_dir(data_dir)
+    episodes = rlds.load_rlds_episodes(path, decode_images=False)
+    return validate_trajectories(episodes.as_numpy_iterator(), path=os.fspath(path), **kwargs)
+
+
+def check_dataset(data_dir: str | os.PathLike, *, strict: bool = False, **kwargs) -> Report:
+    """The train-start hook: logs the report; raises ValueError (with it) on errors (or on
+    any finding if `strict`)."""
+    report = validate_dataset(data_dir, **kwargs)
+    if not report.ok(strict):
+        raise ValueError(f"dataset validation failed:\n{report.format()}")
+    (log.warning if report.findings else log.info)("%s", report.format())
+    return report
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    values = flags.FLAGS
+    if len(argv) != 2:
+        print("usage: python -m action_gen.data.validate DIR [flags]", file=sys.stderr)
+        return 2
+    lo, hi = (float(x) for x in values.action_quantiles.split(","))
+    report = validate_dataset(
+        argv[1], action_quantiles=(lo, hi), outlier_margin=values.outlier_margin
+    )
+    print(report.format())
+    return 0 if report.ok(values.strict) else 1
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("action_quantiles", "0.01,0.99", "q_lo,q_hi of the outlier fence.")
+    flags.DEFINE_float("outlier_margin", 1.0, "Fence extension in units of q_hi - q_lo.")
+    flags.DEFINE_bool("strict", False, "Warnings fail the check too.")
+    app.run(lambda argv: sys.exit(main(argv)))

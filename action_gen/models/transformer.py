@@ -1,0 +1,173 @@
+"""Diffusion Policy's transformer denoiser (DP-T, Chi et al. 2023), in Flax Linen.
+
+A port of `diffusion_policy/model/diffusion/transformer_for_diffusion.py`
+(TransformerForDiffusion with obs_as_cond=True, n_cond_layers=0), channels-last:
+
+  action tokens  x_h = W_in a_h + p_h                        [B, H, D]  (learned p)
+  cond tokens    c  = [sinusoidal_D(t), W_o o_1, ..., W_o o_T] + q    [B, 1+T, D]  (learned q)
+                 c  = MLP(c)  (Linear 4D -> Mish -> Linear D, DP's cond encoder)
+  n_layers x pre-norm decoder block:
+                 x += SelfAttn(LN(x), causal)           action token h sees tokens <= h
+                 x += CrossAttn(LN(x), c, memory mask)  token h sees c_s for s <= h + 1
+                 x += FF_gelu(LN(x))                    (4D hidden)
+  out            W_out LN(x)                                [B, H, A]
+
+The memory mask is DP's (`t >= s - 1`): the time token is visible to every action token and
+observation step s to action tokens h >= s - 1, which makes early actions depend only on
+early observations (`causal_obs_attention=False` lets every token see every observation).
+o_t is the per-step observation feature: the state, plus per-camera ResNet features when
+the observation has images (models/resnet.py). DP's dropout (attention 0.3 / embedding 0)
+is not used: the model contract has no train/eval switch and no dropout RNG.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from action_gen.models import layers, resnet
+
+
+def _dense(features: int, dtype, name: str, axes=("embed", "mlp")) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        # DP initializes every Linear with N(0, 0.02) and zero bias.
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+        name=name,
+    )
+
+
+def _layer_norm(dtype, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )
+
+
+def _attention(num_heads: int, dtype, name: str) -> nn.MultiHeadDotProductAttention:
+    return nn.MultiHeadDotProductAttention(
+        num_heads=num_heads,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(0.02),
+        deterministic=True,
+        name=name,
+    )
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm transformer decoder layer (PyTorch `norm_first=True`, GELU feed-forward)."""
+
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, memory, self_mask, memory_mask):
+        width = x.shape[-1]
+        h = _layer_norm(self.dtype, "norm_self")(x)
+        x = x + _attention(self.num_heads, self.dtype, "self_attn")(h, h, mask=self_mask)
+        h = _layer_norm(self.dtype, "norm_cross")(x)
+        x = x + _attention(self.num_heads, self.dtype, "cross_attn")(h, memory, mask=memory_mask)
+        h = _layer_norm(self.dtype, "norm_ff")(x)
+        h = _dense(4 * width, self.dtype, "ff_in")(h)
+        h = _dense(width, self.dtype, "ff_out", axes=("mlp", "embed"))(nn.gelu(h))
+        return x + h
+
+
+class TransformerForDiffusion(nn.Module):
+    """DP-T: predicts [B, H, A] from (obs, noisy actions, time), like the U-Net.
+
+    Attributes:
+      embed_dim: token width D (DP: 256).
+      num_layers: decoder blocks (DP: 8).
+      num_heads: attention heads (DP: 4).
+      causal_attention: action tokens attend only to earlier ones (DP: True).
+      causal_obs_attention: DP's memory mask (see the module docstring).
+      image_features, num_keypoints, resnet_width, resnet_blocks, image_crop: the per-camera
+        image encoder (models/resnet.py), used only when the observation has images.
+      dtype: activation dtype ("float32" or "bfloat16"); parameters stay float32.
+    """
+
+    embed_dim: int = 256
+    num_layers: int = 8
+    num_heads: int = 4
+    causal_attention: bool = True
+    causal_obs_attention: bool = True
+    image_features: int = 64
+    num_keypoints: int = 32
+    resnet_width: int = 64
+    resnet_blocks: Sequence[int] = (2, 2, 2, 2)  # ResNet18
+    image_crop: Sequence[int] | None = None
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, obs: dict, noisy_actions: jax.Array, time: jax.Array) -> jax.Array:
+        """Args:
+          obs: `observation/state` [B, T, S] (normalized), optional
+            `observation/image/<camera>` [B, T, h, w, 3] uint8; other keys ignored.
+          noisy_actions: [B, H, A].
+          time: [B] (or scalar) float diffusion step / scaled flow time.
+        Returns:
+          [B, H, A] float32.
+        """
+        dtype = jnp.dtype(self.dtype)
+        width = self.embed_dim
+        if width % self.num_heads:
+            raise ValueError(f"embed_dim {width} not divisible by num_heads {self.num_heads}")
+        batch, horizon, action_dim = noisy_actions.shape
+        obs_features = resnet.ObservationEncoder(
+            features=self.image_features,
+            num_keypoints=self.num_keypoints,
+            width=self.resnet_width,
+            blocks_per_stage=self.resnet_blocks,
+            image_crop=self.image_crop,
+            dtype=dtype,
+            name="obs_encoder",
+        )(obs)  # [B, T, F]
+        obs_horizon = obs_features.shape[1]
+
+        init = nn.initializers.normal(0.02)
+        pos = self.param(
+            "pos_emb", nn.with_logical_partitioning(init, (None, "embed")), (horizon, width)
+        )
+        x = _dense(width, dtype, "input_emb", axes=(None, "embed"))(noisy_actions.astype(dtype))
+        x = x + pos.astype(dtype)
+
+        time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
+        time_token = layers.sinusoidal_embedding(time, width)[:, None, :].astype(dtype)
+        obs_tokens = _dense(width, dtype, "cond_obs_emb", axes=(None, "embed"))(
+            obs_features.astype(dtype)
+        )
+        cond = jnp.concatenate([time_token, obs_tokens], axis=1)  # [B, 1 + T, D]
+        cond_pos = self.param(
+            "cond_pos_emb",
+            nn.with_logical_partitioning(init, (None, "embed")),
+            (1 + obs_horizon, width),
+        )
+        cond = cond + cond_pos.astype(dtype)
+        cond = _dense(4 * width, dtype, "cond_mlp_in")(cond)
+        cond = _dense(width, dtype, "cond_mlp_out", axes=("mlp", "embed"))(layers.mish(cond))
+
+        h_idx = jnp.arange(horizon)[:, None]
+        self_mask = h_idx >= jnp.arange(horizon)[None, :] if self.causal_attention else None
+        memory_mask = None
+        if self.causal_obs_attention:
+            memory_mask = h_idx >= jnp.arange(1 + obs_horizon)[None, :] - 1  # [H, 1 + T]
+        # [H, K] -> [1, 1, H, K]: broadcast over batch and heads.
+        self_mask = None if self_mask is None else self_mask[None, None]
+        memory_mask = None if memory_mask is None else memory_mask[None, None]
+        for i in range(self.num_layers):
+            x = DecoderBlock(self.num_heads, dtype, name=f"block{i}")(
+                x, cond, self_mask, memory_mask
+            )
+        x = _layer_norm(dtype, "norm_out")(x)
+        out = _dense(action_dim, dtype, "head", axes=("embed", None))(x)
+        return out.astype(jnp.float32)
