@@ -154,13 +154,20 @@ def sample(
     batch_size = obs[schema.OBS_STATE].shape[0]
     x = jax.random.normal(rng, (batch_size, *tuple(action_shape)), jnp.float32)
     step_fn, context = models.split_apply_fn(apply_fn, params, obs)
-    dt = 1.0 / num_steps
-    # Grid in float64 at trace time, then float32 for the scan.
-    ts = (np.arange(num_steps, dtype=np.float64) / num_steps).astype(np.float32)
 
     def velocity(x, t):
         time = jnp.full((batch_size,), t * time_scale, jnp.float32)
         return step_fn(params, context, x, time).astype(jnp.float32)
+
+    return _integrate(velocity, x, num_steps, integrator, clip_sample)
+
+
+def _integrate(velocity, x, num_steps: int, integrator: str, clip_sample: bool) -> jax.Array:
+    """x_0 → x_1 along `velocity(x, t)` on the grid t_i = i/N as ONE `lax.scan` (the update
+    rules are in `sample`'s docstring); optionally clipped to [-1, 1]."""
+    dt = 1.0 / num_steps
+    # Grid in float64 at trace time, then float32 for the scan.
+    ts = (np.arange(num_steps, dtype=np.float64) / num_steps).astype(np.float32)
 
     def body(x, t):
         v = velocity(x, t)
@@ -256,8 +263,6 @@ def sample_guided(
     target = prefix.astype(jnp.float32)
     x = jax.random.normal(rng, shape, jnp.float32)
     step_fn, context = models.split_apply_fn(apply_fn, params, obs)
-    dt = 1.0 / num_steps
-    ts = (np.arange(num_steps, dtype=np.float64) / num_steps).astype(np.float32)
 
     def guided_velocity(x, t):
         time = jnp.full((batch_size,), t * time_scale, jnp.float32)
@@ -270,16 +275,4 @@ def sample_guided(
         (g,) = vjp_fn(weights * (target - x1_hat))
         return v + rtc_guidance_weight(t, max_guidance) * g
 
-    def body(x, t):
-        v = guided_velocity(x, t)
-        if integrator == "euler":
-            return x + dt * v, None
-        if integrator == "midpoint":
-            return x + dt * guided_velocity(x + 0.5 * dt * v, t + 0.5 * dt), None
-        v_next = guided_velocity(x + dt * v, t + dt)
-        return x + 0.5 * dt * (v + v_next), None
-
-    x, _ = jax.lax.scan(body, x, jnp.asarray(ts))
-    if clip_sample:
-        x = jnp.clip(x, -1.0, 1.0)
-    return x
+    return _integrate(guided_velocity, x, num_steps, integrator, clip_sample)
