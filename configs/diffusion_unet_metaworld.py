@@ -10,11 +10,15 @@ its 95% Wilson interval:
 
 Arg (comma-separated; the part after ':'):
   task=NAME        any Meta-World task ("reach", "drawer-close", "push-v3"); default push.
+  task=A+B+...     a multi-task policy: one network over the tasks' mixed demos (equal
+                   weights, joint normalization), conditioned on each task's instruction
+                   (models/text.py); evaluated on every task, results.json has the mean.
   image=CAM:SIZE   image observations: camera CAM rendered at SIZE x SIZE plus the robot's
                    proprioception (no object state); ResNet18-GN + spatial softmax encoder,
                    random 84/96 crop in training, center crop at eval.
   cpu              CPU scale (U-Net (64, 128, 256), batch 128, 2k steps): what the
-                   BUILD_NOTES numbers used.
+                   BUILD_NOTES numbers used. With image=: ResNet (1, 1, 1, 1) blocks at
+                   width 16, batch 64.
   runlocal         tiny, a handful of steps, 2 demos, 2 eval episodes: a smoke test.
   demos=N, steps=N, seed=N   overrides.
   (none)           DP's published low-dim sizes: U-Net (256, 512, 1024), batch 256.
@@ -34,7 +38,9 @@ def metaworld_config(objective: str, arg: str | None = None) -> ml_collections.C
     unknown = flags - _VARIANTS
     if unknown:
         raise ValueError(f"unknown config variant(s) {sorted(unknown)}; use {sorted(_VARIANTS)}")
-    task = values.get("task", DEFAULT_TASK)
+    tasks = [t for t in values.get("task", DEFAULT_TASK).split("+") if t]
+    if not tasks:
+        raise ValueError("task= names no task; e.g. task=push or task=reach+push")
     image = values.get("image", "")
     # The obstacle builder gives the shared sections (optimizer, train, mesh, objective);
     # everything task-specific is overridden below.
@@ -45,8 +51,18 @@ def metaworld_config(objective: str, arg: str | None = None) -> ml_collections.C
     )
     config = common.obstacle_config(objective, base)
 
-    env = f"metaworld:{task}" + (f"@{image}" if image else "")
-    config.data.builtin_task = env  # collected into data.dataset_dir when missing
+    env_names = [f"metaworld:{task}" + (f"@{image}" if image else "") for task in tasks]
+    env = env_names[0] if len(env_names) == 1 else env_names
+    # A task (or list of tasks) whose demos are collected into data.dataset_dir if missing.
+    del config.data.builtin_task, config.eval.env  # str in the base config; may be a list
+    config.data.builtin_task = env
+    if len(env_names) > 1:
+        config.data.weights = [1.0] * len(env_names)
+        config.data.prompt_max_len = 64  # bytes; Meta-World's instructions are <= 42
+        config.data.tokenizer = "bytes"
+        config.model.vocab_size = 259
+        config.model.instruction_features = 64
+        config.model.instruction_layers = 1
     config.data.num_demo_episodes = int(values.get("demos", 2 if "runlocal" in flags else 50))
     config.data.demo_seed = 0
     config.data.state_norm = "minmax"
@@ -70,15 +86,26 @@ def metaworld_config(objective: str, arg: str | None = None) -> ml_collections.C
     config.eval.action_exec_horizon = 8
     config.eval.max_steps = None  # Meta-World's own limit (500 steps); success ends early
     config.eval.plot = False  # the obstacle plot means nothing here
+    # Film the first 3 evaluation episodes per task (rollouts.gif + frames.png).
+    config.eval.record = "corner2:128"
+    config.eval.record_episodes = 3
 
     if "cpu" in flags:  # the obstacle `demo` sizes: U-Net (64, 128, 256), batch 128, lr 1e-3
         config.train.num_steps = 2_000
         config.train.checkpoint_every = 1_000
+    if "cpu" in flags and image:
+        # A CPU-sized image policy (ResNet18-GN at width 64 is ~10 s per step on 2 cores):
+        # ResNet with one block per stage at width 16, batch 64; same recipe otherwise.
+        config.model.resnet_width = 16
+        config.model.resnet_blocks = [1, 1, 1, 1]
+        config.data.batch_size = 64
+        config.data.shuffle_buffer = 5_000  # windows of frames are large
     if "runlocal" in flags:
         config.data.shuffle_buffer = 256
         config.eval.num_episodes = 2
         config.eval.num_envs = 2
         config.eval.max_steps = 24
+        config.eval.record = ""
         if image:
             config.model.image_features = 8
             config.model.num_keypoints = 4

@@ -50,10 +50,25 @@ def pad_action_dim(batch: dict, action_dim: int) -> dict:
     return out
 
 
+def create_prompt_tokenizer(config):
+    """The tokenizer `config` asks for (None when the model reads no language), checked
+    against the model's embedding table (`model.vocab_size`) when the model has one."""
+    if not spec.prompt_max_len(config.data):
+        return None
+    tok = tokenizer.create_tokenizer(config.data.get("tokenizer", "bytes"))
+    table = config.model.get("vocab_size", None)
+    if table is not None and tok.vocab_size > int(table):
+        raise ValueError(
+            f"data.tokenizer={config.data.get('tokenizer', 'bytes')!r} has {tok.vocab_size} "
+            f"ids but model.vocab_size={table}; set model.vocab_size >= {tok.vocab_size}"
+        )
+    return tok
+
+
 def make_batch_preparer(config, data_action_dim: int) -> Callable[[dict], dict]:
     """The training-batch transform for `config` (language input, action-dim padding)."""
     max_len = spec.prompt_max_len(config.data)
-    tok = tokenizer.create_tokenizer(config.data.get("tokenizer", "bytes")) if max_len else None
+    tok = create_prompt_tokenizer(config)
     action_dim = spec.model_action_dim(config.model, data_action_dim)
 
     def prepare(batch: dict) -> dict:
@@ -69,7 +84,7 @@ def make_batch_preparer(config, data_action_dim: int) -> Callable[[dict], dict]:
 def make_observation_preparer(config) -> Callable[[dict], dict]:
     """The inference-time counterpart: tokenizes the observation's `prompt` if needed."""
     max_len = spec.prompt_max_len(config.data)
-    tok = tokenizer.create_tokenizer(config.data.get("tokenizer", "bytes")) if max_len else None
+    tok = create_prompt_tokenizer(config)
 
     def prepare(observation: dict) -> dict:
         if tok is None:

@@ -22,6 +22,9 @@ def make_vector_env(name: str, num_envs: int, **kwargs):
     """
     if name.startswith(metaworld.SPEC_PREFIX):
         return metaworld.make_vector_env(name, num_envs, **kwargs)
+    if kwargs.get("record") is not None:
+        raise ValueError(f"env {name!r} cannot film episodes (record=); Meta-World envs can")
+    kwargs.pop("record", None)
     if name not in VECTOR_ENVS:
         raise ValueError(f"unknown env {name!r}; known: {sorted(VECTOR_ENVS)}")
     return VECTOR_ENVS[name](num_envs, **kwargs)

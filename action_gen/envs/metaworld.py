@@ -38,6 +38,7 @@ ENV_VERSION = "v3"
 PROPRIO = slice(0, 4)  # hand xyz + gripper opening
 STATE_KEY = "state"
 IMAGE_PREFIX = "image/"
+RECORD_PREFIX = "record/"  # frames rendered for a video only, never fed to the policy
 # Cameras whose frames MuJoCo renders upside down.
 _FLIPPED_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 # Expert attempts per requested demo before collection gives up (failed episodes are
@@ -120,15 +121,20 @@ class MetaWorldEnv:
     """One Meta-World task instance: seeded reset, state (+ image) observations.
 
     Observations are dicts {"state": [S] float32, "image/<camera>": [h, w, 3] uint8};
-    S = 39 without a camera, 4 (proprio) with one. `full_state` keeps the 39-d vector
-    (the scripted expert needs it). Rendering must not happen in a process that has
-    loaded TensorFlow: use `make_env`, which runs camera envs in a worker process.
+    S = 39 without a camera, 4 (proprio) with one. With `record=True` the camera only
+    films: the state stays the full 39-d vector and the frame is "record/<camera>".
+    `full_state` keeps the 39-d vector (the scripted expert needs it). Rendering must not
+    happen in a process that has loaded TensorFlow: use `make_env`, which runs camera
+    envs in a worker process.
     """
 
-    def __init__(self, task: str, camera: str | None = None, image_size: int = 96):
+    def __init__(
+        self, task: str, camera: str | None = None, image_size: int = 96, record: bool = False
+    ):
         gym, policies = _import_metaworld()
         self.task = env_name(task)
         self.camera = camera
+        self.record = bool(record)
         self.image_size = int(image_size)
         kwargs = {}
         if camera is not None:
@@ -173,6 +179,11 @@ class MetaWorldEnv:
         frame = np.asarray(self._env.render(), np.uint8)
         if self.camera in _FLIPPED_CAMERAS:
             frame = frame[::-1]
+        if self.record:
+            return {
+                STATE_KEY: self.full_state.astype(np.float32),
+                RECORD_PREFIX + self.camera: np.ascontiguousarray(frame),
+            }
         return {
             STATE_KEY: self.full_state[PROPRIO].astype(np.float32),
             IMAGE_PREFIX + self.camera: np.ascontiguousarray(frame),
@@ -196,10 +207,10 @@ class MetaWorldEnv:
         self._env.close()
 
 
-def _serve(conn, task: str, camera: str | None, image_size: int) -> None:
+def _serve(conn, task: str, camera: str | None, image_size: int, record: bool) -> None:
     """Worker loop of a RemoteMetaWorldEnv: ("method", args) in, ("ok"|"error", value) out."""
     try:
-        env = MetaWorldEnv(task, camera, image_size)
+        env = MetaWorldEnv(task, camera, image_size, record)
         conn.send(("ok", (env.task, env.max_episode_steps)))
     except Exception as e:  # noqa: BLE001  (reported to the parent, which raises it)
         conn.send(("error", f"{type(e).__name__}: {e}"))
@@ -230,13 +241,15 @@ class RemoteMetaWorldEnv:
     frame is 27 KB, negligible next to the render itself).
     """
 
-    def __init__(self, task: str, camera: str | None = None, image_size: int = 96):
+    def __init__(
+        self, task: str, camera: str | None = None, image_size: int = 96, record: bool = False
+    ):
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")  # fork would inherit TensorFlow
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
-            target=_serve, args=(child, task, camera, image_size), daemon=True
+            target=_serve, args=(child, task, camera, image_size, record), daemon=True
         )
         self._process.start()
         child.close()
@@ -298,11 +311,11 @@ def _call_all(envs: list, method: str, args: list[tuple]) -> list:
     ]
 
 
-def make_env(task: str, camera: str | None = None, image_size: int = 96):
+def make_env(task: str, camera: str | None = None, image_size: int = 96, record: bool = False):
     """A MetaWorldEnv; with a camera, one running in its own process (RemoteMetaWorldEnv)."""
     if camera is None:
         return MetaWorldEnv(task)
-    return RemoteMetaWorldEnv(task, camera, image_size)
+    return RemoteMetaWorldEnv(task, camera, image_size, record)
 
 
 class MetaWorldVecEnv:
@@ -314,6 +327,10 @@ class MetaWorldVecEnv:
     "image/<camera>": [N, h, w, 3] uint8}); `info` carries [N] bools `success` (the
     simulator's own `info["success"]`, sticky once reached) and `collision` (always False,
     kept for the rollout contract), and `instruction` [N] at reset.
+
+    `record=(camera, size)` films a state-observation env: observations keep the 39-d
+    state and add "record/<camera>" [N, size, size, 3] frames for a rollout video (the
+    rollout never feeds "record/" keys to the policy).
     """
 
     def __init__(
@@ -324,11 +341,18 @@ class MetaWorldVecEnv:
         camera: str | None = None,
         image_size: int = 96,
         max_episode_steps: int | None = None,
+        record: tuple[str, int] | None = None,
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if record is not None:
+            if camera is not None:
+                raise ValueError("record= films a state-observation env; this one has a camera")
+            camera, image_size = record
         self.num_envs = num_envs
-        self.envs = [make_env(task, camera, image_size) for _ in range(num_envs)]
+        self.envs = [
+            make_env(task, camera, image_size, record is not None) for _ in range(num_envs)
+        ]
         self.task = self.envs[0].task
         limit = self.envs[0].max_episode_steps
         self.max_episode_steps = min(limit, max_episode_steps or limit)
@@ -381,8 +405,17 @@ class MetaWorldVecEnv:
 
 
 def make_vector_env(spec: str, num_envs: int, **kwargs) -> MetaWorldVecEnv:
-    """A MetaWorldVecEnv from a spec string ("metaworld:push@corner2:96")."""
+    """A MetaWorldVecEnv from a spec string ("metaworld:push@corner2:96").
+
+    kwargs: `max_episode_steps`, and `record="corner2:128"` to film a state-observation
+    env (an image env films itself: its "image/<camera>" frames are recorded).
+    """
     parsed = parse_spec(spec)
+    if kwargs.get("record") is not None:
+        if parsed["camera"] is not None:
+            kwargs.pop("record")  # the policy's own camera frames are the recording
+        else:
+            kwargs["record"] = parse_image_flag(kwargs["record"])
     image = {} if parsed["camera"] is None else {"image_size": parsed["image_size"]}
     return MetaWorldVecEnv(num_envs, parsed["task"], camera=parsed["camera"], **image, **kwargs)
 

@@ -4,18 +4,26 @@ import json
 import logging
 import math
 import os
+import re
 
 import jax
 import ml_collections
 
 from action_gen import envs
 from action_gen.data import schema
-from action_gen.eval import metrics, plots, rollout
+from action_gen.eval import media, metrics, plots, rollout
 from action_gen.sample.policy import Policy
 
 RESULTS_FILE = "results.json"
 ROLLOUTS_FILE = "rollouts.npz"
 PLOT_FILE = "rollouts.png"
+VIDEO_FILE = "rollouts.gif"
+FRAME_STRIP_FILE = "frames.png"
+
+
+def _suffixed(filename: str, suffix: str) -> str:
+    stem, ext = os.path.splitext(filename)
+    return f"{stem}{suffix}{ext}"
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -91,18 +99,99 @@ def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> t
     return summary, result
 
 
+def record_episodes(
+    policy: Policy, eval_config: ml_collections.ConfigDict, workdir: str, suffix: str = ""
+) -> dict:
+    """Films the first `eval.record_episodes` evaluation episodes (same seeds, so the same
+    layouts; the policy's sampling noise differs from the scored run) with the camera
+    `eval.record` ("corner2:128") and writes `rollouts<suffix>.gif` and
+    `frames<suffix>.png` (green border: success, red: failure). Returns their paths."""
+    count = int(eval_config.get("record_episodes", 3))
+    env = envs.make_vector_env(eval_config.env, num_envs=count, record=eval_config.record)
+    try:
+        result = rollout.run_rollouts(
+            env,
+            make_policy_fn(policy, eval_config.seed),
+            num_episodes=count,
+            seed=eval_config.seed,
+            obs_horizon=policy.obs_horizon,
+            action_exec_horizon=eval_config.action_exec_horizon,
+            max_steps=eval_config.get("max_steps"),
+            record_frames=True,
+        )
+    finally:
+        if hasattr(env, "close"):
+            env.close()
+    paths = {
+        "video": os.path.join(workdir, _suffixed(VIDEO_FILE, suffix)),
+        "frame_strip": os.path.join(workdir, _suffixed(FRAME_STRIP_FILE, suffix)),
+    }
+    media.save_gif(paths["video"], result["frames"], result["success"])
+    media.save_frame_strip(paths["frame_strip"], result["frames"], result["success"])
+    return paths
+
+
+def _env_list(env) -> list[str]:
+    """`eval.env`: one env name or a list of them (a multi-task policy)."""
+    return [env] if isinstance(env, str) else [str(e) for e in env]
+
+
+def env_slug(env: str) -> str:
+    """A file-name-safe form of an env name ('metaworld:push@corner2:96' -> 'push_corner2_96')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", env.split(":", 1)[-1]).strip("_")
+
+
 def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) -> dict:
     """Restores the latest checkpoint in `workdir`, evaluates it, and writes
-    `results.json`, `rollouts.npz` and (if `eval_config.plot`) `rollouts.png` there."""
+    `results.json`, `rollouts.npz` and (if `eval_config.plot`) `rollouts.png` there.
+
+    With a list of envs in `eval_config.env` (a multi-task policy) each env is evaluated
+    on `eval_config.num_episodes` episodes; results.json then holds every env's summary
+    under "tasks", and their mean success rate (with the pooled 95% interval) on top,
+    and the rollouts go to `rollouts_<env>.npz`. With `eval_config.record` set (a camera,
+    "corner2:128") a few episodes per env are also filmed (`record_episodes`).
+    """
     policy = Policy.from_checkpoint(
         workdir, use_ema=eval_config.use_ema, num_sample_steps=eval_config.num_sample_steps
     )
-    summary, result = evaluate_policy(policy, eval_config)
+    env_names = _env_list(eval_config.env)
+    if not env_names:
+        raise ValueError("eval.env is empty: name the env (or envs) to evaluate on")
+    per_env = {}
+    for name in env_names:
+        one = ml_collections.ConfigDict({**eval_config.to_dict(), "env": name})
+        summary, result = evaluate_policy(policy, one)
+        per_env[name] = summary
+        suffix = "" if len(env_names) == 1 else f"_{env_slug(name)}"
+        rollout.save_rollouts(result, os.path.join(workdir, _suffixed(ROLLOUTS_FILE, suffix)))
+        if eval_config.get("plot", True):
+            title = f"{summary['objective']} ({os.path.basename(workdir)})"
+            plots.plot_rollouts(result, os.path.join(workdir, _suffixed(PLOT_FILE, suffix)), title)
+        if eval_config.get("record"):
+            summary["media"] = record_episodes(policy, one, workdir, suffix)
+        if len(env_names) > 1:
+            logging.info("eval %s: %s", name, json.dumps(summary, sort_keys=True))
+    summary = per_env[env_names[0]] if len(env_names) == 1 else _multi_task_summary(per_env)
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
-    rollout.save_rollouts(result, os.path.join(workdir, ROLLOUTS_FILE))
-    if eval_config.get("plot", True):
-        title = f"{summary['objective']} ({os.path.basename(workdir)})"
-        plots.plot_rollouts(result, os.path.join(workdir, PLOT_FILE), title)
     logging.info("eval: %s", json.dumps(summary, sort_keys=True))
     return summary
+
+
+def _multi_task_summary(per_env: dict[str, dict]) -> dict:
+    """Mean success over tasks (equal weight per task) plus every task's own summary."""
+    rates = [s["success_rate"] for s in per_env.values()]
+    successes = sum(round(s["success_rate"] * s["episodes"]) for s in per_env.values())
+    episodes = sum(int(s["episodes"]) for s in per_env.values())
+    low, high = wilson_interval(successes, episodes)
+    first = next(iter(per_env.values()))
+    return {
+        "success_rate": float(sum(rates) / len(rates)),
+        "success_ci95_low": low,
+        "success_ci95_high": high,
+        "collision_rate": float(sum(s["collision_rate"] for s in per_env.values()) / len(rates)),
+        "episodes": episodes,
+        "num_tasks": len(per_env),
+        "tasks": per_env,
+        **{k: first[k] for k in ("objective", "sampler", "num_sample_steps", "eval_seed")},
+    }

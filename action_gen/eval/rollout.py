@@ -28,6 +28,19 @@ PolicyFn = Callable[..., np.ndarray]
 
 _LAYOUT_KEYS = ("start", "goal", "obstacle_center", "obstacle_radius", "instructed_side")
 _IMAGE_PREFIX = "image/"
+_RECORD_PREFIX = "record/"  # frames filmed for a video, never given to the policy
+
+
+def _recorded_frame(obs) -> np.ndarray | None:
+    """The [N, h, w, 3] frame to film from an observation: its first "record/<camera>"
+    key, else its first policy camera "image/<camera>", else None (nothing to film)."""
+    if not isinstance(obs, dict):
+        return None
+    for prefix in (_RECORD_PREFIX, _IMAGE_PREFIX):
+        keys = sorted(k for k in obs if k.startswith(prefix))
+        if keys:
+            return np.asarray(obs[keys[0]])
+    return None
 
 
 def _split_observation(obs) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -56,6 +69,7 @@ def run_rollouts(
     obs_horizon: int = 2,
     action_exec_horizon: int = 8,
     max_steps: int | None = None,
+    record_frames: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `policy_fn` on `num_episodes` seeded episodes, env.num_envs at a time.
 
@@ -77,6 +91,8 @@ def run_rollouts(
         action_exec_horizon: Ta, actions executed per policy call (needs H >= Ta).
         max_steps: cap on control steps per episode; unfinished episodes count as timeouts.
             None runs until every env is done (the env's own step limit).
+        record_frames: also return `frames`, every episode's filmed frames (see
+            `_recorded_frame`; the env must render them, e.g. Meta-World's `record=`).
 
     Returns:
         dict with per-episode entries, E = num_episodes:
@@ -89,7 +105,8 @@ def run_rollouts(
           `policy_fn` also gets `prompt=` the [N] instructions on every call; envs with
           cameras (dict observations) pass `images=` {camera: [N, T, h, w, 3]}); and
           policy_call_s, the wall time of every policy call (seconds); plus obs_horizon,
-          action_exec_horizon.
+          action_exec_horizon; with `record_frames`, frames list of [L_e + 1, h, w, 3]
+          uint8.
     """
     num_envs = env.num_envs
     all_seeds = obstacle.episode_seeds(seed, -(-num_episodes // num_envs) * num_envs)
@@ -98,12 +115,15 @@ def run_rollouts(
         raise ValueError("max_steps is required for an env without max_episode_steps")
 
     per_episode: dict[str, list] = {k: [] for k in ("success", "collision", "length")}
-    states_out, actions_out = [], []
+    states_out, actions_out, frames_out = [], [], []
     layout: dict[str, list] = {k: [] for k in _LAYOUT_KEYS}
     call_times: list[float] = []
     rng_step = 0
     for first in range(0, len(all_seeds), num_envs):
         obs, info = env.reset(seed=all_seeds[first : first + num_envs])
+        frame_log = [_recorded_frame(obs)] if record_frames else []
+        if record_frames and frame_log[0] is None:
+            raise ValueError("record_frames=True but the env's observations carry no frames")
         obs, images = _split_observation(obs)
         image_history = {k: np.repeat(v[:, None], obs_horizon, axis=1) for k, v in images.items()}
         for k in _LAYOUT_KEYS:
@@ -141,6 +161,8 @@ def run_rollouts(
                     break
                 action = chunk[:, k]
                 obs, _, terminated, truncated, info = env.step(action)
+                if record_frames:
+                    frame_log.append(_recorded_frame(obs))
                 obs, images = _split_observation(obs)
                 for key, frame in images.items():
                     image_history[key] = np.concatenate(
@@ -157,9 +179,12 @@ def run_rollouts(
                 t += 1
         states = np.stack(state_log, axis=1)  # [N, t + 1, S]
         actions = np.stack(action_log, axis=1) if action_log else np.zeros((num_envs, 0, 0))
+        frames = np.stack(frame_log, axis=1) if frame_log else None  # [N, t + 1, h, w, 3]
         for i in range(num_envs):
             states_out.append(states[i, : length[i] + 1])
             actions_out.append(actions[i, : length[i]])
+            if frames is not None:
+                frames_out.append(frames[i, : length[i] + 1])
         per_episode["success"].append(success)
         per_episode["collision"].append(collision)
         per_episode["length"].append(length)
@@ -171,6 +196,8 @@ def run_rollouts(
     result["states"] = states_out[:e]
     result["positions"] = [s[:, obstacle.POS] for s in result["states"]]
     result["actions"] = actions_out[:e]
+    if record_frames:
+        result["frames"] = frames_out[:e]
     for k, v in layout.items():
         if v:
             result[k] = np.concatenate(v)[:e]
@@ -197,9 +224,12 @@ _RAGGED_KEYS = ("states", "positions", "actions")
 
 def save_rollouts(result: dict[str, Any], path: str) -> None:
     """Writes a `run_rollouts` result to `.npz` (ragged per-episode arrays concatenated
-    with their lengths; plain arrays only, so loading never unpickles)."""
+    with their lengths; plain arrays only, so loading never unpickles). Filmed `frames`
+    are not stored (eval/media.py writes them as a GIF and a frame strip)."""
     arrays = {}
     for key, value in result.items():
+        if key == "frames":
+            continue
         if key in _RAGGED_KEYS:
             arrays[f"{key}__lengths"] = np.asarray([len(v) for v in value], np.int64)
             arrays[f"{key}__concat"] = (

@@ -26,10 +26,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from action_gen.models import layers, resnet
+from action_gen.models import layers, resnet, text
 
 
-def _dense(features: int, dtype, name: str, axes=("embed", "mlp")) -> nn.Dense:
+def dense(features: int, dtype, name: str, axes=("embed", "mlp")) -> nn.Dense:
     return nn.Dense(
         features,
         dtype=dtype,
@@ -41,7 +41,7 @@ def _dense(features: int, dtype, name: str, axes=("embed", "mlp")) -> nn.Dense:
     )
 
 
-def _layer_norm(dtype, name: str) -> nn.LayerNorm:
+def layer_norm(dtype, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=1e-5,
         dtype=dtype,
@@ -52,7 +52,7 @@ def _layer_norm(dtype, name: str) -> nn.LayerNorm:
     )
 
 
-def _attention(num_heads: int, dtype, name: str) -> nn.MultiHeadDotProductAttention:
+def attention(num_heads: int, dtype, name: str) -> nn.MultiHeadDotProductAttention:
     return nn.MultiHeadDotProductAttention(
         num_heads=num_heads,
         dtype=dtype,
@@ -72,13 +72,13 @@ class DecoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x, memory, self_mask, memory_mask):
         width = x.shape[-1]
-        h = _layer_norm(self.dtype, "norm_self")(x)
-        x = x + _attention(self.num_heads, self.dtype, "self_attn")(h, h, mask=self_mask)
-        h = _layer_norm(self.dtype, "norm_cross")(x)
-        x = x + _attention(self.num_heads, self.dtype, "cross_attn")(h, memory, mask=memory_mask)
-        h = _layer_norm(self.dtype, "norm_ff")(x)
-        h = _dense(4 * width, self.dtype, "ff_in")(h)
-        h = _dense(width, self.dtype, "ff_out", axes=("mlp", "embed"))(nn.gelu(h))
+        h = layer_norm(self.dtype, "norm_self")(x)
+        x = x + attention(self.num_heads, self.dtype, "self_attn")(h, h, mask=self_mask)
+        h = layer_norm(self.dtype, "norm_cross")(x)
+        x = x + attention(self.num_heads, self.dtype, "cross_attn")(h, memory, mask=memory_mask)
+        h = layer_norm(self.dtype, "norm_ff")(x)
+        h = dense(4 * width, self.dtype, "ff_in")(h)
+        h = dense(width, self.dtype, "ff_out", axes=("mlp", "embed"))(nn.gelu(h))
         return x + h
 
 
@@ -93,6 +93,9 @@ class TransformerForDiffusion(nn.Module):
       causal_obs_attention: DP's memory mask (see the module docstring).
       image_features, num_keypoints, resnet_width, resnet_blocks, image_crop: the per-camera
         image encoder (models/resnet.py), used only when the observation has images.
+      vocab_size, instruction_layers: the instruction encoder (models/text.py, width D),
+        used only when the observation has `prompt_tokens`: its embedding is one more
+        memory token, visible to every action token.
       dtype: activation dtype ("float32" or "bfloat16"); parameters stay float32.
     """
 
@@ -106,13 +109,16 @@ class TransformerForDiffusion(nn.Module):
     resnet_width: int = 64
     resnet_blocks: Sequence[int] = (2, 2, 2, 2)  # ResNet18
     image_crop: Sequence[int] | None = None
+    vocab_size: int = 259  # the byte tokenizer's (data/tokenizer.py)
+    instruction_layers: int = 1
     dtype: str = "float32"
 
     @nn.compact
     def __call__(self, obs: dict, noisy_actions: jax.Array, time: jax.Array) -> jax.Array:
         """Args:
           obs: `observation/state` [B, T, S] (normalized), optional
-            `observation/image/<camera>` [B, T, h, w, 3] uint8; other keys ignored.
+            `observation/image/<camera>` [B, T, h, w, 3] uint8, optional instruction
+            `prompt_tokens` / `prompt_mask` [B, L]; other keys ignored.
           noisy_actions: [B, H, A].
           time: [B] (or scalar) float diffusion step / scaled flow time.
         Returns:
@@ -138,12 +144,12 @@ class TransformerForDiffusion(nn.Module):
         pos = self.param(
             "pos_emb", nn.with_logical_partitioning(init, (None, "embed")), (horizon, width)
         )
-        x = _dense(width, dtype, "input_emb", axes=(None, "embed"))(noisy_actions.astype(dtype))
+        x = dense(width, dtype, "input_emb", axes=(None, "embed"))(noisy_actions.astype(dtype))
         x = x + pos.astype(dtype)
 
         time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
         time_token = layers.sinusoidal_embedding(time, width)[:, None, :].astype(dtype)
-        obs_tokens = _dense(width, dtype, "cond_obs_emb", axes=(None, "embed"))(
+        obs_tokens = dense(width, dtype, "cond_obs_emb", axes=(None, "embed"))(
             obs_features.astype(dtype)
         )
         cond = jnp.concatenate([time_token, obs_tokens], axis=1)  # [B, 1 + T, D]
@@ -153,14 +159,26 @@ class TransformerForDiffusion(nn.Module):
             (1 + obs_horizon, width),
         )
         cond = cond + cond_pos.astype(dtype)
-        cond = _dense(4 * width, dtype, "cond_mlp_in")(cond)
-        cond = _dense(width, dtype, "cond_mlp_out", axes=("mlp", "embed"))(layers.mish(cond))
+        cond = dense(4 * width, dtype, "cond_mlp_in")(cond)
+        cond = dense(width, dtype, "cond_mlp_out", axes=("mlp", "embed"))(layers.mish(cond))
+        instruction = text.encode_instruction(
+            obs,
+            vocab_size=self.vocab_size,
+            features=width,
+            num_layers=self.instruction_layers,
+            num_heads=self.num_heads,
+            dtype=self.dtype,
+        )
+        if instruction is not None:  # appended last: [B, 1 + T + 1, D]
+            cond = jnp.concatenate([cond, instruction[:, None, :].astype(dtype)], axis=1)
 
         h_idx = jnp.arange(horizon)[:, None]
         self_mask = h_idx >= jnp.arange(horizon)[None, :] if self.causal_attention else None
         memory_mask = None
         if self.causal_obs_attention:
             memory_mask = h_idx >= jnp.arange(1 + obs_horizon)[None, :] - 1  # [H, 1 + T]
+            if cond.shape[1] > 1 + obs_horizon:  # the instruction token: always visible
+                memory_mask = jnp.concatenate([memory_mask, jnp.ones((horizon, 1), bool)], axis=1)
         # [H, K] -> [1, 1, H, K]: broadcast over batch and heads.
         self_mask = None if self_mask is None else self_mask[None, None]
         memory_mask = None if memory_mask is None else memory_mask[None, None]
@@ -168,6 +186,6 @@ class TransformerForDiffusion(nn.Module):
             x = DecoderBlock(self.num_heads, dtype, name=f"block{i}")(
                 x, cond, self_mask, memory_mask
             )
-        x = _layer_norm(dtype, "norm_out")(x)
-        out = _dense(action_dim, dtype, "head", axes=("embed", None))(x)
+        x = layer_norm(dtype, "norm_out")(x)
+        out = dense(action_dim, dtype, "head", axes=("embed", None))(x)
         return out.astype(jnp.float32)

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from action_gen.models import layers, resnet
+from action_gen.models import layers, resnet, text
 
 
 class Conv1dBlock(nn.Module):
@@ -80,6 +80,9 @@ class ConditionalUnet1D(nn.Module):
       image_features, num_keypoints, resnet_width, resnet_blocks, image_crop: the per-camera
         image encoder (models/resnet.py: output width, spatial-softmax keypoints, ResNet stem
         width, blocks per stage, center-crop size), used only when the observation has images.
+      vocab_size, instruction_features, instruction_layers: the instruction encoder
+        (models/text.py), used only when the observation has `prompt_tokens` (a
+        multi-task policy, `data.prompt_max_len` > 0); its output joins the condition.
       dtype: activation dtype of the image encoder ("bfloat16": bf16 activations, float32
         parameters). The 1-D U-Net itself computes in float32 (layers.Conv1d is a float32
         GEMM); at image-policy sizes the ResNet is nearly all of the compute.
@@ -95,11 +98,15 @@ class ConditionalUnet1D(nn.Module):
     resnet_width: int = 64
     resnet_blocks: Sequence[int] = (2, 2, 2, 2)  # ResNet18
     image_crop: Sequence[int] | None = None
+    vocab_size: int = 259  # the byte tokenizer's (data/tokenizer.py)
+    instruction_features: int = 64
+    instruction_layers: int = 1
     dtype: str = "float32"
 
     def condition(self, obs: dict, time: jax.Array) -> jax.Array:
-        """The global condition [B, E + T*F]: time embedding and flattened per-step
-        observation features (F = S without images; see the module docstring).
+        """The global condition [B, E + T*F (+ D)]: time embedding, flattened per-step
+        observation features (F = S without images; see the module docstring), and the
+        instruction embedding when the observation carries prompt tokens.
 
         `obs[schema.OBS_PAD_MASK]` is not used: padded steps repeat the first real
         observation (as in DP), so the flattened history is well defined either way.
@@ -117,13 +124,23 @@ class ConditionalUnet1D(nn.Module):
         time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
         emb = layers.sinusoidal_embedding(time, self.time_embed_dim)
         emb = layers.MLP((4 * self.time_embed_dim, self.time_embed_dim), name="time_mlp")(emb)
-        return jnp.concatenate([emb, state.reshape(batch, -1)], axis=-1)
+        parts = [emb, state.reshape(batch, -1)]
+        instruction = text.encode_instruction(
+            obs,
+            vocab_size=self.vocab_size,
+            features=self.instruction_features,
+            num_layers=self.instruction_layers,
+        )
+        if instruction is not None:
+            parts.append(instruction)
+        return jnp.concatenate(parts, axis=-1)
 
     @nn.compact
     def __call__(self, obs: dict, noisy_actions: jax.Array, time: jax.Array) -> jax.Array:
         """Args:
           obs: `schema.OBS_STATE` [B, T, S] float32 (normalized), optional camera images
-            `schema.image_key(camera)` [B, T, h, w, 3] uint8; other keys ignored.
+            `schema.image_key(camera)` [B, T, h, w, 3] uint8, optional instruction
+            `schema.PROMPT_TOKENS` / `schema.PROMPT_MASK` [B, L]; other keys ignored.
           noisy_actions: [B, H, A].
           time: [B] (or scalar) float: the diffusion step index k, or a scaled flow time.
         Returns:

@@ -4,6 +4,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 
 import jax
@@ -21,21 +22,60 @@ from action_gen.train.state import create_train_state
 from action_gen.train.step import step_options, train_step
 
 
-def resolve_dataset_dir(data_config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The RLDS directory to train on; generates the built-in task's demos if asked to.
+def _as_list(value) -> list:
+    """A config value that may be one item or a list of them, as a list ('' / None: [])."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | os.PathLike):
+        return [value]
+    return list(value)
 
-    `data.dataset_dir` empty means `<workdir>/dataset`. When `data.builtin_task` is set
-    and the directory holds no dataset yet, the scripted expert's demos are written there.
+
+def _task_slug(task: str) -> str:
+    """A directory name for a task name ('metaworld:push@corner2:96' -> 'push_corner2_96')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task.split(":", 1)[-1]).strip("_")
+
+
+def resolve_dataset_dirs(data_config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The RLDS directories to train on (one, or several mixed); generates demos if asked to.
+
+    `data.builtin_task` is a task name or a list of them (a multi-task mixture), and
+    `data.dataset_dir` a directory or a list with one directory per task. An empty
+    `data.dataset_dir` means `<workdir>/dataset` for one task and `<workdir>/dataset/<task>`
+    for each of several. A task whose directory holds no dataset yet gets the scripted
+    expert's demos written there.
     """
-    dataset_dir = data_config.dataset_dir or os.path.join(workdir, "dataset")
-    if data_config.get("builtin_task"):
-        return collect.ensure_builtin_dataset(
-            data_config.builtin_task,
-            dataset_dir,
-            num_episodes=data_config.num_demo_episodes,
-            seed=data_config.demo_seed,
+    tasks = [str(t) for t in _as_list(data_config.get("builtin_task"))]
+    dirs = [os.fspath(d) for d in _as_list(data_config.dataset_dir)]
+    if not dirs:
+        base = os.path.join(workdir, "dataset")
+        dirs = [base] if len(tasks) <= 1 else [os.path.join(base, _task_slug(t)) for t in tasks]
+    if not tasks:
+        return dirs
+    if len(dirs) != len(tasks):
+        raise ValueError(
+            f"data.dataset_dir lists {len(dirs)} directories but data.builtin_task names "
+            f"{len(tasks)} tasks; give one directory per task, or leave data.dataset_dir empty"
         )
-    return dataset_dir
+    return [
+        collect.ensure_builtin_dataset(
+            task, path, num_episodes=data_config.num_demo_episodes, seed=data_config.demo_seed
+        )
+        for task, path in zip(tasks, dirs, strict=True)
+    ]
+
+
+def mixture_weights(data_config: ml_collections.ConfigDict, num_datasets: int):
+    """`data.weights` (one per dataset) or None (equal weights); checked against the count."""
+    weights = _as_list(data_config.get("weights"))
+    if not weights:
+        return None
+    if len(weights) != num_datasets:
+        raise ValueError(
+            f"data.weights has {len(weights)} entries for {num_datasets} datasets; give one "
+            "per dataset (data.dataset_dir / data.builtin_task) or none for equal weights"
+        )
+    return [float(w) for w in weights]
 
 
 # Config keys that fix what the train state means (its shapes, or what the network
@@ -84,10 +124,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     """
     os.makedirs(workdir, exist_ok=True)
     # Process 0 writes a built-in dataset first; the others then find it on disk.
-    dataset_dir = distributed.process_zero_first(
-        lambda: resolve_dataset_dir(config.data, workdir), "dataset"
+    dataset_dirs = distributed.process_zero_first(
+        lambda: resolve_dataset_dirs(config.data, workdir), "dataset"
     )
-    norm_stats = pipeline.compute_dataset_norm_stats(dataset_dir)
+    if not dataset_dirs:
+        raise ValueError("no training data: set data.dataset_dir or data.builtin_task")
+    weights = mixture_weights(config.data, len(dataset_dirs))
+    # One dataset: its stats are cached beside it. A mixture is normalized jointly.
+    if len(dataset_dirs) == 1:
+        dataset_dir = dataset_dirs[0]
+        norm_stats = pipeline.compute_dataset_norm_stats(dataset_dir)
+    else:
+        dataset_dir = dataset_dirs
+        norm_stats = pipeline.compute_mixture_norm_stats(dataset_dirs)
     state_dim, data_action_dim = normalize.feature_dims(norm_stats)
     action_dim = spec.model_action_dim(config.model, data_action_dim)
     obs_horizon, action_horizon = config.data.obs_horizon, config.data.action_horizon
@@ -129,7 +178,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     if manager.latest_step() is None and config.data.get("validate", True):
         # A fresh run checks its data once (data/validate.py) and stops on errors before
         # spending compute; a resumed run already passed this check.
-        validate.check_dataset(dataset_dir)
+        for path in dataset_dirs:
+            validate.check_dataset(path)
     if manager.latest_step() is not None:
         stored_config, _ = checkpoint.restore_metadata(manager)
         check_resume_compatible(stored_config, config_json, manager.directory)
@@ -160,6 +210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         seed=config.seed,
         shard_index=jax.process_index(),
         num_shards=num_processes,
+        weights=weights,
         image_crop=config.data.get("image_crop"),
     )
     batches = pipeline.iterate_numpy_batches(dataset, start_batch=start_step)

@@ -112,3 +112,34 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained):
     with pytest.raises(FloatingPointError, match="step 2"):
         loop.train(config, str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
+
+
+def test_dataset_dirs_of_one_or_several_tasks(tmp_path):
+    import ml_collections
+
+    data = ml_collections.ConfigDict(
+        {"dataset_dir": "", "builtin_task": "", "num_demo_episodes": 2, "demo_seed": 0}
+    )
+    assert loop.resolve_dataset_dirs(data, str(tmp_path)) == [str(tmp_path / "dataset")]
+    data.dataset_dir = "/data/a"
+    assert loop.resolve_dataset_dirs(data, str(tmp_path)) == ["/data/a"]
+    several = ml_collections.ConfigDict(
+        {
+            "dataset_dir": ["/data/a"],
+            "builtin_task": ["obstacle", "obstacle_language"],
+            "num_demo_episodes": 2,
+            "demo_seed": 0,
+        }
+    )
+    with pytest.raises(ValueError, match="data.dataset_dir lists 1 directories"):
+        loop.resolve_dataset_dirs(several, str(tmp_path))
+    several.dataset_dir = []
+    dirs = loop.resolve_dataset_dirs(several, str(tmp_path))  # generates both (2 demos each)
+    assert [os.path.relpath(d, tmp_path / "dataset").split(os.sep)[0] for d in dirs] == [
+        "obstacle",
+        "obstacle_language",
+    ]
+    weights = ml_collections.ConfigDict({"weights": [1.0, 2.0]})
+    assert loop.mixture_weights(weights, 2) == [1.0, 2.0]
+    with pytest.raises(ValueError, match="data.weights has 2 entries for 3 datasets"):
+        loop.mixture_weights(weights, 3)
