@@ -16,12 +16,11 @@ Prints one JSON object.
 import argparse
 import functools
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_ms  # benchmarks/timing.py
 
 from action_gen import models
 from action_gen.data import schema, tokenizer
@@ -30,16 +29,6 @@ from action_gen.objectives import flow
 
 CAMERAS = ("base", "left_wrist", "right_wrist")
 TEXT_TOKENS, H, A, STATE_DIM, NUM_STEPS = 48, 50, 32, 32, 10
-
-
-def _median_ms(fn, runs: int) -> float:
-    jax.block_until_ready(fn(0))
-    times = []
-    for i in range(runs):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(i + 1))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def observation(size: int, batch: int) -> dict:
@@ -74,11 +63,11 @@ def benchmark(variant: str, dtype: str, batch: int, runs: int) -> dict:
     t = jnp.full((batch,), 50.0)
     return {
         "params": int(num_params),
-        "chunk_ms": round(_median_ms(lambda i: cached(params, obs, jax.random.key(i)), runs), 3),
-        "prefix_ms": round(_median_ms(lambda i: prepare(params, obs), runs), 3),
-        "step_ms": round(_median_ms(lambda i: step(params, context, x + i, t), runs), 3),
+        "chunk_ms": round(median_ms(lambda i: cached(params, obs, jax.random.key(i)), runs), 3),
+        "prefix_ms": round(median_ms(lambda i: prepare(params, obs), runs), 3),
+        "step_ms": round(median_ms(lambda i: step(params, context, x + i, t), runs), 3),
         "uncached_chunk_ms": round(
-            _median_ms(lambda i: uncached(params, obs, jax.random.key(i)), runs), 3
+            median_ms(lambda i: uncached(params, obs, jax.random.key(i)), runs), 3
         ),
     }
 

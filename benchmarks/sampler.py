@@ -14,11 +14,10 @@ Prints one JSON object; latencies are medians over --runs after a warm-up call.
 import argparse
 import functools
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
+from timing import median_ms  # benchmarks/timing.py
 
 from action_gen import models
 from action_gen.data import schema
@@ -36,16 +35,6 @@ MODEL_CONFIGS = {
 T, S, H, A = 2, 20, 16, 2
 NUM_TRAIN_STEPS = 100
 SAMPLERS = (("ddim", 10), ("ddpm", 100))
-
-
-def _median_ms(fn, runs: int) -> float:
-    jax.block_until_ready(fn(0))  # warm-up (compilation)
-    times = []
-    for i in range(runs):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(i + 1))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def _step_fn(apply_fn, sampler: str):
@@ -72,7 +61,7 @@ def _time_sampler(apply_fn, params, obs, sampler: str, num_steps: int, runs: int
             num_train_steps=NUM_TRAIN_STEPS,
         )
     )
-    scan_ms = _median_ms(lambda i: scanned(params, obs, jax.random.key(i)), runs)
+    scan_ms = median_ms(lambda i: scanned(params, obs, jax.random.key(i)), runs)
 
     step = _step_fn(apply_fn, sampler)
     ks, alpha_bars, alpha_bars_prev = diffusion.sampler_constants(NUM_TRAIN_STEPS, num_steps)
@@ -92,7 +81,7 @@ def _time_sampler(apply_fn, params, obs, sampler: str, num_steps: int, runs: int
             x = step(params, obs, x, ks[n], alpha_bars[n], alpha_bars_prev[n], noise[n])
         return x
 
-    return scan_ms, _median_ms(loop, runs)
+    return scan_ms, median_ms(loop, runs)
 
 
 def benchmark(model_name: str, batch: int, runs: int) -> dict:
@@ -107,7 +96,7 @@ def benchmark(model_name: str, batch: int, runs: int) -> dict:
     forward = jax.jit(apply_fn)
     x0 = jnp.zeros((batch, H, A))
     t0 = jnp.zeros((batch,))
-    forward_ms = _median_ms(lambda i: forward(params, obs, x0 + i, t0), runs)
+    forward_ms = median_ms(lambda i: forward(params, obs, x0 + i, t0), runs)
 
     results = {"params": int(num_params), "forward_ms": round(forward_ms, 3)}
     for sampler, num_steps in SAMPLERS:

@@ -26,52 +26,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def measure(args) -> dict:
     """Runs in the child: compile, warm up, then time `args.steps` steps."""
-    import functools
-
     import jax
     import numpy as np
 
     sys.path.insert(0, REPO)
-    from action_gen import models, objectives
     from action_gen.data import schema, spec
     from action_gen.train import sharding
-    from action_gen.train.optimizer import create_optimizer
-    from action_gen.train.state import create_train_state
-    from action_gen.train.step import train_step
+    from action_gen.train.program import build_train_program
     from configs import diffusion_unet_obstacle
 
     config = diffusion_unet_obstacle.get_config()  # DP sizes: down_dims (256, 512, 1024)
     config.data.batch_size = args.batch_size
+    config.train.compute_dtype = args.dtype
     horizon, obs_horizon = config.data.action_horizon, config.data.obs_horizon
     action_shape = (horizon, args.action_dim)
     mesh = sharding.create_mesh(config.mesh)
-    model = models.create_model(config.model)
-    objective = objectives.create_objective(config.objective, action_shape)
-    tx, schedule = create_optimizer(config.optimizer, config.train.num_steps)
     example = spec.example_observation(spec.observation_spec(config.data, args.state_dim))
-
-    def init(key):
-        return create_train_state(models.init_params(model, key, example, action_shape), tx)
-
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    logical = models.param_logical_axes(model, example, action_shape)
-    state_shardings = sharding.state_sharding_from_config(config.mesh, mesh, abstract, logical)
-    batch_sharding = sharding.batch_sharding(mesh)
-    replicated = sharding.replicated_sharding(mesh)
-    step = jax.jit(
-        functools.partial(
-            train_step,
-            apply_fn=models.make_apply_fn(model),
-            loss_fn=objective.loss,
-            tx=tx,
-            lr_schedule=schedule,
-            compute_dtype=args.dtype,
-        ),
-        in_shardings=(state_shardings, batch_sharding, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )
-    state = jax.jit(init, out_shardings=state_shardings)(jax.random.key(0))
+    program = build_train_program(config, mesh, example, action_shape)  # the loop's own
+    step, batch_sharding = program.step_fn, program.batch_sharding
+    state = program.init_fn(jax.random.key(0))
     rng = np.random.default_rng(0)
     b = args.batch_size
     batch = sharding.global_batch(

@@ -1,6 +1,5 @@
 """The training loop: the only place with side effects (data, logging, checkpoints)."""
 
-import functools
 import json
 import logging
 import os
@@ -12,14 +11,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from action_gen import models, objectives
 from action_gen.data import normalize, pipeline, spec, transforms, validate
 from action_gen.envs import collect
 from action_gen.train import checkpoint, distributed, sharding
 from action_gen.train.metrics_writer import MetricWriter
-from action_gen.train.optimizer import create_optimizer
-from action_gen.train.state import create_train_state
-from action_gen.train.step import step_options, train_step
+from action_gen.train.program import build_train_program
 
 
 def _as_list(value) -> list:
@@ -148,26 +144,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
             f"data.batch_size={config.data.batch_size} is not divisible by the "
             f"{mesh.devices.size} devices of the mesh"
         )
-    model = models.create_model(config.model)
-    objective = objectives.create_objective(config.objective, (action_horizon, action_dim))
-    apply_fn = models.make_apply_fn(model)
-    tx, lr_schedule = create_optimizer(config.optimizer, num_steps)
-
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
     example_obs = spec.example_observation(spec.observation_spec(config.data, state_dim))
-
-    def init_state(key):
-        params = models.init_params(model, key, example_obs, (action_horizon, action_dim))
-        return create_train_state(params, tx)
-
-    abstract_state = jax.eval_shape(init_state, init_rng)
-    logical_axes = models.param_logical_axes(model, example_obs, (action_horizon, action_dim))
-    state_shardings = sharding.state_sharding_from_config(
-        config.mesh, mesh, abstract_state, logical_axes
-    )
-    batch_sharding = sharding.batch_sharding(mesh)
-    replicated = sharding.replicated_sharding(mesh)
+    program = build_train_program(config, mesh, example_obs, (action_horizon, action_dim))
+    abstract_state, state_shardings = program.abstract_state, program.state_shardings
+    batch_sharding = program.batch_sharding
 
     manager = checkpoint.create_checkpoint_manager(
         os.path.join(workdir, "checkpoints"),
@@ -192,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         logging.info("Resumed from %s at step %d", manager.directory, int(state.step))
         start_step = int(data_state["batches_consumed"])
     else:
-        state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+        state = program.init_fn(init_rng)
         start_step = 0
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %.2fM parameters", config.model.name, num_params / 1e6)
@@ -216,21 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     batches = pipeline.iterate_numpy_batches(dataset, start_batch=start_step)
     prepare_batch = transforms.make_batch_preparer(config, data_action_dim)
 
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            apply_fn=apply_fn,
-            loss_fn=objective.loss,
-            tx=tx,
-            lr_schedule=lr_schedule,
-            ema_power=config.train.ema_power,
-            ema_max_decay=config.train.ema_max_decay,
-            **step_options(config.train),
-        ),
-        in_shardings=(state_shardings, batch_sharding, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )
+    step_fn = program.step_fn
 
     def save(step: int, force: bool = False):
         checkpoint.save_checkpoint(

@@ -5,17 +5,12 @@ train step on synthetic batches, on any mesh; used in-process by the tests and b
 `multihost_worker.py` in each of several processes.
 """
 
-import functools
-
 import jax
 import numpy as np
 
-from action_gen import models, objectives
 from action_gen.data import schema, spec
 from action_gen.train import sharding
-from action_gen.train.optimizer import create_optimizer
-from action_gen.train.state import create_train_state
-from action_gen.train.step import train_step
+from action_gen.train.program import build_train_program
 from configs import diffusion_unet_obstacle, regression_unet_obstacle
 
 STATE_DIM, ACTION_DIM = 4, 2
@@ -60,37 +55,12 @@ def synthetic_batches(config, num_batches: int, batch_size: int, seed: int = 0) 
 
 
 def build(config, mesh):
-    """(init_fn, step_fn, state_shardings, batch_sharding) for `config` on `mesh`."""
+    """(init_fn, step_fn, state_shardings, batch_sharding) for `config` on `mesh`: the
+    train loop's own program (train/program.py)."""
     action_shape = (config.data.action_horizon, ACTION_DIM)
-    model = models.create_model(config.model)
-    objective = objectives.create_objective(config.objective, action_shape)
-    tx, schedule = create_optimizer(config.optimizer, config.train.num_steps)
     example_obs = spec.example_observation(spec.observation_spec(config.data, STATE_DIM))
-
-    def init_state(key):
-        return create_train_state(models.init_params(model, key, example_obs, action_shape), tx)
-
-    abstract = jax.eval_shape(init_state, jax.random.key(0))
-    logical = models.param_logical_axes(model, example_obs, action_shape)
-    state_shardings = sharding.state_sharding_from_config(config.mesh, mesh, abstract, logical)
-    batch_sharding = sharding.batch_sharding(mesh)
-    replicated = sharding.replicated_sharding(mesh)
-    init_fn = jax.jit(init_state, out_shardings=state_shardings)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            apply_fn=models.make_apply_fn(model),
-            loss_fn=objective.loss,
-            tx=tx,
-            lr_schedule=schedule,
-            grad_accum_steps=int(config.train.grad_accum_steps),
-            compute_dtype=config.train.compute_dtype,
-        ),
-        in_shardings=(state_shardings, batch_sharding, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )
-    return init_fn, step_fn, state_shardings, batch_sharding
+    program = build_train_program(config, mesh, example_obs, action_shape)
+    return program.init_fn, program.step_fn, program.state_shardings, program.batch_sharding
 
 
 def train(config, mesh, local_batches: list[dict], seed: int = 0):
