@@ -21,7 +21,9 @@ with pixel-center coordinates x, y in [-1, 1]: the expected image location of fe
 It has no parameters that depend on the image size, so one encoder runs at any size.
 """
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -117,11 +119,12 @@ def center_crop(images: jax.Array, crop: Sequence[int] | None) -> jax.Array:
     return images[..., top : top + ch, left : left + cw, :]
 
 
-class ResNetImageEncoder(nn.Module):
-    """One camera's encoder: uint8 [N, h, w, 3] -> [N, features].
+@dataclasses.dataclass(frozen=True)
+class ImageEncoderSettings:
+    """The per-camera image encoder's settings, in one place.
 
     Attributes:
-      features: output width (DP / robomimic: 64).
+      features: output width per camera (DP / robomimic: 64).
       num_keypoints: spatial-softmax keypoints K (DP: 32).
       width: stem width w (ResNet18: 64); stages use w, 2w, 4w, 8w.
       blocks_per_stage: (2, 2, 2, 2) is ResNet18.
@@ -132,29 +135,72 @@ class ResNetImageEncoder(nn.Module):
     features: int = 64
     num_keypoints: int = 32
     width: int = 64
-    blocks_per_stage: Sequence[int] = (2, 2, 2, 2)
+    blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2)
+    image_crop: tuple[int, int] | None = None
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):  # hashable (a Flax attribute): config lists become tuples
+        object.__setattr__(self, "blocks_per_stage", tuple(int(b) for b in self.blocks_per_stage))
+        if self.image_crop is not None:
+            object.__setattr__(self, "image_crop", tuple(int(c) for c in self.image_crop))
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+
+
+class ImageObservationModel(nn.Module):
+    """Base of the action models that take camera images: the image-encoder fields of
+    the model config (flat, `model.image_features` etc.) declared once, and the
+    observation encoder built from them.
+
+    Attributes:
+      image_features, num_keypoints, resnet_width, resnet_blocks, image_crop: the
+        ImageEncoderSettings `features`, `num_keypoints`, `width`, `blocks_per_stage`,
+        `image_crop`; used only when the observation has images.
+    """
+
+    image_features: int = 64
+    num_keypoints: int = 32
+    resnet_width: int = 64
+    resnet_blocks: Sequence[int] = (2, 2, 2, 2)  # ResNet18
     image_crop: Sequence[int] | None = None
-    dtype: jnp.dtype = jnp.float32
+
+    def observation_encoder(self, dtype) -> "ObservationEncoder":
+        """The `obs_encoder` submodule (call from a compact method): obs -> [B, T, F]."""
+        settings = ImageEncoderSettings(
+            features=self.image_features,
+            num_keypoints=self.num_keypoints,
+            width=self.resnet_width,
+            blocks_per_stage=self.resnet_blocks,
+            image_crop=self.image_crop,
+            dtype=dtype,
+        )
+        return ObservationEncoder(settings, name="obs_encoder")
+
+
+class ResNetImageEncoder(nn.Module):
+    """One camera's encoder: uint8 [N, h, w, 3] -> [N, settings.features]."""
+
+    settings: ImageEncoderSettings = ImageEncoderSettings()
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [N, h, w, 3], got {images.shape}")
-        x = center_crop(images, self.image_crop)
-        x = (x.astype(jnp.float32) / 127.5 - 1.0).astype(self.dtype)
-        x = _conv(self.width, 7, 2, self.dtype, "stem_conv")(x)
-        x = nn.relu(_group_norm(self.width, self.dtype, "stem_norm")(x))
+        cfg = self.settings
+        x = center_crop(images, cfg.image_crop)
+        x = (x.astype(jnp.float32) / 127.5 - 1.0).astype(cfg.dtype)
+        x = _conv(cfg.width, 7, 2, cfg.dtype, "stem_conv")(x)
+        x = nn.relu(_group_norm(cfg.width, cfg.dtype, "stem_norm")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for stage, num_blocks in enumerate(self.blocks_per_stage):
-            width = self.width * 2**stage
+        for stage, num_blocks in enumerate(cfg.blocks_per_stage):
+            width = cfg.width * 2**stage
             for block in range(num_blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, stride, self.dtype, name=f"stage{stage}_block{block}")(x)
-        keypoints = SpatialSoftmax(self.num_keypoints, name="spatial_softmax")(x)
-        flat = keypoints.reshape(keypoints.shape[0], -1).astype(self.dtype)
+                x = BasicBlock(width, stride, cfg.dtype, name=f"stage{stage}_block{block}")(x)
+        keypoints = SpatialSoftmax(cfg.num_keypoints, name="spatial_softmax")(x)
+        flat = keypoints.reshape(keypoints.shape[0], -1).astype(cfg.dtype)
         out = nn.Dense(
-            self.features,
-            dtype=self.dtype,
+            cfg.features,
+            dtype=cfg.dtype,
             param_dtype=jnp.float32,
             kernel_init=nn.with_logical_partitioning(
                 nn.initializers.lecun_normal(), ("embed", "mlp")
@@ -183,12 +229,7 @@ class ObservationEncoder(nn.Module):
     parameters), so state-only models keep their parameter tree.
     """
 
-    features: int = 64
-    num_keypoints: int = 32
-    width: int = 64
-    blocks_per_stage: Sequence[int] = (2, 2, 2, 2)
-    image_crop: Sequence[int] | None = None
-    dtype: jnp.dtype = jnp.float32
+    settings: ImageEncoderSettings = ImageEncoderSettings()
 
     @nn.compact
     def __call__(self, obs: dict) -> jax.Array:
@@ -202,15 +243,7 @@ class ObservationEncoder(nn.Module):
                     f"{schema.image_key(camera)} has shape {images.shape}; want [B={batch}, "
                     f"T={horizon}, h, w, 3] like {schema.OBS_STATE}"
                 )
-            encoder = ResNetImageEncoder(
-                features=self.features,
-                num_keypoints=self.num_keypoints,
-                width=self.width,
-                blocks_per_stage=self.blocks_per_stage,
-                image_crop=self.image_crop,
-                dtype=self.dtype,
-                name=f"image_encoder_{camera}",
-            )
+            encoder = ResNetImageEncoder(self.settings, name=f"image_encoder_{camera}")
             flat = encoder(images.reshape(batch * horizon, *images.shape[2:]))
             parts.append(flat.reshape(batch, horizon, -1))
         return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else state

@@ -20,8 +20,6 @@ the observation has images (models/resnet.py). DP's dropout (attention 0.3 / emb
 is not used: the model contract has no train/eval switch and no dropout RNG.
 """
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -82,7 +80,7 @@ class DecoderBlock(nn.Module):
         return x + h
 
 
-class TransformerForDiffusion(nn.Module):
+class TransformerForDiffusion(resnet.ImageObservationModel):
     """DP-T: predicts [B, H, A] from (obs, noisy actions, time), like the U-Net.
 
     Attributes:
@@ -91,8 +89,8 @@ class TransformerForDiffusion(nn.Module):
       num_heads: attention heads (DP: 4).
       causal_attention: action tokens attend only to earlier ones (DP: True).
       causal_obs_attention: DP's memory mask (see the module docstring).
-      image_features, num_keypoints, resnet_width, resnet_blocks, image_crop: the per-camera
-        image encoder (models/resnet.py), used only when the observation has images.
+      image_features, num_keypoints, resnet_width, resnet_blocks, image_crop: inherited
+        from resnet.ImageObservationModel (the per-camera image encoder).
       vocab_size, instruction_layers: the instruction encoder (models/text.py, width D),
         used only when the observation has `prompt_tokens`: its embedding is one more
         memory token, visible to every action token.
@@ -104,11 +102,6 @@ class TransformerForDiffusion(nn.Module):
     num_heads: int = 4
     causal_attention: bool = True
     causal_obs_attention: bool = True
-    image_features: int = 64
-    num_keypoints: int = 32
-    resnet_width: int = 64
-    resnet_blocks: Sequence[int] = (2, 2, 2, 2)  # ResNet18
-    image_crop: Sequence[int] | None = None
     vocab_size: int = 259  # the byte tokenizer's (data/tokenizer.py)
     instruction_layers: int = 1
     dtype: str = "float32"
@@ -129,15 +122,7 @@ class TransformerForDiffusion(nn.Module):
         if width % self.num_heads:
             raise ValueError(f"embed_dim {width} not divisible by num_heads {self.num_heads}")
         batch, horizon, action_dim = noisy_actions.shape
-        obs_features = resnet.ObservationEncoder(
-            features=self.image_features,
-            num_keypoints=self.num_keypoints,
-            width=self.resnet_width,
-            blocks_per_stage=self.resnet_blocks,
-            image_crop=self.image_crop,
-            dtype=dtype,
-            name="obs_encoder",
-        )(obs)  # [B, T, F]
+        obs_features = self.observation_encoder(dtype)(obs)  # [B, T, F]
         obs_horizon = obs_features.shape[1]
 
         init = nn.initializers.normal(0.02)

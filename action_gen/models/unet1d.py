@@ -68,7 +68,7 @@ class ConditionalResidualBlock1D(nn.Module):
         return h + residual
 
 
-class ConditionalUnet1D(nn.Module):
+class ConditionalUnet1D(resnet.ImageObservationModel):
     """DP's ConditionalUnet1D: predicts [B, H, A] from (obs, noisy actions, time).
 
     Attributes:
@@ -77,9 +77,8 @@ class ConditionalUnet1D(nn.Module):
       n_groups: GroupNorm groups (DP: 8); every entry of down_dims must be divisible by it.
       time_embed_dim: width E of the time embedding (DP's diffusion_step_embed_dim, 256).
       cond_predict_scale: FiLM with scale and bias (True, DP's setting) or bias only.
-      image_features, num_keypoints, resnet_width, resnet_blocks, image_crop: the per-camera
-        image encoder (models/resnet.py: output width, spatial-softmax keypoints, ResNet stem
-        width, blocks per stage, center-crop size), used only when the observation has images.
+      image_features, num_keypoints, resnet_width, resnet_blocks, image_crop: inherited
+        from resnet.ImageObservationModel (the per-camera image encoder).
       vocab_size, instruction_features, instruction_layers: the instruction encoder
         (models/text.py), used only when the observation has `prompt_tokens` (a
         multi-task policy, `data.prompt_max_len` > 0); its output joins the condition.
@@ -93,11 +92,6 @@ class ConditionalUnet1D(nn.Module):
     n_groups: int = 8
     time_embed_dim: int = 256
     cond_predict_scale: bool = True
-    image_features: int = 64
-    num_keypoints: int = 32
-    resnet_width: int = 64
-    resnet_blocks: Sequence[int] = (2, 2, 2, 2)  # ResNet18
-    image_crop: Sequence[int] | None = None
     vocab_size: int = 259  # the byte tokenizer's (data/tokenizer.py)
     instruction_features: int = 64
     instruction_layers: int = 1
@@ -111,15 +105,7 @@ class ConditionalUnet1D(nn.Module):
         `obs[schema.OBS_PAD_MASK]` is not used: padded steps repeat the first real
         observation (as in DP), so the flattened history is well defined either way.
         """
-        state = resnet.ObservationEncoder(
-            features=self.image_features,
-            num_keypoints=self.num_keypoints,
-            width=self.resnet_width,
-            blocks_per_stage=self.resnet_blocks,
-            image_crop=self.image_crop,
-            dtype=jnp.dtype(self.dtype),
-            name="obs_encoder",
-        )(obs)  # [B, T, F]
+        state = self.observation_encoder(jnp.dtype(self.dtype))(obs)  # [B, T, F]
         batch = state.shape[0]
         time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
         emb = layers.sinusoidal_embedding(time, self.time_embed_dim)

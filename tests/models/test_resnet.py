@@ -69,7 +69,9 @@ def test_resnet18_size_and_image_range():
     out = jax.eval_shape(lambda p: encoder.apply({"params": p}, images), params)
     assert out.shape == (1, 64) and out.dtype == jnp.float32
     # Images are mapped to [-1, 1]: all-black and all-white frames encode differently.
-    tiny = resnet.ResNetImageEncoder(features=8, num_keypoints=4, width=8, blocks_per_stage=(1,))
+    tiny = resnet.ResNetImageEncoder(
+        resnet.ImageEncoderSettings(features=8, num_keypoints=4, width=8, blocks_per_stage=(1,))
+    )
     frames = jnp.stack([jnp.zeros((16, 16, 3), jnp.uint8), jnp.full((16, 16, 3), 255, jnp.uint8)])
     variables = jax.jit(tiny.init)(jax.random.key(0), frames)
     out = jax.jit(tiny.apply)(variables, frames)
