@@ -54,7 +54,17 @@ def run(config, workdir: str, mode: str) -> dict | None:
 
     workdir = os.path.abspath(workdir)
     if mode in ("train", "train_and_eval"):
-        loop.train(config, workdir)
+        state = loop.train(config, workdir)
+        if mode == "train_and_eval" and int(state.step) < config.train.num_steps:
+            # Preempted (SIGTERM): the checkpoint is saved; evaluating a half-trained model
+            # would write misleading results. The same command resumes, then evaluates.
+            logging.warning(
+                "training stopped at step %d of %d; not evaluating. Rerun the same command "
+                "to resume and evaluate.",
+                int(state.step),
+                config.train.num_steps,
+            )
+            return None
     if mode in ("eval", "train_and_eval"):
         return evaluate.evaluate_checkpoint(workdir, config.eval)
     return None

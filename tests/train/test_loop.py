@@ -143,3 +143,21 @@ def test_dataset_dirs_of_one_or_several_tasks(tmp_path):
     assert loop.mixture_weights(weights, 2) == [1.0, 2.0]
     with pytest.raises(ValueError, match="data.weights has 2 entries for 3 datasets"):
         loop.mixture_weights(weights, 3)
+
+
+def test_preempted_train_and_eval_does_not_evaluate(monkeypatch, tmp_path):
+    """A SIGTERM-stopped training (state.step < num_steps) must not write results.json."""
+    import types
+
+    from action_gen import main
+    from action_gen.eval import evaluate
+
+    config = diffusion_unet_obstacle.get_config("runlocal")
+    monkeypatch.setattr(loop, "train", lambda c, w: types.SimpleNamespace(step=1))
+    called = []
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *a: called.append(a))
+    assert main.run(config, str(tmp_path), "train_and_eval") is None
+    assert not called
+    monkeypatch.setattr(loop, "train", lambda c, w: types.SimpleNamespace(step=c.train.num_steps))
+    main.run(config, str(tmp_path), "train_and_eval")
+    assert len(called) == 1
