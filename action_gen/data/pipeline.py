@@ -39,6 +39,18 @@ def dataset_fingerprint(data_dir) -> str:
     return hashlib.sha256((path / rlds.DATASET_INFO).read_bytes()).hexdigest()
 
 
+def _accumulate_norm_stats(path, state_acc, action_acc) -> None:
+    """Feeds every episode's states and actions of the RLDS dataset at `path` (images not
+    decoded) into the two accumulators."""
+    episodes = rlds.load_rlds_episodes(path, decode_images=False)
+    episodes = episodes.map(
+        lambda tr: (tr[schema.RLDS_OBSERVATION][schema.RLDS_STATE], tr[schema.RLDS_ACTION])
+    )
+    for state, action in episodes.as_numpy_iterator():
+        state_acc.update(state.reshape(state.shape[0], -1))
+        action_acc.update(action.reshape(action.shape[0], -1))
+
+
 def compute_dataset_norm_stats(data_dir, cache: bool = True) -> dict:
     """Normalization stats of observation/state and action over a whole RLDS dataset.
 
@@ -66,13 +78,7 @@ def compute_dataset_norm_stats(data_dir, cache: bool = True) -> dict:
 
     state_acc = norm.NormStatsAccumulator()
     action_acc = norm.NormStatsAccumulator()
-    episodes = rlds.load_rlds_episodes(path, decode_images=False)
-    episodes = episodes.map(
-        lambda tr: (tr[schema.RLDS_OBSERVATION][schema.RLDS_STATE], tr[schema.RLDS_ACTION])
-    )
-    for state, action in episodes.as_numpy_iterator():
-        state_acc.update(state.reshape(state.shape[0], -1))
-        action_acc.update(action.reshape(action.shape[0], -1))
+    _accumulate_norm_stats(path, state_acc, action_acc)
     stats = {
         norm.STATE: state_acc.finalize(),
         norm.ACTIONS: action_acc.finalize(),
@@ -194,13 +200,7 @@ def compute_mixture_norm_stats(data_dirs: Sequence) -> dict:
     state_acc = norm.NormStatsAccumulator()
     action_acc = norm.NormStatsAccumulator()
     for path in data_dirs:
-        episodes = rlds.load_rlds_episodes(path, decode_images=False)
-        episodes = episodes.map(
-            lambda tr: (tr[schema.RLDS_OBSERVATION][schema.RLDS_STATE], tr[schema.RLDS_ACTION])
-        )
-        for state, action in episodes.as_numpy_iterator():
-            state_acc.update(state.reshape(state.shape[0], -1))
-            action_acc.update(action.reshape(action.shape[0], -1))
+        _accumulate_norm_stats(path, state_acc, action_acc)
     return {norm.STATE: state_acc.finalize(), norm.ACTIONS: action_acc.finalize()}
 
 
