@@ -477,34 +477,29 @@ def plot_results(rows: list[dict], path: str) -> None:
 # ---------------------------------------------------------------------------- eval mode
 
 
-def _flatten(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+_TRAINING_DATA_KEYS = (
+    "data.obs_horizon",
+    "data.action_horizon",
+    "data.state_norm",
+    "data.action_norm",
+)
 
 
 def training_differences(stored: dict, current: dict) -> list[str]:
     """Keys of model / objective / horizons / normalization that differ between the
     checkpoint's config and the run's (inference keys excluded)."""
-    old, new = dict(_flatten(stored)), dict(_flatten(current))
-    relevant = {
-        k
-        for k in old.keys() | new.keys()
-        if (
-            k.split(".")[0] in ("model", "objective")
-            or k
-            in (
-                "data.obs_horizon",
-                "data.action_horizon",
-                "data.state_norm",
-                "data.action_norm",
-            )
+    from action_gen.train import checkpoint  # noqa: PLC0415 - orbax, eval mode only
+
+    return list(
+        checkpoint.config_differences(
+            stored,
+            current,
+            lambda k: (
+                (k.split(".")[0] in ("model", "objective") or k in _TRAINING_DATA_KEYS)
+                and not is_inference_key(k)
+            ),
         )
-        and not is_inference_key(k)
-    }
-    return sorted(k for k in relevant if json.dumps(old.get(k)) != json.dumps(new.get(k)))
+    )
 
 
 def evaluate_run(config, workdir: str, checkpoint_dir: str) -> dict:

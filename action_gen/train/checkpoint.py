@@ -12,6 +12,7 @@ only `state.ema_params` (partial restore), never the optimizer state.
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,6 +26,34 @@ ITEM_NAMES = (STATE, CONFIG, NORM_STATS, DATA)
 def config_to_json_dict(config: ml_collections.ConfigDict) -> dict:
     """Plain JSON dict of a config (FieldReferences resolved)."""
     return json.loads(config.to_json_best_effort())
+
+
+def config_differences(
+    stored: dict, current: dict, relevant: Callable[[str], bool]
+) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored value, current value)}, sorted by key, for the keys
+    (`"model.channels"`) where `relevant(key)` holds and two config JSON dicts (a
+    checkpoint's and a run's) differ; a key missing on one side has the value None there.
+
+    Values are compared in JSON form: a stored config has lists where a live one has tuples.
+    """
+    old, new = _flatten_config(stored), _flatten_config(current)
+    keys = sorted(k for k in old.keys() | new.keys() if relevant(k))
+    return {
+        k: (old.get(k), new.get(k))
+        for k in keys
+        if json.dumps(old.get(k)) != json.dumps(new.get(k))
+    }
+
+
+def _flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def create_checkpoint_manager(

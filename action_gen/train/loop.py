@@ -1,6 +1,5 @@
 """The training loop: the only place with side effects (data, logging, checkpoints)."""
 
-import json
 import logging
 import os
 import re
@@ -82,27 +81,18 @@ _RESUME_KEYS = ("data.obs_horizon", "data.action_horizon")
 _RESUME_IGNORED = ("objective.num_sample_steps",)  # an inference-time knob
 
 
-def _flatten(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def check_resume_compatible(stored: dict, current: dict, directory) -> None:
     """Raises ValueError naming every state-defining config key that differs between the
     checkpoint's config (`stored`) and this run's (`current`), both JSON dicts."""
-    old, new = dict(_flatten(stored)), dict(_flatten(current))
-    relevant = {
-        k
-        for k in old.keys() | new.keys()
-        if (k.split(".")[0] in _RESUME_SECTIONS or k in _RESUME_KEYS) and k not in _RESUME_IGNORED
-    }
-    # Compare JSON forms: the stored config has lists where the live one has tuples.
-    differing = sorted(k for k in relevant if json.dumps(old.get(k)) != json.dumps(new.get(k)))
+    differing = checkpoint.config_differences(
+        stored,
+        current,
+        lambda k: (
+            (k.split(".")[0] in _RESUME_SECTIONS or k in _RESUME_KEYS) and k not in _RESUME_IGNORED
+        ),
+    )
     if differing:
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing)
+        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
         raise ValueError(
             f"cannot resume from {directory}: the config differs from the checkpoint's in "
             f"{details}. Use a new --workdir, or the checkpoint's values."
