@@ -20,7 +20,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from timing import median_ms  # benchmarks/timing.py
+from timing import device_report, median_ms  # benchmarks/timing.py
 
 from action_gen import models
 from action_gen.data import schema, tokenizer
@@ -79,11 +79,8 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
-    device = jax.devices()[0]
     report = {
-        "device_kind": device.device_kind,
-        "platform": device.platform,
-        "jax_version": jax.__version__,
+        **device_report(),
         "variant": args.variant,
         "dtype": args.dtype,
         "batch": args.batch,

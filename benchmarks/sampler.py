@@ -17,7 +17,7 @@ import json
 
 import jax
 import jax.numpy as jnp
-from timing import median_ms  # benchmarks/timing.py
+from timing import device_report, median_ms  # benchmarks/timing.py
 
 from action_gen import models
 from action_gen.data import schema
@@ -117,11 +117,8 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--models", default="dp,tiny")
     args = parser.parse_args()
-    device = jax.devices()[0]
     report = {
-        "device_kind": device.device_kind,
-        "platform": device.platform,
-        "jax_version": jax.__version__,
+        **device_report(),
         "batch": args.batch,
         "runs": args.runs,
         "shapes": {"T": T, "S": S, "H": H, "A": A, "K": NUM_TRAIN_STEPS},

@@ -30,6 +30,8 @@ def measure(args) -> dict:
     import numpy as np
 
     sys.path.insert(0, REPO)
+    from timing import device_report  # benchmarks/timing.py
+
     from action_gen.data import schema, spec
     from action_gen.train import sharding
     from action_gen.train.program import build_train_program
@@ -71,9 +73,7 @@ def measure(args) -> dict:
     elapsed = time.perf_counter() - start
     return {
         "model": "unet1d (256, 512, 1024), low-dim",
-        "platform": jax.devices()[0].platform,
-        "device_kind": jax.devices()[0].device_kind,
-        "devices": jax.device_count(),
+        **device_report(),
         "dtype": args.dtype,
         "batch_size": b,
         "steps": args.steps,
