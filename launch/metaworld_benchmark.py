@@ -10,7 +10,8 @@ Each run is the plain `--mode=train_and_eval` command of `configs/<method>_unet_
 of it waits for them and reads them (`--config.data.dataset_dir`: same seeds, so the
 same demos a run of its own would collect). Options:
 
-  --steps=push=6000,peg-insert-side=6000   per-task `steps=` (default: the config's 2,000)
+  --steps=push=6000,peg-insert-side=6000   per-task `steps=` (default: the config's 2,000);
+                                           `flow:reach=6000` sets one method's only
   --multitask                              also the multi-task diffusion policy over all
                                            the tasks (`task=A+B+...`, --multitask_steps)
   --image_tasks=button-press-topdown,...   image policies (`image=corner2:64`, diffusion)
@@ -51,7 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", required=True, help="Runs, datasets and the table.")
     parser.add_argument("--tasks", type=_csv, default=list(DEV_TASKS), help="Task names.")
     parser.add_argument("--methods", type=_csv, default=list(METHODS), help="Objectives.")
-    parser.add_argument("--steps", type=_csv, default=[], help="task=steps overrides.")
+    parser.add_argument(
+        "--steps", type=_csv, default=[], help="task=steps or method:task=steps overrides."
+    )
     parser.add_argument("--multitask", action="store_true", help="Also the multi-task policy.")
     parser.add_argument("--multitask_steps", type=int, default=10_000)
     parser.add_argument("--image_tasks", type=_csv, default=[], help="Image-policy tasks.")
@@ -63,8 +66,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for method in args.methods:
         if method not in METHODS:
             parser.error(f"unknown method {method!r}; use {sorted(METHODS)}")
-    args.steps = dict(item.split("=", 1) for item in args.steps)
+    overrides = {}
+    for item in args.steps:
+        key, sep, value = item.partition("=")
+        method = key.split(":")[0] if ":" in key else None
+        if not sep or not value.isdigit() or (method is not None and method not in METHODS):
+            parser.error(f"--steps item {item!r}: use TASK=STEPS or METHOD:TASK=STEPS")
+        overrides[key] = int(value)
+    args.steps = overrides
     return args
+
+
+def train_steps(args, method: str, task: str) -> int | None:
+    """The `steps=` override of (method, task): `method:task=N`, else `task=N`, else None
+    (the config's own budget)."""
+    return args.steps.get(f"{method}:{task}", args.steps.get(task))
+
+
+def steps_extra(args, method: str, task: str) -> str:
+    steps = train_steps(args, method, task)
+    return f"steps={steps}" if steps is not None else ""
 
 
 def _csv(text: str) -> list[str]:
@@ -97,13 +118,12 @@ def _config_file(method: str) -> str:
 def plan_runs(args, workdir: str) -> list[dict]:
     """The runs, in launch order: diffusion first, then flow, regression, image policies,
     and the multi-task policy."""
-    steps = args.steps
     runs = []
     for method in sorted(args.methods, key=lambda m: m != "diffusion"):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; use {sorted(METHODS)}")
         for task in args.tasks:
-            extra = f"steps={steps[task]}" if task in steps else ""
+            extra = steps_extra(args, method, task)
             arg = f"task={task},cpu" + (f",{extra}" if extra else "")
             command = [
                 sys.executable,
@@ -213,17 +233,16 @@ def _results(run_directory: str) -> dict | None:
 def tabulate(args, workdir: str) -> list[dict]:
     """One row per task: expert success, and per method success [95% CI] and its ratio to
     the expert. A task run with a `steps=` override is found under its own directory."""
-    steps = args.steps
     rows = []
     for task in args.tasks:
         expert = _expert_rate(data_dir(workdir, task))
         row = {"task": task, "expert": expert}
         for method in args.methods:
-            extra = f"steps={steps[task]}" if task in steps else ""
-            result = _results(run_dir(workdir, method, task, extra))
+            result = _results(run_dir(workdir, method, task, steps_extra(args, method, task)))
             if result is None:
                 continue
             row[method] = result["success_rate"]
+            row[f"{method}_steps"] = train_steps(args, method, task)
             row[f"{method}_ci95"] = (result["success_ci95_low"], result["success_ci95_high"])
             if expert:
                 row[f"{method}_vs_expert"] = result["success_rate"] / expert
@@ -242,12 +261,15 @@ def tabulate(args, workdir: str) -> list[dict]:
     return rows
 
 
-def _fmt(rate, interval=None) -> str:
+def _fmt(rate, interval=None, steps=None) -> str:
+    """`92% [81, 97]`; `100% [93, 100] (6k steps)` for a run with a `steps=` override."""
     if rate is None:
         return "—"
     text = f"{100 * rate:.0f}%"
     if interval is not None:
         text += f" [{100 * interval[0]:.0f}, {100 * interval[1]:.0f}]"
+    if steps is not None:
+        text += f" ({steps / 1000:g}k steps)"
     return text
 
 
@@ -260,7 +282,7 @@ def write_table(args, workdir: str, rows: list[dict]) -> str:
     lines = [header, "|" + "---|" * (2 + len(methods))]
     for row in rows:
         cells = [row["task"], _fmt(row.get("expert"))]
-        cells += [_fmt(row.get(m), row.get(f"{m}_ci95")) for m in methods]
+        cells += [_fmt(row.get(m), row.get(f"{m}_ci95"), row.get(f"{m}_steps")) for m in methods]
         lines.append("| " + " | ".join(cells) + " |")
     for m in methods:
         ratios = [r[f"{m}_vs_expert"] for r in rows if f"{m}_vs_expert" in r]

@@ -28,7 +28,7 @@ def test_plan_shares_demos_and_orders_runs(tmp_path):
             "--tasks",
             "reach,push",
             "--steps",
-            "push=6000",
+            "push=6000,flow:reach=4000",
             "--multitask",
             "--multitask_steps",
             "100",
@@ -41,7 +41,7 @@ def test_plan_shares_demos_and_orders_runs(tmp_path):
     assert names == [
         "dp_reach",
         "dp_push_steps_6000",
-        "flow_reach",
+        "flow_reach_steps_4000",
         "flow_push_steps_6000",
         "reg_reach",
         "reg_push_steps_6000",
@@ -74,12 +74,15 @@ def test_table_against_expert(tmp_path):
             "diffusion,flow",
             "--multitask_steps",
             "100",
+            "--steps",
+            "diffusion:push=6000",
         ]
     )
     _write(f"{tmp_path}/data/reach/r/1.0.0/expert_stats.json", {"success_rate": 1.0})
     _write(f"{tmp_path}/data/push/p/1.0.0/expert_stats.json", {"success_rate": 0.8})
     _write(f"{tmp_path}/dp_reach/results.json", _result(0.9))
-    _write(f"{tmp_path}/dp_push/results.json", _result(0.8))
+    _write(f"{tmp_path}/dp_push/results.json", _result(0.1))  # not the 6k run: ignored
+    _write(f"{tmp_path}/dp_push_steps_6000/results.json", _result(0.8))
     _write(f"{tmp_path}/flow_reach/results.json", _result(1.0))
     _write(
         f"{tmp_path}/mt_dp_100/results.json",
@@ -90,7 +93,7 @@ def test_table_against_expert(tmp_path):
     assert rows[1]["multitask_vs_expert"] == pytest.approx(0.5)
     assert "flow" not in rows[1]  # not run yet: a dash in the table
     text = bench.write_table(args, str(tmp_path), rows)
-    assert "| push | 80% | 80% [70, 100] | — | 40% [30, 100] |" in text
+    assert "| push | 80% | 80% [70, 100] (6k steps) | — | 40% [30, 100] |" in text
     assert "diffusion: mean success / expert = 0.95 over 2 tasks; min 0.90" in text
     assert (tmp_path / "results.csv").exists()
 
@@ -98,3 +101,6 @@ def test_table_against_expert(tmp_path):
 def test_unknown_method_is_rejected(tmp_path):
     with pytest.raises(SystemExit):
         bench.parse_args(["--workdir", str(tmp_path), "--methods", "diffusion,gan"])
+    for bad in ("push", "push=many", "gan:push=6000"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--workdir", str(tmp_path), "--steps", bad])
