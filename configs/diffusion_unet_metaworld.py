@@ -21,6 +21,8 @@ Arg (comma-separated; the part after ':'):
                    width 16, batch 64.
   runlocal         tiny, a handful of steps, 2 demos, 2 eval episodes: a smoke test.
   demos=N, steps=N, seed=N   overrides.
+  post_success=N   keep N expert steps past each demo's first success (default 0: demos
+                   end at success); its own data.dataset_dir, as the demos differ.
   (none)           DP's published low-dim sizes: U-Net (256, 512, 1024), batch 256.
 """
 
@@ -65,6 +67,8 @@ def metaworld_config(objective: str, arg: str | None = None) -> ml_collections.C
         config.model.instruction_layers = 1
     config.data.num_demo_episodes = int(values.get("demos", 2 if "runlocal" in flags else 50))
     config.data.demo_seed = 0
+    # Expert steps kept past each demo's first success (envs/metaworld.expert_episodes).
+    config.data.demo_post_success_steps = int(values.get("post_success", 0))
     config.data.state_norm = "minmax"
     config.data.action_norm = "minmax"
     config.data.validate = True

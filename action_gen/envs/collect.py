@@ -2,7 +2,7 @@
 
 python -m action_gen.envs.collect --env=obstacle --episodes=200 --seed=0 --out=DIR
 python -m action_gen.envs.collect --env=metaworld --task=push --episodes=50 \
-    [--image=corner2:96] --out=DIR
+    [--image=corner2:96] [--post_success_steps=10] --out=DIR
 """
 
 import functools
@@ -25,17 +25,31 @@ DESCRIPTIONS = {
 }
 
 
-def collect_to_rlds(task: str, out_dir: str, *, num_episodes: int, seed: int) -> str:
+def collect_to_rlds(
+    task: str, out_dir: str, *, num_episodes: int, seed: int, post_success_steps: int = 0
+) -> str:
     """Runs task `task`'s scripted expert for `num_episodes` seeded episodes and writes them
     as RLDS under `out_dir/<task>/1.0.0`. Returns that directory.
 
     `task` may also be a Meta-World spec, "metaworld:<task>[@<camera>:<size>]"
-    (envs/metaworld.py: successful expert episodes only, written under
+    (envs/metaworld.py: successful expert episodes only, each continued for
+    `post_success_steps` expert steps past its first success, written under
     `out_dir/metaworld_<task>[_<camera><size>]/1.0.0`)."""
     if task.startswith(metaworld.SPEC_PREFIX):
-        return metaworld.collect_to_rlds(task, out_dir, num_episodes=num_episodes, seed=seed)
+        return metaworld.collect_to_rlds(
+            task,
+            out_dir,
+            num_episodes=num_episodes,
+            seed=seed,
+            post_success_steps=post_success_steps,
+        )
     if task not in EXPERTS:
         raise ValueError(f"no scripted expert for task {task!r}; known: {sorted(EXPERTS)}")
+    if post_success_steps:
+        raise ValueError(
+            f"post_success_steps={post_success_steps}: only Meta-World demos continue past "
+            f"success; task {task!r} ends at its goal"
+        )
     episodes = EXPERTS[task](num_episodes, seed)
     return rlds.write_rlds_dataset(
         episodes,
@@ -45,19 +59,32 @@ def collect_to_rlds(task: str, out_dir: str, *, num_episodes: int, seed: int) ->
     )
 
 
-def ensure_builtin_dataset(task: str, dataset_dir: str, *, num_episodes: int, seed: int) -> str:
+def ensure_builtin_dataset(
+    task: str, dataset_dir: str, *, num_episodes: int, seed: int, post_success_steps: int = 0
+) -> str:
     """The RLDS dataset in `dataset_dir`, generated first if there is none yet.
 
     Writing is atomic (staged, then renamed), so a killed generation leaves no dataset
-    behind and the next call simply generates again.
+    behind and the next call simply generates again. Existing Meta-World demos collected
+    with another `post_success_steps` are refused.
     """
     try:
-        return os.fspath(rlds.resolve_dataset_dir(dataset_dir))
+        path = os.fspath(rlds.resolve_dataset_dir(dataset_dir))
     except FileNotFoundError:
         pass
+    else:
+        if task.startswith(metaworld.SPEC_PREFIX):
+            metaworld.check_collection_settings(path, post_success_steps=post_success_steps)
+        return path
     logging.info("Generating %d %s demos (seed %d) in %s", num_episodes, task, seed, dataset_dir)
     os.makedirs(dataset_dir, exist_ok=True)
-    return collect_to_rlds(task, dataset_dir, num_episodes=num_episodes, seed=seed)
+    return collect_to_rlds(
+        task,
+        dataset_dir,
+        num_episodes=num_episodes,
+        seed=seed,
+        post_success_steps=post_success_steps,
+    )
 
 
 def main(argv):
@@ -69,7 +96,13 @@ def main(argv):
             raise app.UsageError("--env=metaworld needs --task=NAME (e.g. --task=push)")
         camera, size = metaworld.parse_image_flag(values.image) if values.image else (None, None)
         env = metaworld.make_spec(values.task, camera, size)
-    path = collect_to_rlds(env, values.out, num_episodes=values.episodes, seed=values.seed)
+    path = collect_to_rlds(
+        env,
+        values.out,
+        num_episodes=values.episodes,
+        seed=values.seed,
+        post_success_steps=values.post_success_steps,
+    )
     print(path)
 
 
@@ -82,4 +115,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output directory.", required=True)
     flags.DEFINE_string("task", None, "Meta-World task name (with --env=metaworld).")
     flags.DEFINE_string("image", None, "CAMERA:SIZE image observations (Meta-World).")
+    flags.DEFINE_integer(
+        "post_success_steps", 0, "Meta-World: expert steps kept past an episode's success."
+    )
     app.run(main)

@@ -428,13 +428,17 @@ def expert_episodes(
     camera: str | None = None,
     image_size: int = 96,
     max_episode_steps: int | None = None,
+    post_success_steps: int = 0,
     stats: dict | None = None,
 ) -> Iterator[dict]:
     """Successful scripted-expert demonstrations, one RLDS episode dict at a time.
 
     Attempt j uses seed `obstacle.episode_seeds(seed, .)[j]` (prefix stable); failed
     attempts are dropped until `num_episodes` succeeded. Each episode ends at the step on
-    which the simulator first reports success.
+    which the simulator first reports success, plus `post_success_steps` more expert
+    steps (within the step limit) when asked: an episode cut at first success shows the
+    approach to the goal region but never arrival in it, so a policy that falls a little
+    short has never seen what the expert does next.
 
     Args:
       stats: if given, filled with `attempts`, `successes` and `seeds` (kept) as it runs,
@@ -463,13 +467,17 @@ def expert_episodes(
             stats["attempts"] += 1
             observation = env.reset(episode_seed)
             obs_log, actions, rewards, success = [], [], [], False
+            steps_after_success = 0
             for _ in range(limit):
                 action = env.expert_action()
                 obs_log.append(observation)
                 actions.append(action)
-                observation, reward, success, truncated = env.step(action)
+                observation, reward, step_success, truncated = env.step(action)
                 rewards.append(reward)
-                if success or truncated:
+                if success:
+                    steps_after_success += 1
+                success = success or step_success
+                if truncated or (success and steps_after_success >= post_success_steps):
                     break
             if not success:
                 continue
@@ -494,12 +502,18 @@ def expert_episodes(
 
 
 def collect_to_rlds(
-    spec: str, out_dir: str, *, num_episodes: int, seed: int, max_episode_steps: int | None = None
+    spec: str,
+    out_dir: str,
+    *,
+    num_episodes: int,
+    seed: int,
+    max_episode_steps: int | None = None,
+    post_success_steps: int = 0,
 ) -> str:
     """Scripted-expert demos of `spec` ("metaworld:push[@corner2:96]") written as RLDS under
     `out_dir/metaworld_<task>[_<camera><size>]/1.0.0`; returns that directory. The expert's
-    own success rate (successes / attempts, and the kept seeds) goes to
-    `<that directory>/expert_stats.json`."""
+    own success rate (successes / attempts, and the kept seeds) and the collection settings
+    go to `<that directory>/expert_stats.json`."""
     from action_gen.data import rlds
 
     parsed = parse_spec(spec)
@@ -511,6 +525,7 @@ def collect_to_rlds(
         seed,
         camera=parsed["camera"],
         max_episode_steps=max_episode_steps,
+        post_success_steps=post_success_steps,
         stats=stats,
         **image,
     )
@@ -523,11 +538,27 @@ def collect_to_rlds(
         out_dir,
         name=name,
         description=f"Meta-World {parsed['task']} scripted-expert demos ({spec}); "
-        f"episodes={num_episodes} seed={seed}",
+        f"episodes={num_episodes} seed={seed} post_success_steps={post_success_steps}",
     )
     # Beside the TFDS metadata (which is written before the count is known).
     stats["success_rate"] = stats["successes"] / max(stats["attempts"], 1)
-    stats.update(spec=spec, task=parsed["task"], seed=seed)
+    stats.update(spec=spec, task=parsed["task"], seed=seed, post_success_steps=post_success_steps)
     with open(os.path.join(path, EXPERT_STATS_FILE), "w") as f:
         json.dump(stats, f, indent=2)
     return path
+
+
+def check_collection_settings(path: str, *, post_success_steps: int) -> None:
+    """Refuses to reuse demos in `path` collected with another `post_success_steps` (read
+    from its expert_stats.json; datasets from before the setting existed used 0)."""
+    stats_file = os.path.join(path, EXPERT_STATS_FILE)
+    if not os.path.exists(stats_file):
+        return  # not collected here (a user's dataset): nothing to compare
+    with open(stats_file) as f:
+        stored = int(json.load(f).get("post_success_steps", 0))
+    if stored != post_success_steps:
+        raise ValueError(
+            f"{stats_file}: these demos were collected with post_success_steps={stored}, "
+            f"but data.demo_post_success_steps={post_success_steps}; point data.dataset_dir "
+            "at another directory or use the stored value"
+        )

@@ -54,7 +54,11 @@ def resolve_dataset_dirs(data_config: ml_collections.ConfigDict, workdir: str) -
         )
     return [
         collect.ensure_builtin_dataset(
-            task, path, num_episodes=data_config.num_demo_episodes, seed=data_config.demo_seed
+            task,
+            path,
+            num_episodes=data_config.num_demo_episodes,
+            seed=data_config.demo_seed,
+            post_success_steps=data_config.get("demo_post_success_steps", 0),
         )
         for task, path in zip(tasks, dirs, strict=True)
     ]

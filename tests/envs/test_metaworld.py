@@ -93,6 +93,40 @@ def test_expert_demos_to_rlds_to_training_step(tmp_path):
     assert int(state.step) == 1
 
 
+def test_demos_continue_past_success_and_reuse_is_checked(tmp_path):
+    """post_success_steps keeps that many expert steps after the first success (same seed,
+    same start); reusing demos under another setting is refused, naming the file."""
+    cut = next(mw.expert_episodes("reach", 1, seed=0))
+    longer = next(mw.expert_episodes("reach", 1, seed=0, post_success_steps=6))
+    assert len(longer["action"]) == len(cut["action"]) + 6
+    np.testing.assert_array_equal(longer["action"][: len(cut["action"])], cut["action"])
+
+    spec = "metaworld:reach"
+    path = collect.ensure_builtin_dataset(
+        spec, str(tmp_path), num_episodes=1, seed=0, post_success_steps=6
+    )
+    with open(os.path.join(path, mw.EXPERT_STATS_FILE)) as f:
+        assert json.load(f)["post_success_steps"] == 6
+    (episode,) = rlds.load_rlds_episodes(path).as_numpy_iterator()
+    assert len(episode["action"]) == len(longer["action"])
+    again = collect.ensure_builtin_dataset(
+        spec, str(tmp_path), num_episodes=1, seed=0, post_success_steps=6
+    )
+    assert again == path
+    with pytest.raises(ValueError, match=r"expert_stats.json.*post_success_steps=6"):
+        collect.ensure_builtin_dataset(spec, str(tmp_path), num_episodes=1, seed=0)
+    with pytest.raises(ValueError, match="only Meta-World"):
+        collect.collect_to_rlds(
+            "obstacle", str(tmp_path), num_episodes=1, seed=0, post_success_steps=3
+        )
+
+    from configs import diffusion_unet_metaworld  # noqa: PLC0415
+
+    config = diffusion_unet_metaworld.get_config("task=reach,cpu,post_success=6")
+    assert config.data.demo_post_success_steps == 6
+    assert diffusion_unet_metaworld.get_config("task=reach").data.demo_post_success_steps == 0
+
+
 def test_image_demos_and_rollout_with_images(tmp_path):
     """Camera frames (upright, uint8) reach the RLDS dataset and the rollout's policy_fn."""
     path = collect.collect_to_rlds(
