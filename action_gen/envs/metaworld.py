@@ -466,20 +466,19 @@ def expert_episodes(
                 return
             stats["attempts"] += 1
             observation = env.reset(episode_seed)
-            obs_log, actions, rewards, success = [], [], [], False
-            steps_after_success = 0
-            for _ in range(limit):
+            obs_log, actions, rewards, first_success = [], [], [], None
+            for t in range(limit):
                 action = env.expert_action()
                 obs_log.append(observation)
                 actions.append(action)
-                observation, reward, step_success, truncated = env.step(action)
+                observation, reward, success, truncated = env.step(action)
                 rewards.append(reward)
-                if success:
-                    steps_after_success += 1
-                success = success or step_success
-                if truncated or (success and steps_after_success >= post_success_steps):
+                if success and first_success is None:
+                    first_success = t
+                done = first_success is not None and t - first_success >= post_success_steps
+                if truncated or done:
                     break
-            if not success:
+            if first_success is None:
                 continue
             stats["successes"] += 1
             stats["seeds"].append(int(episode_seed))
