@@ -36,6 +36,10 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
     obs_horizon = ml_collections.FieldReference(2)
     action_horizon = ml_collections.FieldReference(16)
     num_sample_steps = ml_collections.FieldReference(10)
+    # Clip the sampled chunk to [-1, 1], the demos' range under min-max normalization
+    # (diffusion: x̂_0 at every step; flow: the final chunk). Linked to eval.clip_sample,
+    # which also overrides a stored checkpoint's value in --mode=eval.
+    clip_sample = ml_collections.FieldReference(True)
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset_dir = ""  # empty: <workdir>/dataset
@@ -63,14 +67,14 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
         config.objective.schedule = "squaredcos_cap_v2"
         config.objective.prediction_type = "epsilon"
         config.objective.sampler = "ddim"
-        config.objective.clip_sample = True
         config.objective.eta = 0.0
+        config.objective.clip_sample = clip_sample
     if objective == "flow":
         # t = 0 noise, t = 1 data; the model sees t * time_scale (diffusion's k range).
         config.objective.time_distribution = "beta"  # π0's, emphasises the noisy end
         config.objective.time_scale = 100.0
         config.objective.integrator = "euler"  # π0: 10 Euler steps
-        config.objective.clip_sample = True
+        config.objective.clip_sample = clip_sample
     config.objective.num_sample_steps = num_sample_steps
 
     config.optimizer = ml_collections.ConfigDict()
@@ -108,6 +112,8 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
     config.eval.obs_horizon = obs_horizon
     config.eval.action_exec_horizon = 8  # execute Ta of the H planned actions, re-plan
     config.eval.num_sample_steps = num_sample_steps
+    if objective in ("diffusion", "flow"):
+        config.eval.clip_sample = clip_sample
     config.eval.use_ema = True
     config.eval.plot = True
 

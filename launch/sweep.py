@@ -8,9 +8,9 @@
 sweep's arg) and dotted config overrides (`"objective.num_sample_steps": 3`).
 
 Train once, evaluate many: runs whose configs differ only in inference-time knobs
-(INFERENCE_KEYS: sampler, integrator, eta, temperature, num_sample_steps, eval.*) share ONE
-trained checkpoint in `DIR/train/<first run's name>`; every run is then evaluated on its
-own in `DIR/runs/<name>` by this script's eval mode (`--eval_checkpoint=...`), which
+(INFERENCE_KEYS: sampler, integrator, eta, clip_sample, temperature, num_sample_steps,
+eval.*) share ONE trained checkpoint in `DIR/train/<first run's name>`; every run is then
+evaluated on its own in `DIR/runs/<name>` by this script's eval mode (`--eval_checkpoint=...`), which
 restores the shared parameters and builds the policy from the run's OWN config. Every
 directory gets `command.sh` with its exact command lines.
 
@@ -39,19 +39,13 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from action_gen import objectives
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_SCRIPT = os.path.abspath(__file__)
 
 # Config keys that only change how a trained model is sampled / evaluated.
-INFERENCE_KEYS = frozenset(
-    {
-        "objective.sampler",
-        "objective.integrator",
-        "objective.eta",
-        "objective.temperature",
-        "objective.num_sample_steps",
-    }
-)
+INFERENCE_KEYS = frozenset(f"objective.{k}" for k in objectives.SAMPLING_FIELDS)
 INFERENCE_PREFIXES = ("eval.",)
 RUN_FIELDS = ("name", "config_arg")
 

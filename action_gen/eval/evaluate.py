@@ -152,7 +152,10 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
     "corner2:128") a few episodes per env are also filmed (`record_episodes`).
     """
     policy = Policy.from_checkpoint(
-        workdir, use_ema=eval_config.use_ema, num_sample_steps=eval_config.num_sample_steps
+        workdir,
+        use_ema=eval_config.use_ema,
+        num_sample_steps=eval_config.num_sample_steps,
+        clip_sample=eval_config.get("clip_sample"),
     )
     env_names = _env_list(eval_config.env)
     if not env_names:

@@ -41,6 +41,20 @@ def _keyword_params(fn: Callable) -> set[str]:
     }
 
 
+def _sampling_fields() -> frozenset[str]:
+    loss_fields = set().union(*(_keyword_params(m.loss) for m in OBJECTIVES.values()))
+    sample_fields = set().union(*(_keyword_params(m.sample) for m in OBJECTIVES.values()))
+    # action_shape is bound by create_objective, not read from the config.
+    return frozenset((sample_fields - loss_fields - {"action_shape"}) | {"num_sample_steps"})
+
+
+# Objective config fields that only change how a trained model is sampled, never what it
+# learns (e.g. sampler, eta, integrator, clip_sample, temperature, num_sample_steps): a
+# keyword argument of some objective's `sample` that no objective's `loss` takes. A
+# checkpoint may be resumed, or evaluated, under other values of these.
+SAMPLING_FIELDS: frozenset[str] = _sampling_fields()
+
+
 def create_objective(config, action_shape) -> Objective:
     """The objective named `config.name` with the config's other fields bound.
 

@@ -115,11 +115,14 @@ class Policy:
         step: int | None = None,
         use_ema: bool = True,
         num_sample_steps: int | None = None,
+        clip_sample: bool | None = None,
     ) -> "Policy":
         """Restores a policy from a run's workdir (or checkpoint dir) alone.
 
         Reads the config and normalization stats stored with the checkpoint, rebuilds the
-        model, and restores only the (EMA) parameters.
+        model, and restores only the (EMA) parameters. `num_sample_steps` and
+        `clip_sample` (None: as stored) override the stored sampler settings; they change
+        how the model is sampled, not what it learned.
         """
         ckpt_dir = _checkpoint_dir(path)
         if not os.path.isdir(ckpt_dir):
@@ -127,6 +130,13 @@ class Policy:
         manager = checkpoint.create_checkpoint_manager(ckpt_dir, read_only=True)
         config_dict, norm_stats = checkpoint.restore_metadata(manager, step)
         config = ml_collections.ConfigDict(config_dict)
+        if clip_sample is not None:
+            if "clip_sample" not in config.objective:
+                raise ValueError(
+                    f"clip_sample={clip_sample}: the {config.objective.name!r} objective of "
+                    f"{ckpt_dir} has no clip_sample setting"
+                )
+            config.objective.clip_sample = bool(clip_sample)
         state_dim, data_action_dim = normalize.feature_dims(norm_stats)
         action_dim = spec.model_action_dim(config.model, data_action_dim)
         model = models.create_model(config.model)

@@ -11,6 +11,7 @@ import numpy as np
 import tqdm
 
 from action_gen.data import normalize, pipeline, spec, transforms, validate
+from action_gen import objectives
 from action_gen.envs import collect
 from action_gen.train import checkpoint, distributed, sharding
 from action_gen.train.metrics_writer import MetricWriter
@@ -82,7 +83,8 @@ def mixture_weights(data_config: ml_collections.ConfigDict, num_datasets: int):
 # logging settings may change on resume.
 _RESUME_SECTIONS = ("model", "objective")
 _RESUME_KEYS = ("data.obs_horizon", "data.action_horizon")
-_RESUME_IGNORED = ("objective.num_sample_steps",)  # an inference-time knob
+# Inference-time knobs (sampler, clip_sample, num_sample_steps, ...) may change.
+_RESUME_IGNORED = frozenset(f"objective.{k}" for k in objectives.SAMPLING_FIELDS)
 
 
 def check_resume_compatible(stored: dict, current: dict, directory) -> None:

@@ -213,3 +213,19 @@ def test_multi_task_policy_train_and_eval_with_video(tmp_path):
 
     params = Policy.from_checkpoint(str(workdir)).params
     assert "instruction_encoder" in params
+
+
+def test_metaworld_policies_sample_unclipped():
+    """Diffusion and flow sample unclipped (the env clips to its action space), in training
+    configs and at --mode=eval alike; regression has no sampler clip to set."""
+    from configs import (  # noqa: PLC0415
+        diffusion_unet_metaworld,
+        flow_unet_metaworld,
+        regression_unet_metaworld,
+    )
+
+    for module in (diffusion_unet_metaworld, flow_unet_metaworld):
+        config = module.get_config("task=reach,cpu")
+        assert config.objective.clip_sample is False and config.eval.clip_sample is False
+    config = regression_unet_metaworld.get_config("task=reach,cpu")
+    assert "clip_sample" not in config.objective and "clip_sample" not in config.eval

@@ -96,3 +96,14 @@ def test_create_objective_rejects_unknown():
         objectives.create_objective({"name": "diffusion", "shedule": "linear"}, (H, A))
     with pytest.raises(ValueError, match="does not take"):
         objectives.create_objective({"name": "flow", "sampler": "ddim"}, (H, A))
+
+
+def test_sampling_fields_are_the_sample_only_settings():
+    """What a checkpoint may be resumed or evaluated under other values of: fields only
+    `sample` reads; anything the loss reads (the schedule, the time sampling) is excluded."""
+    assert {"sampler", "eta", "integrator", "clip_sample", "temperature", "num_sample_steps"} <= (
+        objectives.SAMPLING_FIELDS
+    )
+    for trained_on in ("schedule", "prediction_type", "time_scale", "time_distribution"):
+        assert trained_on not in objectives.SAMPLING_FIELDS
+    assert "action_shape" not in objectives.SAMPLING_FIELDS

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from action_gen.train import loop
+from action_gen.train import checkpoint, loop
 from configs import diffusion_unet_obstacle
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,6 +63,35 @@ def test_checkpoint_is_self_describing(trained):
     assert actions.shape == (3, config.data.action_horizon, policy.action_dim)
     assert np.isfinite(actions).all()
     np.testing.assert_array_equal(actions, policy.sample_actions(obs, rng=0))
+
+
+def test_sampler_settings_are_overridable_on_a_checkpoint(trained):
+    """clip_sample (a sampling-only setting) can be changed at restore and on resume; the
+    clipped chunk stays inside the demos' action range, the unclipped one need not."""
+    root, config, _ = trained
+    from action_gen.data import normalize
+    from action_gen.sample.policy import Policy
+
+    clipped = Policy.from_checkpoint(str(root / "full"))
+    unclipped = Policy.from_checkpoint(str(root / "full"), clip_sample=False)
+    assert clipped.config.objective.clip_sample and not unclipped.config.objective.clip_sample
+    obs = {"observation/state": np.zeros((8, 2, clipped.state_dim), np.float32)}
+    low = np.asarray(clipped.norm_stats[normalize.ACTIONS]["min"])
+    high = np.asarray(clipped.norm_stats[normalize.ACTIONS]["max"])
+    inside = clipped.sample_actions(obs, rng=0)
+    assert ((inside >= low - 1e-5) & (inside <= high + 1e-5)).all()
+    outside = unclipped.sample_actions(obs, rng=0)
+    assert ((outside < low - 1e-3) | (outside > high + 1e-3)).any()
+    # Resuming under another sampling setting is allowed; another model is not (above).
+    stored = checkpoint.config_to_json_dict(config)
+    changed = _config(root / "dataset")
+    changed.objective.clip_sample = False
+    assert changed.eval.clip_sample is False  # linked: --mode=eval samples the same way
+    changed.objective.num_sample_steps = 3
+    loop.check_resume_compatible(stored, checkpoint.config_to_json_dict(changed), root)
+    changed.objective.schedule = "linear"
+    with pytest.raises(ValueError, match="objective.schedule"):
+        loop.check_resume_compatible(stored, checkpoint.config_to_json_dict(changed), root)
 
 
 def test_cli_eval_writes_results(trained):
