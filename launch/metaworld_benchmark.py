@@ -17,6 +17,9 @@ same demos a run of its own would collect). Options:
   --image_tasks=button-press-topdown,...   image policies (`image=corner2:64`, diffusion)
 
 A finished run (results.json present) is skipped, so an interrupted benchmark resumes.
+`--reevaluate` instead re-runs only the evaluation (`--mode=eval` on the stored checkpoint,
+with the config's current eval and sampler settings) of every run that has checkpoints,
+rewriting its results.json: e.g. after a sampling setting changed.
 The table goes to `<workdir>/results.md` and `results.csv` (and stdout): per task the
 scripted expert's success over the demo attempts (`expert_stats.json`), each method's
 success with its 95% Wilson interval, and the ratio to the expert.
@@ -62,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_steps", type=int, default=3_000)
     parser.add_argument("--parallel", type=int, default=2, help="Runs at a time.")
     parser.add_argument("--tabulate_only", action="store_true", help="Only write the table.")
+    parser.add_argument(
+        "--reevaluate", action="store_true", help="Only re-evaluate the trained runs."
+    )
     args = parser.parse_args(argv)
     for method in args.methods:
         if method not in METHODS:
@@ -163,8 +169,9 @@ def plan_runs(args, workdir: str) -> list[dict]:
             f"--config={_config_file('diffusion')}:{arg}",
         ]
         runs.append({"dir": mt_dir, "command": command, "multitask": True})
+    mode = "eval" if args.reevaluate else "train_and_eval"
     for run in runs:
-        run["command"] += [f"--workdir={run['dir']}", "--mode=train_and_eval"]
+        run["command"] += [f"--workdir={run['dir']}", f"--mode={mode}"]
     return runs
 
 
@@ -192,9 +199,23 @@ def _demos_ready(args, workdir: str, run: dict) -> bool:
     return True
 
 
+def runs_to_start(args, runs: list[dict]) -> list[dict]:
+    """The unfinished runs (no results.json); with --reevaluate, the trained ones (with
+    checkpoints), whether evaluated before or not."""
+    if not args.reevaluate:
+        return [r for r in runs if not os.path.exists(os.path.join(r["dir"], "results.json"))]
+    trained = [r for r in runs if os.path.isdir(os.path.join(r["dir"], "checkpoints"))]
+    for run in runs:
+        if run not in trained:
+            print(f"{os.path.basename(run['dir'])}: not trained, not re-evaluated")
+    return trained
+
+
 def execute(args, workdir: str, runs: list[dict]) -> None:
-    """Runs the unfinished runs, `--parallel` at a time, logging each to `<dir>/log.txt`."""
-    pending = [r for r in runs if not os.path.exists(os.path.join(r["dir"], "results.json"))]
+    """Runs `runs_to_start`, `--parallel` at a time, logging each to `<dir>/log.txt`
+    (`<dir>/eval_log.txt` with --reevaluate)."""
+    pending = runs_to_start(args, runs)
+    log_name = "eval_log.txt" if args.reevaluate else "log.txt"
     active: list[tuple[dict, subprocess.Popen, float]] = []
     while pending or active:
         for entry in list(active):
@@ -203,12 +224,12 @@ def execute(args, workdir: str, runs: list[dict]) -> None:
                 active.remove(entry)
                 status = "ok" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
                 print(f"{os.path.basename(run['dir'])}: {status}, {time.time() - start:.0f} s")
-        ready = [r for r in pending if _demos_ready(args, workdir, r)]
+        ready = [r for r in pending if args.reevaluate or _demos_ready(args, workdir, r)]
         while ready and len(active) < args.parallel:
             run = ready.pop(0)
             pending.remove(run)
             os.makedirs(run["dir"], exist_ok=True)
-            log = open(os.path.join(run["dir"], "log.txt"), "w")  # noqa: SIM115
+            log = open(os.path.join(run["dir"], log_name), "w")  # noqa: SIM115
             proc = subprocess.Popen(run["command"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
             active.append((run, proc, time.time()))
         time.sleep(5)

@@ -63,6 +63,19 @@ def test_plan_shares_demos_and_orders_runs(tmp_path):
     assert os.path.islink(tmp_path / "mt_dp_100" / "dataset" / "push")
 
 
+def test_reevaluate_evaluates_every_trained_run_again(tmp_path):
+    argv = ["--workdir", str(tmp_path), "--tasks", "reach,push", "--methods", "diffusion"]
+    runs = bench.plan_runs(bench.parse_args(argv), str(tmp_path))
+    assert all(r["command"][-1] == "--mode=train_and_eval" for r in runs)
+    _write(f"{runs[0]['dir']}/results.json", _result(0.9))  # reach: trained, evaluated
+    os.makedirs(f"{runs[0]['dir']}/checkpoints/2000")
+    assert bench.runs_to_start(bench.parse_args(argv), runs) == [runs[1]]
+    args = bench.parse_args([*argv, "--reevaluate"])
+    runs = bench.plan_runs(args, str(tmp_path))
+    assert all(r["command"][-1] == "--mode=eval" for r in runs)
+    assert bench.runs_to_start(args, runs) == [runs[0]]  # push was never trained
+
+
 def test_table_against_expert(tmp_path):
     args = bench.parse_args(
         [
