@@ -10,9 +10,9 @@ sweep's arg) and dotted config overrides (`"objective.num_sample_steps": 3`).
 Train once, evaluate many: runs whose configs differ only in inference-time knobs
 (INFERENCE_KEYS: sampler, integrator, eta, clip_sample, temperature, num_sample_steps,
 eval.*) share ONE trained checkpoint in `DIR/train/<first run's name>`; every run is then
-evaluated on its own in `DIR/runs/<name>` by this script's eval mode (`--eval_checkpoint=...`), which
-restores the shared parameters and builds the policy from the run's OWN config. Every
-directory gets `command.sh` with its exact command lines.
+evaluated on its own in `DIR/runs/<name>` by this script's eval mode
+(`--eval_checkpoint=...`), which restores the shared parameters and builds the policy from
+the run's OWN config. Every directory gets `command.sh` with its exact command lines.
 
 Layout of DIR:
   dataset/               the built-in task's demonstrations (generated once, shared)

@@ -10,8 +10,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from action_gen.data import normalize, pipeline, spec, transforms, validate
 from action_gen import objectives
+from action_gen.data import normalize, pipeline, spec, transforms, validate
 from action_gen.envs import collect
 from action_gen.train import checkpoint, distributed, sharding
 from action_gen.train.metrics_writer import MetricWriter
