@@ -112,7 +112,7 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
     config.eval.obs_horizon = obs_horizon
     config.eval.action_exec_horizon = 8  # execute Ta of the H planned actions, re-plan
     config.eval.num_sample_steps = num_sample_steps
-    if objective in ("diffusion", "flow"):
+    if "clip_sample" in config.objective:
         config.eval.clip_sample = clip_sample
     config.eval.use_ema = True
     config.eval.plot = True

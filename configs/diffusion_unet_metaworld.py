@@ -74,7 +74,7 @@ def metaworld_config(objective: str, arg: str | None = None) -> ml_collections.C
     config.data.demo_post_success_steps = int(values.get("post_success", 0))
     config.data.state_norm = "minmax"
     config.data.action_norm = "minmax"
-    if objective in ("diffusion", "flow"):
+    if "clip_sample" in config.objective:  # diffusion, flow
         # Sample unclipped; the env clips to its own action space ([-1, 1]^4). Clipping
         # the normalized chunk to [-1, 1] would bound every action by the demos' range,
         # and demos that end at first success are one-signed on the approach axis (reach:

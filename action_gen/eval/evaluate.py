@@ -92,15 +92,12 @@ def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> t
             "sampler", policy.config.objective.get("integrator", "")
         ),
         num_sample_steps=policy.num_sample_steps,
-        **(
-            {"clip_sample": bool(policy.config.objective.clip_sample)}
-            if "clip_sample" in policy.config.objective
-            else {}
-        ),
         action_exec_horizon=int(eval_config.action_exec_horizon),
         eval_seed=int(eval_config.seed),
         env=eval_config.env,
     )
+    if "clip_sample" in policy.config.objective:
+        summary["clip_sample"] = bool(policy.config.objective.clip_sample)
     return summary, result
 
 
