@@ -482,7 +482,7 @@ _TRAINING_DATA_KEYS = (
 def training_differences(stored: dict, current: dict) -> list[str]:
     """Keys of model / objective / horizons / normalization that differ between the
     checkpoint's config and the run's (inference keys excluded)."""
-    from action_gen.train import checkpoint  # noqa: PLC0415 - orbax, eval mode only
+    from action_gen import checkpoint  # noqa: PLC0415 - orbax, eval mode only
 
     return list(
         checkpoint.config_differences(
@@ -505,7 +505,7 @@ def evaluate_run(config, workdir: str, checkpoint_dir: str) -> dict:
     from action_gen.eval import evaluate, plots, rollout  # noqa: PLC0415 - heavy imports
     from action_gen.objectives import tokens  # noqa: PLC0415
     from action_gen.sample.policy import Policy  # noqa: PLC0415
-    from action_gen.train import checkpoint  # noqa: PLC0415
+    from action_gen import checkpoint  # noqa: PLC0415
 
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)

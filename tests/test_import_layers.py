@@ -15,9 +15,9 @@ ALLOWED = {
     "envs": {"data"},
     "models": {"data"},
     "objectives": {"data", "models"},
-    "train": {"data", "envs", "models", "objectives"},
-    # The checkpoint *format* lives in train/checkpoint.py; serving code reads it.
-    "sample": {"data", "models", "objectives", "train.checkpoint"},
+    "train": {"checkpoint", "data", "envs", "models", "objectives"},
+    # The checkpoint *format* lives in action_gen/checkpoint.py; serving code reads it.
+    "sample": {"checkpoint", "data", "models", "objectives"},
     "eval": {"data", "envs", "models", "objectives", "sample"},
     "serve": {"data", "models", "objectives", "sample"},
 }

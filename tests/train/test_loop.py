@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from action_gen.train import checkpoint, loop
+from action_gen import checkpoint
+from action_gen.train import loop
 from configs import diffusion_unet_obstacle
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

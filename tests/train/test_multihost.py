@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from action_gen.train import checkpoint, distributed, sharding
+from action_gen import checkpoint
+from action_gen.train import distributed, sharding
 from tests.train import scale_helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
