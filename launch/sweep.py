@@ -502,10 +502,10 @@ def evaluate_run(config, workdir: str, checkpoint_dir: str) -> dict:
     Writes results.json (plus the tokens objective's quantization error of the
     demonstrations), rollouts.npz and rollouts.png into `workdir`.
     """
+    from action_gen import checkpoint  # noqa: PLC0415
     from action_gen.eval import evaluate, plots, rollout  # noqa: PLC0415 - heavy imports
     from action_gen.objectives import tokens  # noqa: PLC0415
     from action_gen.sample.policy import Policy  # noqa: PLC0415
-    from action_gen import checkpoint  # noqa: PLC0415
 
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)

@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from action_gen import models, objectives
+from action_gen import checkpoint, models, objectives
 from action_gen.data import normalize, schema, spec, transforms
 from action_gen.objectives import flow
-from action_gen import checkpoint
 
 
 def _checkpoint_dir(path: str) -> str:

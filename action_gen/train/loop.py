@@ -10,10 +10,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from action_gen import objectives
+from action_gen import checkpoint, objectives
 from action_gen.data import normalize, pipeline, spec, transforms, validate
 from action_gen.envs import collect
-from action_gen import checkpoint
 from action_gen.train import distributed, sharding
 from action_gen.train.metrics_writer import MetricWriter
 from action_gen.train.program import build_train_program
