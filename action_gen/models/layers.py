@@ -1,4 +1,9 @@
-"""Building blocks shared by the action models: time embeddings, 1-D convs, FiLM, MLP.
+"""Building blocks shared by the action models: Dense / norm layers with named parameter
+axes, attention, time embeddings, 1-D convs, FiLM, MLP.
+
+Every model builds its Dense, LayerNorm, GroupNorm and attention layers here (U-Net, DP-T,
+the instruction encoder, π0, the ViT, the ResNet, the token head), so their initializers,
+axis names and dtype policy (float32 parameters, `dtype` activations) are set in one place.
 
 Sequences are channels-last, [B, L, C] (L positions along the action horizon, C channels),
 the layout XLA prefers on every backend; PyTorch's Diffusion Policy uses [B, C, L].
@@ -18,8 +23,14 @@ import jax.numpy as jnp
 AXIS_CONV_KERNEL = "conv_kernel"
 AXIS_EMBED = "embed"
 AXIS_MLP = "mlp"
+AXIS_HEADS = "heads"
+AXIS_VOCAB = "vocab"
 
 _default_kernel_init = nn.initializers.lecun_normal()
+# N(0, 0.02): DP-T's (GPT-2's) init of every Linear and attention projection.
+small_normal_init = nn.initializers.normal(0.02)
+# Masked attention logit: finite, so a fully masked row (a padded query) gives no NaN.
+NEG_INF = -2.3819763e38
 
 
 def _partitioned(init: Callable, names: tuple[str | None, ...]) -> Callable:
@@ -64,17 +75,85 @@ class SinusoidalPosEmb(nn.Module):
 
 def dense(
     features: int,
-    in_axis: str | None = AXIS_EMBED,
-    out_axis: str | None = AXIS_MLP,
+    axes: tuple[str | None, str | None] = (AXIS_EMBED, AXIS_MLP),
+    *,
+    dtype=None,
+    kernel_init: Callable = _default_kernel_init,
+    use_bias: bool = True,
     name: str | None = None,
 ) -> nn.Dense:
-    """nn.Dense with named parameter axes (kernel [C_in, C_out] as (in_axis, out_axis))."""
+    """nn.Dense with named parameter axes: kernel [C_in, C_out] as `axes`, bias [C_out] as
+    `axes[1]` (zero init). Parameters are float32; `dtype` is the activation dtype (None:
+    that of the input)."""
     return nn.Dense(
         features,
-        kernel_init=_partitioned(_default_kernel_init, (in_axis, out_axis)),
-        bias_init=_partitioned(nn.initializers.zeros_init(), (out_axis,)),
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_partitioned(kernel_init, axes),
+        bias_init=_partitioned(nn.initializers.zeros_init(), (axes[1],)),
         name=name,
     )
+
+
+def layer_norm(dtype=None, name: str | None = None, epsilon: float = 1e-5) -> nn.LayerNorm:
+    """nn.LayerNorm over the last (embed) axis; float32 scale and bias, `dtype` activations.
+    epsilon 1e-5 is PyTorch's (DP-T); SigLIP's ViT and the token head use 1e-6."""
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=_partitioned(nn.initializers.ones_init(), (AXIS_EMBED,)),
+        bias_init=_partitioned(nn.initializers.zeros_init(), (AXIS_EMBED,)),
+        name=name,
+    )
+
+
+def attention(
+    num_heads: int,
+    dtype=None,
+    name: str | None = None,
+    kernel_init: Callable = _default_kernel_init,
+) -> nn.MultiHeadDotProductAttention:
+    """Flax multi-head attention, `(queries [B, Nq, D], keys [B, Nk, D], mask [B|1, h|1,
+    Nq, Nk]) -> [B, Nq, D]`, without dropout (the model contract has no train/eval switch).
+
+    Its projection kernels carry no axis names (they are replicated under any rule set).
+    """
+    return nn.MultiHeadDotProductAttention(
+        num_heads=num_heads,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init,
+        deterministic=True,
+        name=name,
+    )
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
+    """Softmax attention over already projected heads, grouped-query when kv < h.
+
+    out[b, i, n] = sum_j softmax_j(q[b, i, n] . k[b, j, g(n)] / sqrt(d)) v[b, j, g(n)], query
+    head n reading KV head g(n) = n // (h / kv) (kv = h: plain multi-head; kv = 1:
+    multi-query). Logits and softmax in float32; masked logits are NEG_INF.
+
+    Args:
+      q: [B, Nq, h, d].
+      k, v: [B, Nk, kv, d], kv dividing h.
+      mask: [B, Nq, Nk] bool, True where query i may attend to key j; None: all.
+    Returns:
+      [B, Nq, h, d], dtype of v.
+    """
+    b, nq, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, nq, kv, h // kv, d)
+    logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k).astype(jnp.float32) * d**-0.5
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bgrqk,bkgd->bqgrd", probs, v).reshape(b, nq, h, d)
 
 
 class MLP(nn.Module):
@@ -195,11 +274,14 @@ class ConvTranspose1d(nn.Module):
         return y if bias is None else y + bias
 
 
-def group_norm(num_groups: int = 8, name: str | None = None) -> nn.GroupNorm:
-    """nn.GroupNorm over the channels of [B, L, C] (statistics per sample and group)."""
+def group_norm(num_groups: int = 8, name: str | None = None, dtype=None) -> nn.GroupNorm:
+    """nn.GroupNorm over the channels (last axis) of [B, L, C] or [N, h, w, C]: statistics
+    per sample and group; float32 scale and bias, `dtype` activations."""
     return nn.GroupNorm(
         num_groups=num_groups,
         epsilon=1e-5,  # PyTorch's default, as in DP
+        dtype=dtype,
+        param_dtype=jnp.float32,
         scale_init=_partitioned(nn.initializers.ones_init(), (AXIS_MLP,)),
         bias_init=_partitioned(nn.initializers.zeros_init(), (AXIS_MLP,)),
         name=name,

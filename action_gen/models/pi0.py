@@ -37,6 +37,7 @@ with `prompt_mask` [B, L] bool (see data/tokenizer.py).
 """
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -44,13 +45,8 @@ import jax
 import jax.numpy as jnp
 
 from action_gen.data import schema
-from action_gen.models import vision
-
-AXIS_EMBED = "embed"
-AXIS_MLP = "mlp"
-AXIS_HEADS = "heads"
-AXIS_VOCAB = "vocab"
-NEG_INF = -2.3819763e38  # finite: a fully masked row (a padded query) must not give NaN
+from action_gen.models import layers, vision
+from action_gen.models.layers import AXIS_EMBED, AXIS_HEADS, AXIS_MLP, AXIS_VOCAB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,19 +117,6 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_00
     return out.astype(x.dtype)
 
 
-def _dense(features, axes, dtype, name, use_bias=False, zero=False):
-    init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(init, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-        name=name,
-    )
-
-
 class RMSNorm(nn.Module):
     """Gemma's RMSNorm, y = x / rms(x) * (1 + scale); adaptive with a condition [B, C]:
     y = x / rms(x) * (1 + s) + b and a residual gate g, [s, b, g] = Dense_0(cond).
@@ -156,7 +139,14 @@ class RMSNorm(nn.Module):
                 jnp.float32,
             )
             return (normed * (1 + scale)).astype(self.dtype), None
-        mod = _dense(3 * x.shape[-1], (None, AXIS_EMBED), jnp.float32, "modulation", True, True)
+        # Zero init: s = b = g = 0, so each adaptive residual branch starts switched off.
+        mod = layers.dense(
+            3 * x.shape[-1],
+            (None, AXIS_EMBED),
+            dtype=jnp.float32,
+            kernel_init=nn.initializers.zeros_init(),
+            name="modulation",
+        )
         scale, shift, gate = jnp.split(mod(cond.astype(jnp.float32))[:, None, :], 3, axis=-1)
         return (normed * (1 + scale) + shift).astype(self.dtype), gate.astype(self.dtype)
 
@@ -178,13 +168,14 @@ class ExpertLayer(nn.Module):
 
     def setup(self):
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        proj = functools.partial(layers.dense, dtype=self.dtype, use_bias=False)  # Gemma: no bias
         self.attn_norm = RMSNorm(self.adaptive, self.dtype)
-        self.q = _dense(h * d, (AXIS_EMBED, AXIS_HEADS), self.dtype, "q")
-        self.kv = _dense(2 * kv * d, (AXIS_EMBED, AXIS_HEADS), self.dtype, "kv")
-        self.out = _dense(self.width, (AXIS_HEADS, AXIS_EMBED), self.dtype, "out")
+        self.q = proj(h * d, (AXIS_EMBED, AXIS_HEADS), name="q")
+        self.kv = proj(2 * kv * d, (AXIS_EMBED, AXIS_HEADS), name="kv")
+        self.out = proj(self.width, (AXIS_HEADS, AXIS_EMBED), name="out")
         self.mlp_norm = RMSNorm(self.adaptive, self.dtype)
-        self.gate_up = _dense(2 * self.mlp_dim, (AXIS_EMBED, AXIS_MLP), self.dtype, "gate_up")
-        self.down = _dense(self.width, (AXIS_MLP, AXIS_EMBED), self.dtype, "down")
+        self.gate_up = proj(2 * self.mlp_dim, (AXIS_EMBED, AXIS_MLP), name="gate_up")
+        self.down = proj(self.width, (AXIS_MLP, AXIS_EMBED), name="down")
 
     def qkv(self, x, positions, cond=None):
         """[B, N, W] → q [B, N, h, d], k, v [B, N, kv, d] (RoPE on q and k), attn gate."""
@@ -201,17 +192,6 @@ class ExpertLayer(nn.Module):
         y, gate = self.mlp_norm(x, cond)
         g, u = jnp.split(self.gate_up(y), 2, axis=-1)
         return _gated(x, self.down(nn.gelu(g) * u), gate)
-
-
-def attention(q, k, v, mask):
-    """Grouped-query attention. q [B, Nq, h, d], k, v [B, Nk, kv, d], mask [B, Nq, Nk]."""
-    b, nq, h, d = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, nq, kv, h // kv, d)
-    logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k).astype(jnp.float32) * d**-0.5
-    logits = jnp.where(mask[:, None, None], logits, NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bgrqk,bkgd->bqgrd", probs, v).reshape(b, nq, h, d)
 
 
 class Pi0(nn.Module):
@@ -247,7 +227,8 @@ class Pi0(nn.Module):
         self.vit = vision.ViT(
             s.vit_width, s.vit_depth, s.vit_mlp_dim, s.vit_heads, s.patch_size, dt, name="vit"
         )
-        self.image_proj = _dense(s.width, (None, AXIS_EMBED), dt, "image_proj", True)
+        proj = functools.partial(layers.dense, dtype=dt)  # π0's own projections have biases
+        self.image_proj = proj(s.width, (None, AXIS_EMBED), name="image_proj")
         self.token_embedding = nn.Embed(
             self.vocab_size or s.vocab_size,
             s.width,
@@ -277,11 +258,11 @@ class Pi0(nn.Module):
         ]  # fmt: skip
         self.expert_norm = RMSNorm(adaptive, dt)
         ew = s.expert_width
-        self.state_proj = _dense(ew, (None, AXIS_EMBED), dt, "state_proj", True)
-        self.action_in_proj = _dense(ew, (None, AXIS_EMBED), dt, "action_in_proj", True)
-        self.time_mlp_in = _dense(ew, (None, AXIS_EMBED), dt, "time_mlp_in", True)
-        self.time_mlp_out = _dense(ew, (AXIS_EMBED, AXIS_EMBED), dt, "time_mlp_out", True)
-        self.action_out_proj = _dense(self.action_dim, (AXIS_EMBED, None), dt, "action_out", True)
+        self.state_proj = proj(ew, (None, AXIS_EMBED), name="state_proj")
+        self.action_in_proj = proj(ew, (None, AXIS_EMBED), name="action_in_proj")
+        self.time_mlp_in = proj(ew, (None, AXIS_EMBED), name="time_mlp_in")
+        self.time_mlp_out = proj(ew, (AXIS_EMBED, AXIS_EMBED), name="time_mlp_out")
+        self.action_out_proj = proj(self.action_dim, (AXIS_EMBED, None), name="action_out")
 
     # ---------------------------------------------------------------- prefix (obs only)
 
@@ -322,7 +303,7 @@ class Pi0(nn.Module):
         ks, vs = [], []
         for layer in self.backbone:
             q, k, v, gate = layer.qkv(x, positions)
-            x = layer.finish(x, attention(q, k, v, mask), gate)
+            x = layer.finish(x, layers.dot_product_attention(q, k, v, mask), gate)
             ks.append(k)
             vs.append(v)
         state = jnp.asarray(obs[schema.OBS_STATE], jnp.float32)[:, -1]
@@ -374,7 +355,7 @@ class Pi0(nn.Module):
             q, k, v, gate = layer.qkv(x, positions, cond)
             k = jnp.concatenate([context["k"][i].astype(k.dtype), k], 1)
             v = jnp.concatenate([context["v"][i].astype(v.dtype), v], 1)
-            x = layer.finish(x, attention(q, k, v, mask), gate, cond)
+            x = layer.finish(x, layers.dot_product_attention(q, k, v, mask), gate, cond)
         x, _ = self.expert_norm(x, cond)
         return self.action_out_proj(x[:, 1:]).astype(jnp.float32)
 
@@ -399,7 +380,7 @@ class Pi0(nn.Module):
             q = jnp.concatenate([qp, qs.astype(qp.dtype)], 1)
             k = jnp.concatenate([kp, ks.astype(kp.dtype)], 1)
             v = jnp.concatenate([vp, vs.astype(vp.dtype)], 1)
-            attn = attention(q, k, v, mask)
+            attn = layers.dot_product_attention(q, k, v, mask)
             prefix = bb.finish(prefix, attn[:, :n_prefix], gp)
             suffix = ex.finish(suffix, attn[:, n_prefix:], gs, cond)
         suffix, _ = self.expert_norm(suffix, cond)

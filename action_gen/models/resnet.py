@@ -30,9 +30,10 @@ import jax
 import jax.numpy as jnp
 
 from action_gen.data import schema
+from action_gen.models import layers
 
 # Logical axis names (the U-Net's convention: "embed" in, "mlp" out).
-_CONV_AXES = (None, None, "embed", "mlp")
+_CONV_AXES = (None, None, layers.AXIS_EMBED, layers.AXIS_MLP)
 
 
 def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
@@ -52,15 +53,7 @@ def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
 
 
 def _group_norm(channels: int, dtype, name: str) -> nn.GroupNorm:
-    return nn.GroupNorm(
-        num_groups=max(1, channels // 16),
-        epsilon=1e-5,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("mlp",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
-        name=name,
-    )
+    return layers.group_norm(max(1, channels // 16), name, dtype)  # DP: C / 16 groups
 
 
 class BasicBlock(nn.Module):
@@ -96,7 +89,9 @@ class SpatialSoftmax(nn.Module):
             dtype=x.dtype,
             param_dtype=jnp.float32,
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), _CONV_AXES),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
+            bias_init=nn.with_logical_partitioning(
+                nn.initializers.zeros_init(), (layers.AXIS_MLP,)
+            ),
             name="keypoint_conv",
         )(x)
         # The softmax and the expectation in float32: bf16 sums over h*w positions drift.
@@ -198,16 +193,7 @@ class ResNetImageEncoder(nn.Module):
                 x = BasicBlock(width, stride, cfg.dtype, name=f"stage{stage}_block{block}")(x)
         keypoints = SpatialSoftmax(cfg.num_keypoints, name="spatial_softmax")(x)
         flat = keypoints.reshape(keypoints.shape[0], -1).astype(cfg.dtype)
-        out = nn.Dense(
-            cfg.features,
-            dtype=cfg.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("embed", "mlp")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
-            name="out",
-        )(flat)
+        out = layers.dense(cfg.features, dtype=cfg.dtype, name="out")(flat)
         return out.astype(jnp.float32)
 
 

@@ -18,7 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from action_gen.data import schema
-from action_gen.models import transformer
+from action_gen.models import layers
+
+# N(0, 0.02) weights, as DP-T's (the encoder is built like its decoder blocks).
+_INIT = layers.small_normal_init
 
 
 class InstructionEncoder(nn.Module):
@@ -47,32 +50,35 @@ class InstructionEncoder(nn.Module):
                 f"instruction features {width} not divisible by {self.num_heads} heads"
             )
         length = tokens.shape[-1]
-        init = nn.initializers.normal(0.02)
         table = self.param(
             "token_emb",
-            nn.with_logical_partitioning(init, ("vocab", "embed")),
+            nn.with_logical_partitioning(_INIT, (layers.AXIS_VOCAB, layers.AXIS_EMBED)),
             (self.vocab_size, width),
         )
         pos = self.param(
-            "pos_emb", nn.with_logical_partitioning(init, (None, "embed")), (length, width)
+            "pos_emb",
+            nn.with_logical_partitioning(_INIT, (None, layers.AXIS_EMBED)),
+            (length, width),
         )
         x = (jnp.take(table, tokens, axis=0) + pos).astype(dtype)  # [B, L, D]
         mask = jnp.asarray(mask, bool)
         attend = mask[:, None, None, :]  # [B, 1, 1, L]: queries see only real tokens
+        out_axes = (layers.AXIS_MLP, layers.AXIS_EMBED)
         for i in range(self.num_layers):
-            h = transformer.layer_norm(dtype, f"block{i}_norm_attn")(x)
-            x = x + transformer.attention(self.num_heads, dtype, f"block{i}_attn")(
-                h, h, mask=attend
+            h = layers.layer_norm(dtype, f"block{i}_norm_attn")(x)
+            attn = layers.attention(self.num_heads, dtype, f"block{i}_attn", _INIT)
+            x = x + attn(h, h, mask=attend)
+            h = layers.layer_norm(dtype, f"block{i}_norm_ff")(x)
+            h = layers.dense(4 * width, dtype=dtype, kernel_init=_INIT, name=f"block{i}_ff_in")(h)
+            ff_out = layers.dense(
+                width, out_axes, dtype=dtype, kernel_init=_INIT, name=f"block{i}_ff_out"
             )
-            h = transformer.layer_norm(dtype, f"block{i}_norm_ff")(x)
-            h = transformer.dense(4 * width, dtype, f"block{i}_ff_in")(h)
-            x = x + transformer.dense(width, dtype, f"block{i}_ff_out", axes=("mlp", "embed"))(
-                nn.gelu(h)
-            )
-        x = transformer.layer_norm(dtype, "norm_out")(x).astype(jnp.float32)
+            x = x + ff_out(nn.gelu(h))
+        x = layers.layer_norm(dtype, "norm_out")(x).astype(jnp.float32)
         weights = mask.astype(jnp.float32)[..., None]
         pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # [B, D]
-        return transformer.dense(width, jnp.float32, "proj", axes=("embed", "mlp"))(pooled)
+        proj = layers.dense(width, dtype=jnp.float32, kernel_init=_INIT, name="proj")
+        return proj(pooled)
 
 
 def encode_instruction(obs: dict, **kwargs) -> jax.Array | None:

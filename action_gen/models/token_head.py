@@ -29,7 +29,6 @@ import jax.numpy as jnp
 from action_gen.data import schema
 from action_gen.models import layers
 
-AXIS_VOCAB = "vocab"
 AXIS_POSITION = "position"
 
 
@@ -42,15 +41,12 @@ class _Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        h = nn.LayerNorm(name="ln_attn")(x)
-        h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attn")(h, h, mask=mask)
-        x = x + h
-        h = nn.LayerNorm(name="ln_mlp")(x)
+        h = layers.layer_norm(name="ln_attn", epsilon=1e-6)(x)
+        x = x + layers.attention(self.num_heads, name="attn")(h, h, mask=mask)
+        h = layers.layer_norm(name="ln_mlp", epsilon=1e-6)(x)
         h = layers.dense(self.mlp_ratio * width, name="mlp_in")(h)
         h = nn.gelu(h)
-        h = layers.dense(
-            width, in_axis=layers.AXIS_MLP, out_axis=layers.AXIS_EMBED, name="mlp_out"
-        )(h)
+        h = layers.dense(width, (layers.AXIS_MLP, layers.AXIS_EMBED), name="mlp_out")(h)
         return x + h
 
 
@@ -102,7 +98,7 @@ class TokenHead(nn.Module):
             self.num_bins,
             self.embed_dim,
             embedding_init=nn.with_logical_partitioning(
-                nn.initializers.normal(0.02), (AXIS_VOCAB, layers.AXIS_EMBED)
+                nn.initializers.normal(0.02), (layers.AXIS_VOCAB, layers.AXIS_EMBED)
             ),
             name="token_embed",
         )(ids[:, :-1])
@@ -120,8 +116,8 @@ class TokenHead(nn.Module):
         mask = nn.make_causal_mask(ids)  # [B, 1, N, N]
         for i in range(self.num_layers):
             x = _Block(self.num_heads, self.mlp_ratio, name=f"block{i}")(x, mask)
-        x = nn.LayerNorm(name="ln_out")(x)
-        logits = layers.dense(
-            self.num_bins, in_axis=layers.AXIS_EMBED, out_axis=AXIS_VOCAB, name="logits"
-        )(x)
+        x = layers.layer_norm(name="ln_out", epsilon=1e-6)(x)
+        logits = layers.dense(self.num_bins, (layers.AXIS_EMBED, layers.AXIS_VOCAB), name="logits")(
+            x
+        )
         return logits.reshape(batch, horizon, action_dim, self.num_bins).astype(jnp.float32)

@@ -26,39 +26,10 @@ import jax.numpy as jnp
 
 from action_gen.models import layers, resnet, text
 
-
-def dense(features: int, dtype, name: str, axes=("embed", "mlp")) -> nn.Dense:
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        # DP initializes every Linear with N(0, 0.02) and zero bias.
-        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-        name=name,
-    )
-
-
-def layer_norm(dtype, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=1e-5,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-        name=name,
-    )
-
-
-def attention(num_heads: int, dtype, name: str) -> nn.MultiHeadDotProductAttention:
-    return nn.MultiHeadDotProductAttention(
-        num_heads=num_heads,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.normal(0.02),
-        deterministic=True,
-        name=name,
-    )
+# DP initializes every Linear and attention projection with N(0, 0.02) and zero bias.
+_INIT = layers.small_normal_init
+_OUT_AXES = (layers.AXIS_MLP, layers.AXIS_EMBED)  # a projection back to the token width
+_IN_AXES = (None, layers.AXIS_EMBED)  # from raw inputs (actions, observation features)
 
 
 class DecoderBlock(nn.Module):
@@ -70,13 +41,15 @@ class DecoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x, memory, self_mask, memory_mask):
         width = x.shape[-1]
-        h = layer_norm(self.dtype, "norm_self")(x)
-        x = x + attention(self.num_heads, self.dtype, "self_attn")(h, h, mask=self_mask)
-        h = layer_norm(self.dtype, "norm_cross")(x)
-        x = x + attention(self.num_heads, self.dtype, "cross_attn")(h, memory, mask=memory_mask)
-        h = layer_norm(self.dtype, "norm_ff")(x)
-        h = dense(4 * width, self.dtype, "ff_in")(h)
-        h = dense(width, self.dtype, "ff_out", axes=("mlp", "embed"))(nn.gelu(h))
+        dt = self.dtype
+        h = layers.layer_norm(dt, "norm_self")(x)
+        x = x + layers.attention(self.num_heads, dt, "self_attn", _INIT)(h, h, mask=self_mask)
+        h = layers.layer_norm(dt, "norm_cross")(x)
+        cross = layers.attention(self.num_heads, dt, "cross_attn", _INIT)
+        x = x + cross(h, memory, mask=memory_mask)
+        h = layers.layer_norm(dt, "norm_ff")(x)
+        h = layers.dense(4 * width, dtype=dt, kernel_init=_INIT, name="ff_in")(h)
+        h = layers.dense(width, _OUT_AXES, dtype=dt, kernel_init=_INIT, name="ff_out")(nn.gelu(h))
         return x + h
 
 
@@ -125,27 +98,28 @@ class TransformerForDiffusion(resnet.ImageObservationModel):
         obs_features = self.observation_encoder(dtype)(obs)  # [B, T, F]
         obs_horizon = obs_features.shape[1]
 
-        init = nn.initializers.normal(0.02)
-        pos = self.param(
-            "pos_emb", nn.with_logical_partitioning(init, (None, "embed")), (horizon, width)
+        pos = self.param("pos_emb", nn.with_logical_partitioning(_INIT, _IN_AXES), (horizon, width))
+        x = layers.dense(width, _IN_AXES, dtype=dtype, kernel_init=_INIT, name="input_emb")(
+            noisy_actions.astype(dtype)
         )
-        x = dense(width, dtype, "input_emb", axes=(None, "embed"))(noisy_actions.astype(dtype))
         x = x + pos.astype(dtype)
 
         time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
         time_token = layers.sinusoidal_embedding(time, width)[:, None, :].astype(dtype)
-        obs_tokens = dense(width, dtype, "cond_obs_emb", axes=(None, "embed"))(
-            obs_features.astype(dtype)
-        )
+        obs_tokens = layers.dense(
+            width, _IN_AXES, dtype=dtype, kernel_init=_INIT, name="cond_obs_emb"
+        )(obs_features.astype(dtype))
         cond = jnp.concatenate([time_token, obs_tokens], axis=1)  # [B, 1 + T, D]
         cond_pos = self.param(
             "cond_pos_emb",
-            nn.with_logical_partitioning(init, (None, "embed")),
+            nn.with_logical_partitioning(_INIT, _IN_AXES),
             (1 + obs_horizon, width),
         )
         cond = cond + cond_pos.astype(dtype)
-        cond = dense(4 * width, dtype, "cond_mlp_in")(cond)
-        cond = dense(width, dtype, "cond_mlp_out", axes=("mlp", "embed"))(layers.mish(cond))
+        cond = layers.dense(4 * width, dtype=dtype, kernel_init=_INIT, name="cond_mlp_in")(cond)
+        cond = layers.dense(width, _OUT_AXES, dtype=dtype, kernel_init=_INIT, name="cond_mlp_out")(
+            layers.mish(cond)
+        )
         instruction = text.encode_instruction(
             obs,
             vocab_size=self.vocab_size,
@@ -171,6 +145,8 @@ class TransformerForDiffusion(resnet.ImageObservationModel):
             x = DecoderBlock(self.num_heads, dtype, name=f"block{i}")(
                 x, cond, self_mask, memory_mask
             )
-        x = layer_norm(dtype, "norm_out")(x)
-        out = dense(action_dim, dtype, "head", axes=("embed", None))(x)
+        x = layers.layer_norm(dtype, "norm_out")(x)
+        out = layers.dense(
+            action_dim, (layers.AXIS_EMBED, None), dtype=dtype, kernel_init=_INIT, name="head"
+        )(x)
         return out.astype(jnp.float32)

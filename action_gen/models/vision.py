@@ -11,31 +11,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-AXIS_EMBED = "embed"
-AXIS_MLP = "mlp"
-AXIS_HEADS = "heads"
-
-
-def _dense(features, axes, dtype, name):
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-        name=name,
-    )
+from action_gen.models import layers
+from action_gen.models.layers import AXIS_EMBED, AXIS_HEADS, AXIS_MLP
 
 
 def _layer_norm(dtype, name):
-    return nn.LayerNorm(
-        epsilon=1e-6,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (AXIS_EMBED,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (AXIS_EMBED,)),
-        name=name,
-    )
+    return layers.layer_norm(dtype, name, epsilon=1e-6)  # SigLIP's epsilon
 
 
 class EncoderBlock(nn.Module):
@@ -51,15 +32,14 @@ class EncoderBlock(nn.Module):
         head_dim = width // self.num_heads
         b, n, _ = x.shape
         y = _layer_norm(self.dtype, "ln_attn")(x)
-        qkv = _dense(3 * width, (AXIS_EMBED, AXIS_HEADS), self.dtype, "qkv")(y)
+        qkv = layers.dense(3 * width, (AXIS_EMBED, AXIS_HEADS), dtype=self.dtype, name="qkv")(y)
         q, k, v = jnp.split(qkv.reshape(b, n, 3, self.num_heads, head_dim), 3, axis=2)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, 0], k[:, :, 0]).astype(jnp.float32)
-        probs = jax.nn.softmax(logits * head_dim**-0.5, axis=-1).astype(self.dtype)
-        y = jnp.einsum("bhqk,bkhd->bqhd", probs, v[:, :, 0]).reshape(b, n, width)
-        x = x + _dense(width, (AXIS_HEADS, AXIS_EMBED), self.dtype, "out")(y)
+        y = layers.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0]).reshape(b, n, width)
+        x = x + layers.dense(width, (AXIS_HEADS, AXIS_EMBED), dtype=self.dtype, name="out")(y)
         y = _layer_norm(self.dtype, "ln_mlp")(x)
-        y = nn.gelu(_dense(self.mlp_dim, (AXIS_EMBED, AXIS_MLP), self.dtype, "mlp_in")(y))
-        return x + _dense(width, (AXIS_MLP, AXIS_EMBED), self.dtype, "mlp_out")(y)
+        y = layers.dense(self.mlp_dim, (AXIS_EMBED, AXIS_MLP), dtype=self.dtype, name="mlp_in")(y)
+        y = nn.gelu(y)
+        return x + layers.dense(width, (AXIS_MLP, AXIS_EMBED), dtype=self.dtype, name="mlp_out")(y)
 
 
 class ViT(nn.Module):
@@ -86,7 +66,9 @@ class ViT(nn.Module):
             raise ValueError(f"image {h}x{w} not divisible by patch size {p}")
         patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
-        x = _dense(self.width, (None, AXIS_EMBED), self.dtype, "patch_embed")(patches)
+        x = layers.dense(self.width, (None, AXIS_EMBED), dtype=self.dtype, name="patch_embed")(
+            patches
+        )
         pos = self.param(
             "pos_embedding",
             nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, AXIS_EMBED)),
