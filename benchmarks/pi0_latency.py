@@ -8,14 +8,20 @@ Times, as medians over --runs after a warm-up (compilation) call:
               then a `lax.scan` of 10 expert-only steps over the cached prefix);
   prefix_ms   `prepare` alone: 3 ViT passes + the backbone over images and text;
   step_ms     one `apply_with_context` (the expert over state + 50 action tokens);
-  uncached_chunk_ms  the same chunk re-running the prefix every step (what caching saves).
-Parameters are random (nothing is downloaded); latency does not depend on their values.
-Prints one JSON object.
+  uncached_chunk_ms  the same chunk re-running the prefix every step (what caching saves);
+  policy_chunk_ms    the chunk through `sample.policy.Policy.sample_actions` (raw numpy
+              observation in, tokenized prompt, normalization, numpy chunk out);
+and once each: init_s (parameter init, compilation included), compile_s (the chunk
+program). Parameters are random (nothing is downloaded); latency does not depend on their
+values. Prints one JSON object. `build`, `benchmark` and `policy_benchmark` are also the
+π0 section of benchmarks/gpu_suite.py.
 """
 
 import argparse
+import dataclasses
 import functools
 import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -42,10 +48,34 @@ def observation(size: int, batch: int) -> dict:
     return obs
 
 
-def benchmark(variant: str, dtype: str, batch: int, runs: int) -> dict:
+@dataclasses.dataclass
+class Built:
+    """A π0 of one size with random parameters, and its benchmark observation."""
+
+    variant: str
+    dtype: str
+    model: pi0.Pi0
+    params: dict
+    obs: dict
+    init_s: float
+
+
+def build(variant: str, dtype: str, batch: int) -> Built:
+    """Initializes π0 `variant` (timed: `init_s`, its compilation included)."""
     model = pi0.Pi0(variant=variant, action_dim=A, dtype=dtype)
     obs = observation(pi0.SIZES[variant].image_size, batch)
-    params = models.init_params(model, jax.random.key(0), obs, (H, A))
+    tic = time.perf_counter()
+    params = jax.block_until_ready(models.init_params(model, jax.random.key(0), obs, (H, A)))
+    return Built(variant, dtype, model, params, obs, time.perf_counter() - tic)
+
+
+def benchmark(
+    variant: str, dtype: str, batch: int, runs: int, *, built: Built | None = None,
+    uncached: bool = True,
+) -> dict:  # fmt: skip
+    """chunk / prefix / step (/ uncached chunk) latency, init and compile seconds."""
+    built = built or build(variant, dtype, batch)
+    model, params, obs = built.model, built.params, built.obs
     num_params = sum(x.size for x in jax.tree.leaves(params))
     context_apply = models.make_context_apply_fn(model)
     plain_apply = models.make_apply_fn(model)
@@ -55,20 +85,70 @@ def benchmark(variant: str, dtype: str, batch: int, runs: int) -> dict:
             functools.partial(flow.sample, apply_fn, num_steps=NUM_STEPS, action_shape=(H, A))
         )
 
-    cached, uncached = chunk_fn(context_apply), chunk_fn(plain_apply)
+    tic = time.perf_counter()
+    cached = chunk_fn(context_apply).lower(params, obs, jax.random.key(0)).compile()
+    compile_s = time.perf_counter() - tic
     prepare = jax.jit(context_apply.prepare)
     step = jax.jit(context_apply.apply)
     context = prepare(params, obs)
     x = jnp.zeros((batch, H, A), jnp.float32)
     t = jnp.full((batch,), 50.0)
-    return {
+    result = {
         "params": int(num_params),
+        "init_s": round(built.init_s, 2),
+        "compile_s": round(compile_s, 2),
         "chunk_ms": round(median_ms(lambda i: cached(params, obs, jax.random.key(i)), runs), 3),
         "prefix_ms": round(median_ms(lambda i: prepare(params, obs), runs), 3),
         "step_ms": round(median_ms(lambda i: step(params, context, x + i, t), runs), 3),
-        "uncached_chunk_ms": round(
-            median_ms(lambda i: uncached(params, obs, jax.random.key(i)), runs), 3
-        ),
+    }
+    if uncached:
+        sample = chunk_fn(plain_apply)
+        result["uncached_chunk_ms"] = round(
+            median_ms(lambda i: sample(params, obs, jax.random.key(i)), runs), 3
+        )
+    return result
+
+
+def policy_config(variant: str, dtype: str):
+    """A flow-π0 run config whose model and observation are `build`'s: 3 cameras at the
+    variant's image size, one state step of 32 dims, 48 prompt tokens, H = 50."""
+    from configs import flow_pi0_obstacle
+
+    config = flow_pi0_obstacle.get_config("smoke")
+    size = pi0.SIZES[variant].image_size
+    config.model.variant, config.model.dtype = variant, dtype
+    config.model.vocab_size = None  # the variant's own table, as `build`
+    config.data.obs_horizon = 1
+    config.data.action_horizon = H
+    config.data.cameras = {cam: [size, size] for cam in CAMERAS}
+    config.data.prompt_max_len = TEXT_TOKENS
+    config.objective.num_sample_steps = NUM_STEPS
+    return config
+
+
+def policy_benchmark(built: Built, runs: int, batch: int = 1) -> dict:
+    """The chunk through `Policy.sample_actions` (raw observation in, numpy chunk out) with
+    `built`'s parameters: policy_compile_s (first call) and policy_chunk_ms."""
+    from action_gen.sample.policy import Policy
+
+    def stats(dim):
+        ones = [1.0] * dim
+        return {"min": [-1.0] * dim, "max": ones, "mean": [0.0] * dim, "std": ones,
+                "q01": [-1.0] * dim, "q99": ones, "count": 1}  # fmt: skip
+
+    policy = Policy(
+        policy_config(built.variant, built.dtype),
+        built.params,
+        {"state": stats(STATE_DIM), "actions": stats(A)},
+    )
+    raw = {k: v for k, v in built.obs.items() if k.startswith("observation/")}
+    raw[schema.PROMPT] = np.array(["pick up the red cup and put it in the sink"] * batch)
+    tic = time.perf_counter()
+    policy.sample_actions(raw, 0)
+    compile_s = time.perf_counter() - tic
+    return {
+        "policy_compile_s": round(compile_s, 2),
+        "policy_chunk_ms": round(median_ms(lambda i: policy.sample_actions(raw, i), runs), 3),
     }
 
 
@@ -92,7 +172,9 @@ def main():
             "steps": NUM_STEPS,
         },  # fmt: skip
     }
-    report.update(benchmark(args.variant, args.dtype, args.batch, args.runs))
+    built = build(args.variant, args.dtype, args.batch)
+    report.update(benchmark(args.variant, args.dtype, args.batch, args.runs, built=built))
+    report.update(policy_benchmark(built, args.runs, args.batch))
     print(json.dumps(report, indent=2))
 
 

@@ -15,6 +15,7 @@ Prints one JSON object per run with, per C:
                               batch, hand-off to the worker thread; excludes reply encode)
   e2e_minus_infer_p50_ms      client latency - infer_ms (adds encode, loopback, decode)
   mean_batch_size             over the timed requests
+`benchmark` is also the server section of benchmarks/gpu_suite.py.
 """
 
 import argparse
@@ -127,6 +128,39 @@ def _run_level(port: int, clients: int, requests_per_client: int) -> dict:
     }
 
 
+def benchmark(
+    workdir: str,
+    clients=(1, 8, 32),
+    requests_per_client: int = 30,
+    max_batch: int = 32,
+    max_wait_ms: float = 2.0,
+    startup_timeout_s: float = 600,
+) -> dict:
+    """Serves `workdir` in a child process and runs each concurrency level against it."""
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "action_gen.main", "--mode=serve", f"--workdir={workdir}",
+        f"--port={port}", f"--max_batch={max_batch}", f"--max_wait_ms={max_wait_ms}",
+    ]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        tic = time.perf_counter()
+        _wait_healthy(port, proc, startup_timeout_s)
+        startup_s = time.perf_counter() - tic
+        levels = [_run_level(port, int(c), requests_per_client) for c in clients]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {
+        "workdir": os.path.abspath(workdir),
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "server_startup_s": round(startup_s, 1),
+        "levels": levels,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="trained run (checkpoint) to serve")
@@ -136,31 +170,14 @@ def main() -> None:
     parser.add_argument("--max_wait_ms", type=float, default=2.0)
     parser.add_argument("--startup_timeout_s", type=float, default=600)
     args = parser.parse_args()
-
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "action_gen.main", "--mode=serve", f"--workdir={args.workdir}",
-        f"--port={port}", f"--max_batch={args.max_batch}", f"--max_wait_ms={args.max_wait_ms}",
-    ]  # fmt: skip
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        tic = time.perf_counter()
-        _wait_healthy(port, proc, args.startup_timeout_s)
-        startup_s = time.perf_counter() - tic
-        levels = [
-            _run_level(port, int(c), args.requests_per_client) for c in args.clients.split(",")
-        ]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    result = {
-        "workdir": os.path.abspath(args.workdir),
-        "max_batch": args.max_batch,
-        "max_wait_ms": args.max_wait_ms,
-        "server_startup_s": round(startup_s, 1),
-        "levels": levels,
-    }
+    result = benchmark(
+        args.workdir,
+        [int(c) for c in args.clients.split(",")],
+        args.requests_per_client,
+        args.max_batch,
+        args.max_wait_ms,
+        args.startup_timeout_s,
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -12,6 +12,8 @@ its own subprocess so the fake CPU device count (XLA_FLAGS) can differ:
 Fake CPU devices share the host's cores, so 8 of them measure partitioning overhead,
 not a speed-up; on a multi-GPU host --device_counts=1,8 compares real devices. Output:
 one JSON object per line per configuration, then a JSON list of all of them.
+`measure` is also the training section of benchmarks/gpu_suite.py (in-process, with
+config overrides for the speed switches: the U-Net's bf16 body, remat, batch size).
 """
 
 import argparse
@@ -24,8 +26,29 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(args) -> dict:
-    """Runs in the child: compile, warm up, then time `args.steps` steps."""
+def measure(
+    *,
+    batch_size: int = 256,
+    dtype: str = "float32",
+    steps: int = 3,
+    warmup: int = 1,
+    state_dim: int = 20,
+    action_dim: int = 2,
+    config_arg: str | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """Compile, warm up, then time `steps` train steps of the low-dim diffusion U-Net.
+
+    Args:
+      batch_size, dtype: `data.batch_size` and `train.compute_dtype`.
+      steps, warmup: timed and untimed steps after the compiling one.
+      state_dim, action_dim: S and A of the random batch (DP Push-T low-dim: 20, 2).
+      config_arg: the config variant (None: DP's sizes; "runlocal": tiny, for tests).
+      overrides: {"section.field": value} set on the config last (e.g.
+        {"model.float32_body": False, "train.remat": "dots"}).
+    Returns:
+      The figures (step_ms, samples_per_s, compile_s, ...) with the device report.
+    """
     import jax
     import numpy as np
 
@@ -37,21 +60,24 @@ def measure(args) -> dict:
     from action_gen.train.program import build_train_program
     from configs import diffusion_unet_obstacle
 
-    config = diffusion_unet_obstacle.get_config()  # DP sizes: down_dims (256, 512, 1024)
-    config.data.batch_size = args.batch_size
-    config.train.compute_dtype = args.dtype
+    config = diffusion_unet_obstacle.get_config(config_arg)  # DP sizes: (256, 512, 1024)
+    config.data.batch_size = batch_size
+    config.train.compute_dtype = dtype
+    for dotted, value in (overrides or {}).items():
+        section, field = dotted.split(".")
+        config[section][field] = value
     horizon, obs_horizon = config.data.action_horizon, config.data.obs_horizon
-    action_shape = (horizon, args.action_dim)
+    action_shape = (horizon, action_dim)
     mesh = sharding.create_mesh(config.mesh)
-    example = spec.example_observation(spec.observation_spec(config.data, args.state_dim))
+    example = spec.example_observation(spec.observation_spec(config.data, state_dim))
     program = build_train_program(config, mesh, example, action_shape)  # the loop's own
     step, batch_sharding = program.step_fn, program.batch_sharding
     state = program.init_fn(jax.random.key(0))
     rng = np.random.default_rng(0)
-    b = args.batch_size
+    b = batch_size
     batch = sharding.global_batch(
         {
-            schema.OBS_STATE: rng.normal(size=(b, obs_horizon, args.state_dim)).astype("f4"),
+            schema.OBS_STATE: rng.normal(size=(b, obs_horizon, state_dim)).astype("f4"),
             schema.OBS_PAD_MASK: np.ones((b, obs_horizon), bool),
             schema.ACTIONS: rng.uniform(-1, 1, (b, *action_shape)).astype("f4"),
             schema.ACTION_PAD_MASK: np.ones((b, horizon), bool),
@@ -63,22 +89,23 @@ def measure(args) -> dict:
     state, metrics = step(state, batch, key)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         state, metrics = step(state, batch, key)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         state, metrics = step(state, batch, key)
     jax.block_until_ready(metrics)
     elapsed = time.perf_counter() - start
     return {
-        "model": "unet1d (256, 512, 1024), low-dim",
+        "model": f"unet1d {tuple(config.model.down_dims)}, low-dim",
         **device_report(),
-        "dtype": args.dtype,
+        "dtype": dtype,
         "batch_size": b,
-        "steps": args.steps,
-        "step_ms": 1e3 * elapsed / args.steps,
-        "samples_per_s": b * args.steps / elapsed,
+        "overrides": dict(overrides or {}),
+        "steps": steps,
+        "step_ms": 1e3 * elapsed / steps,
+        "samples_per_s": b * steps / elapsed,
         "compile_s": compile_s,
         "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
         "loss": float(metrics["loss"]),
@@ -99,7 +126,8 @@ def main():
     args = parser.parse_args()
 
     if args.dtype is not None:  # child: one configuration
-        print("RESULT " + json.dumps(measure(args)), flush=True)
+        keys = ("batch_size", "dtype", "steps", "warmup", "state_dim", "action_dim")
+        print("RESULT " + json.dumps(measure(**{k: getattr(args, k) for k in keys})), flush=True)
         return
 
     results = []

@@ -27,6 +27,45 @@ import jax.numpy as jnp
 
 from action_gen.models import layers, resnet, text
 
+CONV_IMPLS = ("matmul", "xla")
+
+
+class XlaConv1d(nn.Module):
+    """`layers.Conv1d` (same parameters, same function) as one `lax.conv_general_dilated`:
+    on GPU that is cuDNN's convolution instead of an im2col concat plus a GEMM.
+
+    Attributes: as `layers.Conv1d` (features, kernel_size, strides, padding; no bias
+    switch: the U-Net's convolutions all have one).
+    """
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    padding: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        p = k // 2 if self.padding is None else self.padding
+        axes = (layers.AXIS_CONV_KERNEL, layers.AXIS_EMBED, layers.AXIS_MLP)
+        init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
+        kernel = self.param("kernel", init, (k, x.shape[-1], self.features), jnp.float32)
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],))
+        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+        y = jax.lax.conv_general_dilated(
+            x, kernel, (self.strides,), [(p, p)], dimension_numbers=("NWC", "WIO", "NWC")
+        )
+        return y + bias
+
+
+def conv1d(conv_impl: str, features: int, kernel_size: int, **kwargs) -> nn.Module:
+    """The U-Net's temporal convolution: `layers.Conv1d` (im2col GEMM) for "matmul",
+    `XlaConv1d` for "xla"; both hold a [K, C_in, C_out] kernel and a bias."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}; known: {CONV_IMPLS}")
+    cls = layers.Conv1d if conv_impl == "matmul" else XlaConv1d
+    return cls(features, kernel_size, **kwargs)
+
 
 class Conv1dBlock(nn.Module):
     """Conv1d → GroupNorm → Mish, over [B, L, C_in] → [B, L, C_out]."""
@@ -34,10 +73,11 @@ class Conv1dBlock(nn.Module):
     features: int
     kernel_size: int
     n_groups: int = 8
+    conv_impl: str = "matmul"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = layers.Conv1d(self.features, self.kernel_size, name="conv")(x)
+        x = conv1d(self.conv_impl, self.features, self.kernel_size, name="conv")(x)
         x = layers.group_norm(self.n_groups, name="norm")(x)
         return layers.mish(x)
 
@@ -56,12 +96,14 @@ class ConditionalResidualBlock1D(nn.Module):
     kernel_size: int = 5
     n_groups: int = 8
     cond_predict_scale: bool = True
+    conv_impl: str = "matmul"
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
-        h = Conv1dBlock(self.features, self.kernel_size, self.n_groups, name="block0")(x)
+        conv = dict(kernel_size=self.kernel_size, n_groups=self.n_groups, conv_impl=self.conv_impl)
+        h = Conv1dBlock(self.features, **conv, name="block0")(x)
         h = layers.FiLM(self.cond_predict_scale, name="film")(h, cond)
-        h = Conv1dBlock(self.features, self.kernel_size, self.n_groups, name="block1")(h)
+        h = Conv1dBlock(self.features, **conv, name="block1")(h)
         residual = x
         if x.shape[-1] != self.features:
             residual = layers.Conv1d(self.features, 1, name="residual_conv")(x)
@@ -83,8 +125,14 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
         (models/text.py), used only when the observation has `prompt_tokens` (a
         multi-task policy, `data.prompt_max_len` > 0); its output joins the condition.
       dtype: activation dtype of the image encoder ("bfloat16": bf16 activations, float32
-        parameters). The 1-D U-Net itself computes in float32 (layers.Conv1d is a float32
-        GEMM); at image-policy sizes the ResNet is nearly all of the compute.
+        parameters). At image-policy sizes the ResNet is nearly all of the compute.
+      float32_body: True: the 1-D U-Net casts the noisy actions to float32, so it computes
+        in float32 whatever it is called with (bf16 parameters are promoted). False: it
+        keeps the caller's dtype, so bf16 parameters and inputs (`train.compute_dtype =
+        "bfloat16"`, or a sampler fed bf16-cast parameters) run the whole body in bf16
+        (GroupNorm statistics stay float32). Same function in float32 either way.
+      conv_impl: the temporal convolutions as "matmul" (layers.Conv1d: im2col + one GEMM)
+        or "xla" (`lax.conv_general_dilated`, cuDNN on GPU); same parameters and function.
     """
 
     down_dims: Sequence[int] = (256, 512, 1024)
@@ -96,6 +144,8 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
     instruction_features: int = 64
     instruction_layers: int = 1
     dtype: str = "float32"
+    float32_body: bool = True
+    conv_impl: str = "matmul"
 
     def condition(self, obs: dict, time: jax.Array) -> jax.Array:
         """The global condition [B, E + T*F (+ D)]: time embedding, flattened per-step
@@ -141,16 +191,21 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
             kernel_size=self.kernel_size,
             n_groups=self.n_groups,
             cond_predict_scale=self.cond_predict_scale,
+            conv_impl=self.conv_impl,
         )
 
-        x = jnp.asarray(noisy_actions, jnp.float32)
+        x = jnp.asarray(noisy_actions, jnp.float32 if self.float32_body else None)
+        if not self.float32_body:  # a bf16 condition too, else each FiLM promotes to float32
+            cond = cond.astype(x.dtype)
         skips = []
         for i, dim in enumerate(dims):
             x = ConditionalResidualBlock1D(dim, name=f"down{i}_res0", **block)(x, cond)
             x = ConditionalResidualBlock1D(dim, name=f"down{i}_res1", **block)(x, cond)
             skips.append(x)
             if i < len(dims) - 1:
-                x = layers.Conv1d(dim, 3, strides=2, padding=1, name=f"down{i}_downsample")(x)
+                x = conv1d(
+                    self.conv_impl, dim, 3, strides=2, padding=1, name=f"down{i}_downsample"
+                )(x)
 
         for i in range(2):
             x = ConditionalResidualBlock1D(dims[-1], name=f"mid_res{i}", **block)(x, cond)
@@ -162,5 +217,7 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
             x = ConditionalResidualBlock1D(dims[i - 1], name=f"up{j}_res1", **block)(x, cond)
             x = layers.ConvTranspose1d(dims[i - 1], 4, 2, 1, name=f"up{j}_upsample")(x)
 
-        x = Conv1dBlock(dims[0], self.kernel_size, self.n_groups, name="final_block")(x)
+        x = Conv1dBlock(
+            dims[0], self.kernel_size, self.n_groups, self.conv_impl, name="final_block"
+        )(x)
         return layers.Conv1d(action_dim, 1, name="final_conv")(x)

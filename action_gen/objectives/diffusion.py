@@ -332,6 +332,7 @@ def sample(
     eta: float = 0.0,
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
+    scan_unroll: int = 1,
 ) -> jax.Array:
     """Draws action chunks by running the reverse chain from x_K ~ N(0, I) to x_0.
 
@@ -352,6 +353,9 @@ def sample(
       num_train_steps, schedule, prediction_type, beta_start, beta_end: as in `loss`.
       clip_sample: clip x̂_0 to [-1, 1] at every step.
       eta: DDIM stochasticity (ignored by ddpm).
+      scan_unroll: steps per iteration of the scan's loop (`lax.scan(unroll=)`; >= N
+        unrolls the whole chain into straight-line code). Same chunk for any value; a
+        speed setting only (benchmarks/gpu_suite.py measures it).
     Returns:
       x_0 [B, H, A] float32.
     References:
@@ -382,5 +386,13 @@ def sample(
         return step(x, model_output, alpha_bar, alpha_bar_prev, z), None
 
     xs = (jnp.asarray(ks), jnp.asarray(alpha_bars), jnp.asarray(alpha_bars_prev), noise)
-    x, _ = jax.lax.scan(body, x, xs)
+    x, _ = jax.lax.scan(body, x, xs, unroll=_unroll(scan_unroll, num_steps))
     return x
+
+
+def _unroll(scan_unroll: int, num_steps: int) -> int:
+    """`lax.scan`'s unroll for `scan_unroll` (>= 1), capped at the chain's length."""
+    if int(scan_unroll) < 1:
+        raise ValueError(f"scan_unroll={scan_unroll} must be >= 1")
+    return min(int(scan_unroll), num_steps)
+

@@ -122,6 +122,7 @@ def sample(
     integrator: str = "euler",
     time_scale: float = 100.0,
     clip_sample: bool = True,
+    scan_unroll: int = 1,
 ) -> jax.Array:
     """Draws action chunks by integrating dx/dt = v_θ(o, x, t) from t = 0 (noise) to t = 1.
 
@@ -143,6 +144,8 @@ def sample(
       integrator: one of INTEGRATORS.
       time_scale: the model sees t · time_scale.
       clip_sample: clip the final chunk to [-1, 1] (actions are min-max normalized).
+      scan_unroll: integration steps per iteration of the scan's loop (`lax.scan(unroll=)`;
+        >= N unrolls it into straight-line code); a speed setting, same chunk for any value.
     Returns:
       x_1 [B, H, A] float32.
     References:
@@ -159,12 +162,17 @@ def sample(
         time = jnp.full((batch_size,), t * time_scale, jnp.float32)
         return step_fn(params, context, x, time).astype(jnp.float32)
 
-    return _integrate(velocity, x, num_steps, integrator, clip_sample)
+    return _integrate(velocity, x, num_steps, integrator, clip_sample, scan_unroll)
 
 
-def _integrate(velocity, x, num_steps: int, integrator: str, clip_sample: bool) -> jax.Array:
+def _integrate(
+    velocity, x, num_steps: int, integrator: str, clip_sample: bool, scan_unroll: int = 1
+) -> jax.Array:
     """x_0 → x_1 along `velocity(x, t)` on the grid t_i = i/N as ONE `lax.scan` (the update
-    rules are in `sample`'s docstring); optionally clipped to [-1, 1]."""
+    rules are in `sample`'s docstring), `scan_unroll` steps per loop iteration; optionally
+    clipped to [-1, 1]."""
+    if int(scan_unroll) < 1:
+        raise ValueError(f"scan_unroll={scan_unroll} must be >= 1")
     dt = 1.0 / num_steps
     # Grid in float64 at trace time, then float32 for the scan.
     ts = (np.arange(num_steps, dtype=np.float64) / num_steps).astype(np.float32)
@@ -178,7 +186,7 @@ def _integrate(velocity, x, num_steps: int, integrator: str, clip_sample: bool) 
         v_next = velocity(x + dt * v, t + dt)
         return x + 0.5 * dt * (v + v_next), None
 
-    x, _ = jax.lax.scan(body, x, jnp.asarray(ts))
+    x, _ = jax.lax.scan(body, x, jnp.asarray(ts), unroll=min(int(scan_unroll), num_steps))
     if clip_sample:
         x = jnp.clip(x, -1.0, 1.0)
     return x
@@ -214,6 +222,7 @@ def sample_guided(
     integrator: str = "euler",
     time_scale: float = 100.0,
     clip_sample: bool = True,
+    scan_unroll: int = 1,
 ) -> jax.Array:
     """Inpaints a chunk towards a target prefix: real-time chunking's guided flow sampler.
 
@@ -245,6 +254,7 @@ def sample_guided(
       integrator: one of INTEGRATORS (every velocity evaluation is guided).
       time_scale: the model sees t · time_scale.
       clip_sample: clip the final chunk to [-1, 1].
+      scan_unroll: as in `sample`.
     Returns:
       x_1 [B, H, A] float32.
     References:
@@ -275,4 +285,5 @@ def sample_guided(
         (g,) = vjp_fn(weights * (target - x1_hat))
         return v + rtc_guidance_weight(t, max_guidance) * g
 
-    return _integrate(guided_velocity, x, num_steps, integrator, clip_sample)
+    return _integrate(guided_velocity, x, num_steps, integrator, clip_sample, scan_unroll)
+

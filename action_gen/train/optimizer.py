@@ -21,7 +21,10 @@ def create_optimizer(config: ml_collections.ConfigDict, num_train_steps: int):
     """Returns `(tx, lr_schedule)`.
 
     `config` fields: lr, warmup_steps, b1, b2, eps, weight_decay, grad_clip_norm
-    (<= 0 disables clipping), final_lr_fraction (optional).
+    (<= 0 disables clipping), final_lr_fraction (optional), flatten (optional, default
+    False: the optimizer runs on one flat vector of all parameters (`optax.flatten`), a
+    few large kernels instead of several per parameter leaf; same update, another layout
+    of the optimizer state, so a checkpoint resumes only under the same setting).
     """
     schedule = create_learning_rate_schedule(config, num_train_steps)
     transforms = []
@@ -36,4 +39,7 @@ def create_optimizer(config: ml_collections.ConfigDict, num_train_steps: int):
             weight_decay=config.weight_decay,
         )
     )
-    return optax.chain(*transforms), schedule
+    tx = optax.chain(*transforms)
+    if config.get("flatten", False):
+        tx = optax.flatten(tx)
+    return tx, schedule
