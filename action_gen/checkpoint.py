@@ -10,14 +10,23 @@ A served policy needs nothing else: it reads `config`, rebuilds the model, and r
 only `state.ema_params` (partial restore), never the optimizer state.
 """
 
+import itertools
 import json
+import logging
 import os
+import re
+import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
+from flax import traverse_util
+
+from action_gen import objectives
 
 STATE, CONFIG, NORM_STATS, DATA = "state", "config", "norm_stats", "data"
 ITEM_NAMES = (STATE, CONFIG, NORM_STATS, DATA)
@@ -37,7 +46,8 @@ def config_differences(
 
     Values are compared in JSON form: a stored config has lists where a live one has tuples.
     """
-    old, new = _flatten_config(stored), _flatten_config(current)
+    old = traverse_util.flatten_dict(stored, sep=".")
+    new = traverse_util.flatten_dict(current, sep=".")
     keys = sorted(k for k in old.keys() | new.keys() if relevant(k))
     return {
         k: (old.get(k), new.get(k))
@@ -46,14 +56,109 @@ def config_differences(
     }
 
 
-def _flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+# What a checkpoint fixes: the config fields that define what its parameters mean (their
+# shapes, what the network predicts, the units of its inputs and outputs). Resume, sweep
+# evaluation and `Policy.from_checkpoint(config=...)` refuse any other value for these.
+# The objective's sampling-only fields (objectives.SAMPLING_FIELDS: sampler, eta,
+# clip_sample, num_sample_steps, ...) change how a model is sampled, not what it learned,
+# and may differ. The dims of states and actions are fixed through the norm stats, which
+# always come from the checkpoint; the dataset's identity is checked on resume
+# (`check_dataset_identity`).
+FIXED_SECTIONS = ("model", "objective")
+FIXED_KEYS = ("data.obs_horizon", "data.action_horizon", "data.state_norm", "data.action_norm")
+
+
+def is_fixed_by_checkpoint(key: str) -> bool:
+    """Whether the dotted config key is one a checkpoint fixes (see FIXED_SECTIONS)."""
+    section, _, field = key.partition(".")
+    if section == "objective" and field in objectives.SAMPLING_FIELDS:
+        return False
+    return section in FIXED_SECTIONS or key in FIXED_KEYS
+
+
+def check_config_compatible(stored: dict, current: dict, where: str, remedy: str) -> None:
+    """Raises ValueError naming every field the checkpoint fixes that differs between its
+    config (`stored`) and `current` (both config JSON dicts).
+
+    Args:
+      where: the checkpoint directory, for the message.
+      remedy: what the user can do instead (e.g. "use a new --workdir").
+    """
+    differing = config_differences(stored, current, is_fixed_by_checkpoint)
+    if differing:
+        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
+        raise ValueError(
+            f"the checkpoint in {where} was trained with another config: {details} differ "
+            f"(a checkpoint fixes model.*, objective.* except its sampling settings, and "
+            f"{', '.join(FIXED_KEYS)}). {remedy}"
+        )
+
+
+def check_dataset_identity(
+    stored_fingerprints: list[str] | None,
+    current_fingerprints: list[str],
+    stored_dirs,
+    current_dirs,
+    *,
+    allowed: bool,
+    where: str,
+) -> None:
+    """Refuses to resume on other data than the checkpoint was trained on.
+
+    Each dataset is identified by `pipeline.dataset_fingerprint` (its dataset_info.json:
+    shard lengths, byte count, features), not by its path, so a moved copy resumes. With
+    `allowed` (`--config.train.allow_dataset_change=True`) the new data is accepted; the
+    checkpoint's norm stats are kept either way. A checkpoint without fingerprints (older
+    format) is accepted with a warning.
+    """
+    if stored_fingerprints is None:
+        logging.warning(
+            "%s records no dataset fingerprint (older checkpoint): the dataset is not checked",
+            where,
+        )
+        return
+    if list(stored_fingerprints) == list(current_fingerprints) or allowed:
+        return
+    raise ValueError(
+        f"cannot resume from {where}: it was trained on {stored_dirs} (fingerprint "
+        f"{[f[:12] for f in stored_fingerprints]}), but this run reads {current_dirs} "
+        f"(fingerprint {[f[:12] for f in current_fingerprints]}). Point data.dataset_dir at "
+        "the original data, use a new --workdir, or pass "
+        "--config.train.allow_dataset_change=True to continue training on the new data "
+        "(normalized with the checkpoint's stats)."
+    )
+
+
+# Orbax's keep-last-K deletion renames a step into this folder (one atomic rename) instead
+# of deleting its files in place; `_CheckpointManager` empties it. A step that fails
+# `_unreadable_reason` at manager start is renamed into DAMAGED_DIR, kept for inspection.
+# Neither name parses as a step, so orbax lists neither.
+TODELETE_DIR, DAMAGED_DIR = "todelete", "damaged"
+
+_scans = itertools.count()  # unique barrier names, the same sequence on every process
+
+
+class _CheckpointManager(ocp.CheckpointManager):
+    """Empties TODELETE_DIR whenever no save is in flight.
+
+    `wait_until_finished` is where that holds: orbax calls it at the start of every `save`
+    (after the previous save's keep-last-K rename into TODELETE_DIR), the loop calls it
+    when it stops, and `close` calls it. Steps there are already out of orbax's view, so a
+    kill during this `rmtree` leaves nothing that looks like a checkpoint.
+    """
+
+    _todelete: str | None = None  # set for a writable manager on the first process
+
+    def wait_until_finished(self):
+        super().wait_until_finished()
+        if self._todelete is not None:
+            _empty_dir(self._todelete)
+
+
+def _empty_dir(path: str) -> None:
+    if os.path.isdir(path):
+        for name in os.listdir(path):
+            shutil.rmtree(os.path.join(path, name), ignore_errors=True)
 
 
 def create_checkpoint_manager(
@@ -64,16 +169,109 @@ def create_checkpoint_manager(
     async_save: bool = True,
     read_only: bool = False,
 ) -> ocp.CheckpointManager:
-    """An orbax CheckpointManager over `directory` with our four items."""
+    """An orbax CheckpointManager over `directory` with our four items, in which every step
+    directory is a complete checkpoint, even after a SIGKILL at any point.
+
+    Orbax finalises a save atomically (items are written under `<step>.orbax-checkpoint-
+    tmp-*`, which is renamed to `<step>` last), but its keep-last-K deletion `rmtree`s the
+    oldest step in place: a kill midway left `<step>/` with files missing (a `state/` with
+    no `_sharding`, which restores as "Sharding of jax.Array cannot be None"). With
+    `todelete_subdir` that deletion is one rename out of view (`_CheckpointManager` then
+    deletes the files), and `cleanup_tmp_directories` removes the unfinished writes of a
+    killed run. (`todelete_subdir` is ignored on gs://, where orbax deletes in place.)
+
+    Defence for what that cannot prevent (a step damaged by an older version or by hand):
+    before orbax lists the steps, each step that is not readable (`_unreadable_reason`) is
+    moved to `DAMAGED_DIR` with a warning, so `latest_step()`, resume and restore fall back
+    to the newest readable step. With several processes only the first one checks, and only
+    for a writable manager (which every process creates together).
+    """
     directory = os.path.abspath(directory)
+    if jax.process_count() == 1:
+        _move_damaged_steps_aside(directory)
+    elif not read_only:
+        if jax.process_index() == 0:
+            _move_damaged_steps_aside(directory)
+        ocp.multihost.sync_global_processes(f"action_gen_checkpoint_scan_{next(_scans)}")
+    writable = {}
+    if not read_only:  # orbax refuses both (with a warning) for a read-only manager
+        writable = dict(todelete_subdir=TODELETE_DIR, cleanup_tmp_directories=True)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         save_interval_steps=save_interval_steps,
         enable_async_checkpointing=async_save,
         read_only=read_only,
         create=not read_only,
+        **writable,
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=ITEM_NAMES)
+    manager = _CheckpointManager(directory, options=options, item_names=ITEM_NAMES)
+    if not read_only and jax.process_index() == 0:
+        manager._todelete = os.path.join(directory, TODELETE_DIR)
+        _empty_dir(manager._todelete)  # what a killed run left there
+    return manager
+
+
+def _step_dirs(directory: str) -> list[tuple[int, str]]:
+    """(step, path) of the directories orbax would list as steps (its default name format:
+    the step number alone; unfinished writes carry a tmp suffix), sorted by step."""
+    if not os.path.isdir(directory):
+        return []
+    names = [n for n in os.listdir(directory) if re.fullmatch(r"0|[1-9]\d*", n)]
+    return sorted((int(n), os.path.join(directory, n)) for n in names)
+
+
+def _unreadable_reason(step_dir: str) -> str | None:
+    """Why the step at `step_dir` cannot be restored, or None if it can.
+
+    "Readable" means orbax reads everything a restore reads except the array bytes: the
+    JSON items in full (they are small), and the state's metadata, which reads its tree
+    (`_METADATA`) and sharding (`_sharding`) files and opens every array's tensorstore
+    metadata through the OCDBT manifest and b-tree. That costs file opens, not checkpoint
+    bytes, so every step can be checked at every start. Not read: array chunks. Since
+    steps appear and disappear only by renames, a step can lose chunk files only from
+    outside, and a restore of such a step raises NOT_FOUND (OCDBT names its data files);
+    it never returns wrong values.
+    """
+    state_dir = epath.Path(step_dir) / STATE
+    try:
+        metadata = ocp.PyTreeCheckpointHandler().metadata(state_dir)
+        leaves = jax.tree.leaves(getattr(metadata, "tree", metadata))
+        if not leaves:
+            return f"{state_dir} has no arrays"
+        if any(getattr(leaf, "sharding", None) is None for leaf in leaves):
+            # What restore without target shardings (a served policy's) needs.
+            return f"sharding metadata missing in {state_dir}"
+        for item in (CONFIG, NORM_STATS, DATA):
+            ocp.JsonCheckpointHandler().restore(epath.Path(step_dir) / item)
+    except Exception as e:  # noqa: BLE001 - any failure to read is the answer
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def _move_damaged_steps_aside(directory: str) -> None:
+    """Renames each unreadable step into `DAMAGED_DIR/<step>-<time>`, with a warning."""
+    for step, step_dir in _step_dirs(directory):
+        reason = _unreadable_reason(step_dir)
+        if reason is None:
+            continue
+        target = os.path.join(directory, DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if os.path.exists(target):
+            target = f"{target}-{time.time_ns()}"
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.rename(step_dir, target)
+        except FileNotFoundError:
+            continue  # gone meanwhile (a running trainer's keep-last-K): not damaged
+        except OSError as e:  # e.g. a read-only directory: restore will fail on it
+            logging.warning(
+                "damaged checkpoint step %d in %s (%s) could not be moved aside: %s",
+                step,
+                directory,
+                reason,
+                e,
+            )
+            continue
+        logging.warning("damaged checkpoint step %d moved aside to %s: %s", step, target, reason)
 
 
 def save_checkpoint(
@@ -154,6 +352,13 @@ def restore_metadata(manager: ocp.CheckpointManager, step: int | None = None) ->
         ),
     )
     return restored[CONFIG], restored[NORM_STATS]
+
+
+def restore_data_state(manager: ocp.CheckpointManager, step: int | None = None) -> dict:
+    """Restores only the data item: the stream position and the dataset's identity."""
+    step = _resolve_step(manager, step)
+    restored = manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))
+    return restored[DATA]
 
 
 def restore_params(

@@ -13,7 +13,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train_and_eval", ["train", "eval", "train_and_eval", "serve"], "What to run."
+    "mode",
+    "train_and_eval",
+    ["collect", "train", "eval", "train_and_eval", "serve"],
+    "What to run (collect: only write the built-in task's demos; train modes do it first).",
 )
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: bind address (0.0.0.0 to expose).")
 _PORT = flags.DEFINE_integer("port", 8000, "serve: websocket port (0 picks a free one).")
@@ -46,6 +49,17 @@ def serve(workdir: str) -> None:
     ).run()
 
 
+def collect_data(config, workdir: str) -> list[str]:
+    """The data step: writes the built-in task's demos where the run reads them (process 0
+    first; the other processes then find them on disk). External data is left as it is."""
+    from action_gen.envs import collect
+    from action_gen.train import distributed
+
+    return distributed.process_zero_first(
+        lambda: collect.collect_builtin_datasets(config.data, workdir), "dataset"
+    )
+
+
 def run(config, workdir: str, mode: str) -> dict | None:
     """Runs `mode` for `config` in `workdir`; returns the eval summary when evaluating."""
     # Imported here so `--help` and config errors answer without loading JAX/TF.
@@ -53,6 +67,8 @@ def run(config, workdir: str, mode: str) -> dict | None:
     from action_gen.train import loop
 
     workdir = os.path.abspath(workdir)
+    if mode in ("collect", "train", "train_and_eval"):
+        collect_data(config, workdir)
     if mode in ("train", "train_and_eval"):
         state = loop.train(config, workdir)
         if mode == "train_and_eval" and int(state.step) < config.train.num_steps:

@@ -93,6 +93,9 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
     config.train.checkpoint_every = 2_000
     config.train.keep_checkpoints = 3
     config.train.async_checkpoints = True
+    # Resume on data whose fingerprint differs from the checkpoint's (normalized with the
+    # checkpoint's stats); refused by default.
+    config.train.allow_dataset_change = False
     config.train.ema_power = 0.75
     config.train.ema_max_decay = 0.9999
     config.train.grad_accum_steps = 1  # micro-batches per update (divides batch_size)

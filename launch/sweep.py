@@ -471,74 +471,36 @@ def plot_results(rows: list[dict], path: str) -> None:
 # ---------------------------------------------------------------------------- eval mode
 
 
-_TRAINING_DATA_KEYS = (
-    "data.obs_horizon",
-    "data.action_horizon",
-    "data.state_norm",
-    "data.action_norm",
-)
-
-
-def training_differences(stored: dict, current: dict) -> list[str]:
-    """Keys of model / objective / horizons / normalization that differ between the
-    checkpoint's config and the run's (inference keys excluded)."""
-    from action_gen import checkpoint  # noqa: PLC0415 - orbax, eval mode only
-
-    return list(
-        checkpoint.config_differences(
-            stored,
-            current,
-            lambda k: (
-                (k.split(".")[0] in ("model", "objective") or k in _TRAINING_DATA_KEYS)
-                and not is_inference_key(k)
-            ),
-        )
-    )
-
-
 def evaluate_run(config, workdir: str, checkpoint_dir: str) -> dict:
     """Evaluates `config` (a run's own config) with the params trained in `checkpoint_dir`.
 
     Writes results.json (plus the tokens objective's quantization error of the
     demonstrations), rollouts.npz and rollouts.png into `workdir`.
     """
-    from action_gen import checkpoint  # noqa: PLC0415
     from action_gen.eval import evaluate, plots, rollout  # noqa: PLC0415 - heavy imports
-    from action_gen.objectives import tokens  # noqa: PLC0415
     from action_gen.sample.policy import Policy  # noqa: PLC0415
 
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    restored = Policy.from_checkpoint(checkpoint_dir, use_ema=config.eval.use_ema)
-    differing = training_differences(
-        checkpoint.config_to_json_dict(restored.config), checkpoint.config_to_json_dict(config)
-    )
-    if differing:
-        raise ValueError(
-            f"--eval_checkpoint={checkpoint_dir} was trained with another config: {differing} "
-            "differ (only inference keys may: " + ", ".join(sorted(INFERENCE_KEYS)) + ", eval.*)"
-        )
-    policy = Policy(
-        config,
-        restored.params,
-        restored.norm_stats,
+    # The run's own config, refused if it differs from the checkpoint's in anything the
+    # checkpoint fixes (only inference keys may differ).
+    policy = Policy.from_checkpoint(
+        checkpoint_dir,
+        config=config,
+        use_ema=config.eval.use_ema,
         num_sample_steps=config.eval.num_sample_steps,
     )
     summary, result = evaluate.evaluate_policy(policy, config.eval)
     summary["checkpoint_dir"] = os.path.abspath(checkpoint_dir)
     summary["chunk_latency_ms"] = chunk_latency_ms(policy)
-    if config.objective.name == "tokens":
-        temperature = float(config.objective.temperature)
-        summary["sampler"] = "greedy" if temperature == 0 else f"temperature {temperature:g}"
-    if config.objective.name == "tokens":
+    if policy.objective.representation_error is not None:
         summary.update(
-            tokens.quantization_error(
+            policy.objective.representation_error(
                 _dataset_actions(
                     config.data.dataset_dir or os.path.join(checkpoint_dir, "dataset")
                 ),
-                restored.norm_stats["actions"],
+                policy.norm_stats["actions"],
                 config.data.action_norm,
-                int(config.objective.num_bins),
             )
         )
     with open(os.path.join(workdir, evaluate.RESULTS_FILE), "w") as f:

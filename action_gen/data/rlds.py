@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
+from flax import traverse_util
 
 from action_gen.data import schema
 
@@ -347,23 +348,15 @@ def _check_shards(builder, split: str, path: epath.Path) -> None:
             )
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict:
-    """Nested observation dicts -> one level with "/"-joined keys ("image/wrist")."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _episode_to_trajectory(episode: dict) -> dict:
     """RLDS record (steps as a nested tf.data.Dataset) -> tensors batched over time."""
     # All steps in one batch: the element count fits in int32 for any real episode.
     steps = episode[schema.RLDS_STEPS].batch(2**31 - 1).get_single_element()
     traj = dict(steps)
-    traj[schema.RLDS_OBSERVATION] = _flatten(steps[schema.RLDS_OBSERVATION])
+    # Nested observation dicts -> one level with "/"-joined keys ("image/wrist").
+    traj[schema.RLDS_OBSERVATION] = traverse_util.flatten_dict(
+        dict(steps[schema.RLDS_OBSERVATION]), sep="/"
+    )
     if schema.RLDS_LANGUAGE not in traj:
         length = tf.shape(traj[schema.RLDS_ACTION])[0]
         traj[schema.RLDS_LANGUAGE] = tf.fill([length], "")

@@ -38,6 +38,7 @@ import sys
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 log = logging.getLogger(__name__)
 
@@ -109,19 +110,14 @@ class Report:
         return "\n".join(lines)
 
 
-def _flat(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = np.asarray(value)
-    return out
-
-
 def _check_episode(index: int, traj: Mapping, add) -> int:
     """Per-episode checks on one trajectory (fields batched over its L steps); returns L."""
-    fields = _flat({k: v for k, v in traj.items() if k != "episode_metadata"})
+    fields = {
+        k: np.asarray(v)
+        for k, v in traverse_util.flatten_dict(
+            {k: v for k, v in traj.items() if k != "episode_metadata"}, sep="/"
+        ).items()
+    }
     action = fields.get("action")
     if action is None:
         raise KeyError(f"episode {index} has no 'action' field; fields: {sorted(fields)}")

@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags
 
-from action_gen.data import rlds
+from action_gen.data import rlds, sources
 from action_gen.envs import expert, metaworld
 
 # Built-in tasks with a scripted expert: name -> collect_demos(num_episodes, seed).
@@ -87,6 +87,26 @@ def ensure_builtin_dataset(
     )
 
 
+def collect_builtin_datasets(data_config, workdir: str) -> list[str]:
+    """The data step of a run on built-in tasks: every `data.builtin_task`'s demos written
+    to its directory (`data.sources.dataset_dirs`) unless already there. Returns the
+    resolved dataset directories (unchanged for external data, which is never written)."""
+    dirs = sources.dataset_dirs(data_config, workdir)
+    tasks = sources.builtin_tasks(data_config)
+    if not tasks:
+        return dirs
+    return [
+        ensure_builtin_dataset(
+            task,
+            path,
+            num_episodes=data_config.num_demo_episodes,
+            seed=data_config.demo_seed,
+            post_success_steps=data_config.get("demo_post_success_steps", 0),
+        )
+        for task, path in zip(tasks, dirs, strict=True)
+    ]
+
+
 def main(argv):
     del argv
     values = flags.FLAGS
@@ -107,8 +127,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    # Flags are defined only when run as a program, so importing this module (the train
-    # loop does) adds nothing to another program's command line.
+    # Flags are defined only when run as a program, so importing this module (main.py's
+    # data step does) adds nothing to another program's command line.
     flags.DEFINE_string("env", "obstacle", "Task with a scripted expert.")
     flags.DEFINE_integer("episodes", 200, "Number of demonstrations.")
     flags.DEFINE_integer("seed", 0, "Base seed (episode seeds derive from it).")

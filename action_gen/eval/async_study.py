@@ -147,7 +147,9 @@ def run_study(
     rows = []
     for mode in modes:
         if mode == "rtc" and not policy.supports_rtc:
-            raise ValueError(f"rtc needs a flow policy, got {policy.config.objective.name!r}")
+            raise ValueError(
+                f"rtc needs an objective with guided sampling; {policy.objective.name!r} has none"
+            )
         for delay in delays:
             if delay + exec_horizon > policy.action_shape[0]:
                 raise ValueError(

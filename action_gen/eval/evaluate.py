@@ -86,18 +86,12 @@ def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> t
     low, high = wilson_interval(int(result["success"].sum()), len(result["success"]))
     summary.update(success_ci95_low=low, success_ci95_high=high)
     summary.update(
-        objective=policy.config.objective.name,
-        # Diffusion names its sampler, flow its integrator.
-        sampler=policy.config.objective.get(
-            "sampler", policy.config.objective.get("integrator", "")
-        ),
+        policy.objective.summary(),
         num_sample_steps=policy.num_sample_steps,
         action_exec_horizon=int(eval_config.action_exec_horizon),
         eval_seed=int(eval_config.seed),
         env=eval_config.env,
     )
-    if "clip_sample" in policy.config.objective:
-        summary["clip_sample"] = bool(policy.config.objective.clip_sample)
     return summary, result
 
 

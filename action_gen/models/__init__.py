@@ -4,8 +4,8 @@ Every model is a Linen module called as
 `model.apply({"params": params}, obs, noisy_actions, time) -> [B, H, A]`.
 """
 
+import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -80,21 +80,13 @@ def param_logical_axes(model: nn.Module, example_obs: dict, action_shape) -> dic
     return nn.get_partition_spec(abstract)["params"]
 
 
-def make_apply_fn(model: nn.Module) -> Callable:
-    """`apply_fn(params, obs, x, t) -> [B, H, A]`, the form every objective takes."""
-
-    def apply_fn(params, obs, noisy_actions, time):
-        return model.apply({"params": params}, obs, noisy_actions, time)
-
-    return apply_fn
-
-
-def make_context_apply_fn(model: nn.Module) -> "ContextApply":
-    """A ContextApply from a model with `prepare(obs)` and `apply_with_context(context, x,
-    t)` methods (π0: the prefix KV cache is computed once per chunk); other models get
-    the observation itself as context, so the result is always a ContextApply."""
+def make_apply_fn(model: nn.Module) -> "ContextApply":
+    """The `apply_fn(params, obs, x, t) -> [B, H, A]` every objective takes, as a
+    ContextApply: a model with `prepare(obs)` and `apply_with_context(context, x, t)`
+    methods (π0: the prefix KV cache) has its observation-only work split off, so samplers
+    run it once per chunk; other models get the observation itself as context."""
     if not (hasattr(model, "prepare") and hasattr(model, "apply_with_context")):
-        apply_fn = make_apply_fn(model)
+        apply_fn = make_uncached_apply_fn(model)
         return ContextApply(prepare=lambda params, obs: obs, apply=apply_fn)
 
     def prepare(params, obs):
@@ -108,7 +100,19 @@ def make_context_apply_fn(model: nn.Module) -> "ContextApply":
     return ContextApply(prepare=prepare, apply=apply)
 
 
-class ContextApply(NamedTuple):
+def make_uncached_apply_fn(model: nn.Module) -> Callable:
+    """A plain `apply_fn(params, obs, x, t) -> [B, H, A]` that samplers cannot split: the
+    whole model runs at every step. The reference that tests and benchmarks compare the
+    cached path against; production code uses `make_apply_fn`."""
+
+    def apply_fn(params, obs, noisy_actions, time):
+        return model.apply({"params": params}, obs, noisy_actions, time)
+
+    return apply_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextApply:
     """An `apply_fn` whose observation-only work runs once per chunk, not once per step.
 
     Samplers call `context = prepare(params, obs)` before their `lax.scan` and

@@ -1,17 +1,25 @@
 """Training objectives, chosen by name from the config (`config.objective.name`).
 
 Every objective module exports pure functions
-  `loss(apply_fn, params, batch, rng, **cfg) -> (scalar, aux)` and
-  `sample(apply_fn, params, obs, rng, num_steps, **cfg) -> actions [B, H, A]`,
-with `apply_fn(params, obs, x, t) -> [B, H, A]`. `create_objective` binds the config, so
-train/ and sample/ never branch on the method.
+  `loss(apply_fn, params, batch, rng, **cfg) -> (scalar, aux)`,
+  `sample(apply_fn, params, obs, rng, num_steps, **cfg) -> actions [B, H, A]` and
+  `sampler_label(**sample_cfg) -> str` (the sampler's name in results and tables),
+with `apply_fn(params, obs, x, t) -> [B, H, A]` (a `models.ContextApply`). A module may
+also export what only some objectives can do; `create_objective` binds the config into
+each and the returned `Objective` carries them as capabilities, so no caller outside
+objectives/ asks which objective it holds:
+  `sample_guided(apply_fn, params, obs, rng, num_steps, prefix, prefix_weights, **cfg)`
+      inpainting towards a given prefix (real-time chunking; flow),
+  `representation_error(raw_actions, action_stats, action_norm, **cfg) -> dict`
+      what the objective's action representation loses on given actions (tokens).
 """
 
+import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any
 
 from action_gen.objectives import diffusion, flow, regression, tokens
 
@@ -24,18 +32,50 @@ OBJECTIVES: dict[str, ModuleType] = {
 
 # Config fields that belong to callers, not to the objective's functions.
 _CALLER_FIELDS = {"name", "num_sample_steps"}
+# Optional module functions: capability name -> the module function that provides it.
+_CAPABILITIES = ("sample_guided", "representation_error")
 
 
-class Objective(NamedTuple):
-    """`loss(apply_fn, params, batch, rng)` and `sample(apply_fn, params, obs, rng, num_steps)`."""
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """An objective with its config bound.
 
+    Attributes:
+      name: the config's `objective.name` (for logs and results; callers never branch on it).
+      loss: `loss(apply_fn, params, batch, rng) -> (scalar, aux)`.
+      sample: `sample(apply_fn, params, obs, rng, num_steps) -> [B, H, A]`.
+      sample_guided: `sample_guided(apply_fn, params, obs, rng, num_steps, prefix [B, H, A],
+        prefix_weights [B, H], *, max_guidance) -> [B, H, A]` bound with the same sampler
+        settings as `sample`, or None where the objective cannot inpaint.
+      representation_error: `fn(raw_actions [..., A], action_stats, action_norm) -> dict`
+        of floats, or None where the representation is lossless.
+      sampling_settings: every sampling-only setting in force (the config's values, the
+        sampler's defaults for the rest), e.g. {"sampler": "ddim", "eta": 0.0, ...}.
+      sampler_label: the sampler as results and tables name it ("ddim", "euler", "greedy").
+    """
+
+    name: str
     loss: Callable
     sample: Callable
+    sample_guided: Callable | None
+    representation_error: Callable | None
+    sampling_settings: Mapping[str, Any]
+    sampler_label: str
+
+    @property
+    def supports_guided_sampling(self) -> bool:
+        """Whether `sample_guided` (real-time chunking's inpainting sampler) exists."""
+        return self.sample_guided is not None
+
+    def summary(self) -> dict[str, Any]:
+        """The objective and its sampler, for results.json and tables."""
+        return {"objective": self.name, "sampler": self.sampler_label, **self.sampling_settings}
 
 
-def _keyword_params(fn: Callable) -> set[str]:
+def _keyword_params(fn: Callable) -> dict[str, Any]:
+    """{name: default (inspect.Parameter.empty if none)} of fn's keyword-only parameters."""
     return {
-        name
+        name: p.default
         for name, p in inspect.signature(fn).parameters.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
@@ -55,18 +95,25 @@ def _sampling_fields() -> frozenset[str]:
 SAMPLING_FIELDS: frozenset[str] = _sampling_fields()
 
 
+def _bind(fn: Callable, fields: dict) -> Callable:
+    """fn with those of `fields` that it takes as keyword-only arguments bound."""
+    accepted = _keyword_params(fn)
+    return functools.partial(fn, **{k: v for k, v in fields.items() if k in accepted})
+
+
 def create_objective(config, action_shape) -> Objective:
     """The objective named `config.name` with the config's other fields bound.
 
-    Each field goes to whichever of loss / sample takes it as a keyword-only argument
-    (`schedule` to both, `sampler` to sample only); `name` and `num_sample_steps` are for
-    the caller; any other unknown field is an error, so typos don't pass silently.
+    Each field goes to whichever of loss / sample (and the optional capabilities) takes it
+    as a keyword-only argument (`schedule` to both, `sampler` to sample only); `name` and
+    `num_sample_steps` are for the caller; any other unknown field is an error, so typos
+    don't pass silently.
 
     Args:
       config: ConfigDict (or mapping), e.g. name="diffusion", sampler="ddim", ...
       action_shape: (H, A), bound into `sample` (the shape of the drawn chunk).
     Returns:
-      Objective(loss, sample).
+      An `Objective`.
     """
     fields = dict(config.to_dict() if hasattr(config, "to_dict") else config)
     name = fields.get("name")
@@ -75,13 +122,24 @@ def create_objective(config, action_shape) -> Objective:
     module = OBJECTIVES[name]
     fields = {k: v for k, v in fields.items() if k not in _CALLER_FIELDS}
     loss_keys, sample_keys = _keyword_params(module.loss), _keyword_params(module.sample)
-    unknown = set(fields) - loss_keys - sample_keys
+    unknown = set(fields) - set(loss_keys) - set(sample_keys)
     if unknown:
         raise ValueError(f"objective {name!r} does not take config field(s) {sorted(unknown)}")
-    loss_kwargs = {k: v for k, v in fields.items() if k in loss_keys}
-    sample_kwargs = {k: v for k, v in fields.items() if k in sample_keys}
-    sample_kwargs["action_shape"] = tuple(int(d) for d in action_shape)
+    sample_fields = {**fields, "action_shape": tuple(int(d) for d in action_shape)}
+    settings = {
+        k: fields.get(k, default)
+        for k, default in sample_keys.items()
+        if k in SAMPLING_FIELDS and default is not inspect.Parameter.empty
+    }
+    capabilities = {
+        cap: _bind(getattr(module, cap), sample_fields) if hasattr(module, cap) else None
+        for cap in _CAPABILITIES
+    }
     return Objective(
-        loss=functools.partial(module.loss, **loss_kwargs),
-        sample=functools.partial(module.sample, **sample_kwargs),
+        name=name,
+        loss=_bind(module.loss, fields),
+        sample=_bind(module.sample, sample_fields),
+        sampling_settings=settings,
+        sampler_label=module.sampler_label(**settings),
+        **capabilities,
     )

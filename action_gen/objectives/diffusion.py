@@ -396,3 +396,7 @@ def _unroll(scan_unroll: int, num_steps: int) -> int:
         raise ValueError(f"scan_unroll={scan_unroll} must be >= 1")
     return min(int(scan_unroll), num_steps)
 
+
+def sampler_label(*, sampler: str = "ddim", **_) -> str:
+    """The sampler's name in results and tables: "ddim" or "ddpm"."""
+    return sampler

@@ -287,3 +287,7 @@ def sample_guided(
 
     return _integrate(guided_velocity, x, num_steps, integrator, clip_sample, scan_unroll)
 
+
+def sampler_label(*, integrator: str = "euler", **_) -> str:
+    """The sampler's name in results and tables: the integrator ("euler", "heun", ...)."""
+    return integrator

@@ -102,3 +102,8 @@ def sample(
     del rng, num_steps
     zeros_x, zeros_t = _zero_inputs(obs, action_shape)
     return apply_fn(params, obs, zeros_x, zeros_t).astype(jnp.float32)
+
+
+def sampler_label(**_) -> str:
+    """The sampler's name in results and tables: one forward pass."""
+    return "direct"

@@ -166,7 +166,9 @@ def sample(
     def decode(buffer, inputs):
         n, key = inputs
         tokens = buffer.reshape(batch_size, horizon, action_dim).astype(jnp.float32)
-        logits = step_fn(params, context, tokens, zero_t).reshape(batch_size, length, num_bins)
+        logits = step_fn(params, context, tokens, zero_t)
+        _check_logits(logits, (batch_size, horizon, action_dim), num_bins)
+        logits = logits.reshape(batch_size, length, num_bins)
         logits_n = jax.lax.dynamic_index_in_dim(logits, n, axis=1, keepdims=False)  # [B, V]
         if temperature == 0:
             token = jnp.argmax(logits_n, axis=-1)
@@ -212,3 +214,15 @@ def quantization_error(
         "quantization_error_raw": float(np.mean(err_raw)),
         "quantization_error_raw_max": float(np.max(err_raw)),
     }
+
+
+def sampler_label(*, temperature: float = 0.0, **_) -> str:
+    """The sampler's name in results and tables: "greedy" or "temperature 0.7"."""
+    return "greedy" if temperature == 0 else f"temperature {temperature:g}"
+
+
+def representation_error(
+    raw_actions: np.ndarray, action_stats: dict, action_norm: str, *, num_bins: int
+) -> dict[str, float]:
+    """The objective's capability: `quantization_error` of the bins it was trained with."""
+    return quantization_error(raw_actions, action_stats, action_norm, num_bins)

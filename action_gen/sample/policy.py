@@ -10,7 +10,9 @@ import numpy as np
 
 from action_gen import checkpoint, models, objectives
 from action_gen.data import normalize, schema, spec, transforms
-from action_gen.objectives import flow
+
+# β of the guided sampler's ahead-of-time programs (the RTC paper's value).
+DEFAULT_MAX_GUIDANCE = 5.0
 
 
 def _checkpoint_dir(path: str) -> str:
@@ -35,7 +37,9 @@ class Policy:
         ((), "string") for language-conditioned policies. `obs_pad_mask` (T,) bool is
         optional (default: all real).
       action_shape: (H, A) of the returned chunks (A: the dataset's action dim).
-      supports_rtc: whether `sample_actions_rtc` (guided flow sampling) is available.
+      objective: the `objectives.Objective` sampled with (its capabilities and settings).
+      supports_rtc: whether `sample_actions_rtc` is available (the objective has guided
+        sampling).
       compiled_batch_sizes: batch sizes compiled ahead of time by `compile`.
     """
 
@@ -63,47 +67,42 @@ class Policy:
         self.objective = objectives.create_objective(
             config.objective, (self.action_horizon, self.model_action_dim)
         )
+        # The split apply function: observation-only work (π0's prefix KV cache) runs once
+        # per chunk, before the sampler's scan, on every path below.
+        apply_fn = models.make_apply_fn(self.model)
+        normalization = dict(
+            action_dim=self.action_dim,
+            norm_stats=norm_stats,
+            state_norm=config.data.state_norm,
+            action_norm=config.data.action_norm,
+        )
         self._sample = jax.jit(
             functools.partial(
                 _sample_raw,
-                apply_fn=models.make_apply_fn(self.model),
+                apply_fn=apply_fn,
                 sample_fn=self.objective.sample,
                 num_steps=self.num_sample_steps,
-                action_dim=self.action_dim,
-                norm_stats=norm_stats,
-                state_norm=config.data.state_norm,
-                action_norm=config.data.action_norm,
+                **normalization,
             )
         )
-        # Real-time chunking inpaints with the flow sampler's guided variant.
-        self.supports_rtc = config.objective.name == "flow"
+        # Real-time chunking inpaints with the objective's guided sampler, where it has one.
+        self.supports_rtc = self.objective.supports_guided_sampling
         self._sample_rtc = None
         if self.supports_rtc:
-            guided_kwargs = {
-                k: v
-                for k, v in config.objective.to_dict().items()
-                if k in ("integrator", "time_scale", "clip_sample")
-            }
             self._sample_rtc = jax.jit(
                 functools.partial(
                     _sample_raw_guided,
-                    apply_fn=models.make_apply_fn(self.model),
-                    guided_fn=functools.partial(
-                        flow.sample_guided,
-                        action_shape=(self.action_horizon, self.model_action_dim),
-                        **guided_kwargs,
-                    ),
+                    apply_fn=apply_fn,
+                    guided_fn=self.objective.sample_guided,
                     num_steps=self.num_sample_steps,
-                    action_dim=self.action_dim,
                     model_action_dim=self.model_action_dim,
-                    norm_stats=norm_stats,
-                    state_norm=config.data.state_norm,
-                    action_norm=config.data.action_norm,
+                    **normalization,
                 ),
                 static_argnames=("max_guidance",),
             )
-        # batch size -> (plain, guided or None) executables compiled ahead of time.
-        self._compiled: dict[int, tuple] = {}
+        # batch size -> {"plain": executable, "guided": executable or None}, compiled ahead
+        # of time by `compile`.
+        self._compiled: dict[int, dict] = {}
         self.compiled_batch_sizes: tuple[int, ...] = ()
 
     @classmethod
@@ -111,6 +110,7 @@ class Policy:
         cls,
         path: str,
         *,
+        config: ml_collections.ConfigDict | None = None,
         step: int | None = None,
         use_ema: bool = True,
         num_sample_steps: int | None = None,
@@ -119,16 +119,35 @@ class Policy:
         """Restores a policy from a run's workdir (or checkpoint dir) alone.
 
         Reads the config and normalization stats stored with the checkpoint, rebuilds the
-        model, and restores only the (EMA) parameters. `num_sample_steps` and
-        `clip_sample` (None: as stored) override the stored sampler settings; they change
-        how the model is sampled, not what it learned.
+        model, and restores only the (EMA) parameters.
+
+        Args:
+          path: a run's workdir or its `checkpoints/` directory.
+          config: sample under this config instead of the stored one (a sweep's run that
+            shares a trained checkpoint); every field the checkpoint fixes
+            (`checkpoint.is_fixed_by_checkpoint`) must equal the stored value, else a
+            ValueError names the differing fields. Only sampling settings may differ.
+          step: the checkpoint step (default: the latest).
+          use_ema: restore the EMA parameters (else the raw ones).
+          num_sample_steps, clip_sample: override the sampler settings (None: as in the
+            config); they change how the model is sampled, not what it learned.
         """
         ckpt_dir = _checkpoint_dir(path)
         if not os.path.isdir(ckpt_dir):
             raise FileNotFoundError(f"no checkpoint directory at {ckpt_dir}")
         manager = checkpoint.create_checkpoint_manager(ckpt_dir, read_only=True)
-        config_dict, norm_stats = checkpoint.restore_metadata(manager, step)
-        config = ml_collections.ConfigDict(config_dict)
+        stored_config, norm_stats = checkpoint.restore_metadata(manager, step)
+        if config is None:
+            config = ml_collections.ConfigDict(stored_config)
+        else:
+            checkpoint.check_config_compatible(
+                stored_config,
+                checkpoint.config_to_json_dict(config),
+                ckpt_dir,
+                "Sample it with the checkpoint's values of these (only sampling settings "
+                "may change), or train a run with the new ones.",
+            )
+            config = ml_collections.ConfigDict(config.to_dict())
         if clip_sample is not None:
             if "clip_sample" not in config.objective:
                 raise ValueError(
@@ -165,10 +184,8 @@ class Policy:
         Returns:
           [B, H, A] float32 numpy array of raw (unnormalized) actions.
         """
-        if isinstance(rng, int | np.integer):
-            rng = jax.random.key(int(rng))
         obs = self.prepare_observation(observation)
-        return self._run(obs, rng, lambda fns: fns[0], self._sample)
+        return self._run("plain", obs, _as_key(rng))
 
     def sample_actions_rtc(
         self,
@@ -177,9 +194,10 @@ class Policy:
         *,
         prefix: np.ndarray,
         prefix_weights: np.ndarray,
-        max_guidance: float = 5.0,
+        max_guidance: float = DEFAULT_MAX_GUIDANCE,
     ) -> np.ndarray:
-        """Samples chunks inpainted towards `prefix` (real-time chunking; flow only).
+        """Samples chunks inpainted towards `prefix` (real-time chunking), with the
+        objective's guided sampler (`Objective.sample_guided`; flow's ΠGDM guidance).
 
         See `objectives.flow.sample_guided` for the math and `sample.executor` for how the
         prefix and weights are built. The prefix is normalized like the training actions
@@ -191,17 +209,15 @@ class Policy:
           prefix: [B, H, A] raw actions the new chunk should start with.
           prefix_weights: [H] or [B, H] weights in [0, 1].
           max_guidance: β, the clip of the guidance weight (compiled in: one program per β;
-            the ahead-of-time programs use the default 5).
+            the ahead-of-time programs use DEFAULT_MAX_GUIDANCE).
         Returns:
           [B, H, A] float32 numpy array of raw actions.
         """
         if not self.supports_rtc:
             raise ValueError(
-                "real-time chunking needs a flow policy; this one is "
-                f"{self.config.objective.name!r}"
+                f"real-time chunking needs an objective with guided sampling; this policy's "
+                f"{self.objective.name!r} objective has none"
             )
-        if isinstance(rng, int | np.integer):
-            rng = jax.random.key(int(rng))
         obs = self.prepare_observation(observation)
         batch = obs[schema.OBS_STATE].shape[0]
         prefix = np.asarray(prefix, np.float32)
@@ -217,23 +233,7 @@ class Policy:
                 f"prefix_weights shape {weights.shape} is neither [H] nor [B, H] "
                 f"(H={self.action_horizon}, B={batch})"
             ) from None
-        obs = {**obs, _PREFIX: prefix, _WEIGHTS: weights}
-        if max_guidance != 5.0:
-            return self._call_guided(self._sample_rtc, obs, rng, max_guidance)
-        return self._run(
-            obs,
-            rng,
-            lambda fns: fns[1],
-            lambda params, o, r: self._call_guided(self._sample_rtc, o, r, 5.0, params),
-        )
-
-    def _call_guided(self, fn, obs, rng, max_guidance, params=None):
-        obs = dict(obs)
-        prefix, weights = obs.pop(_PREFIX), obs.pop(_WEIGHTS)
-        params = self.params if params is None else params
-        if max_guidance is None:  # an AOT executable: β is compiled in
-            return fn(params, obs, rng, prefix, weights)
-        return fn(params, obs, rng, prefix, weights, max_guidance=max_guidance)
+        return self._run("guided", obs, _as_key(rng), (prefix, weights), max_guidance)
 
     def compile(self, batch_sizes=(1,)) -> None:
         """Compiles the sampler ahead of time for each batch size, and runs each once.
@@ -241,8 +241,8 @@ class Policy:
         After this, a call with batch B runs the program of the smallest compiled size
         >= B (the batch padded by repeating its last row, results sliced back), or splits
         B into pieces of the largest size: no request pays compilation. Observations
-        with keys outside `model_observation_spec` (optional camera masks) fall back to
-        the jitted function.
+        with keys outside `model_observation_spec` (optional camera masks), and guided
+        calls with another β than DEFAULT_MAX_GUIDANCE, fall back to the jitted function.
         """
         for size in sorted({int(b) for b in batch_sizes}):
             if size < 1:
@@ -251,53 +251,66 @@ class Policy:
                 continue
             obs = spec.example_observation(self.model_observation_spec, size)
             rng = jax.random.key(0)
-            plain = self._sample.lower(self.params, obs, rng).compile()
-            np.asarray(plain(self.params, obs, rng))  # warm-up: first-run allocations
-            guided = None
+            programs = {"plain": self._sample.lower(self.params, obs, rng).compile()}
+            np.asarray(programs["plain"](self.params, obs, rng))  # warm-up: allocations
             if self.supports_rtc:
                 prefix = np.zeros((size, *self.action_shape), np.float32)
                 weights = np.zeros((size, self.action_horizon), np.float32)
-                guided = self._sample_rtc.lower(
-                    self.params, obs, rng, prefix, weights, max_guidance=5.0
+                programs["guided"] = self._sample_rtc.lower(
+                    self.params, obs, rng, prefix, weights, max_guidance=DEFAULT_MAX_GUIDANCE
                 ).compile()
-                np.asarray(guided(self.params, obs, rng, prefix, weights))
-            self._compiled[size] = (plain, guided)
+                np.asarray(programs["guided"](self.params, obs, rng, prefix, weights))
+            self._compiled[size] = programs
         self.compiled_batch_sizes = tuple(sorted(self._compiled))
 
-    def _run(self, obs: dict, rng, pick, fallback) -> np.ndarray:
-        """Runs on an AOT program when one fits (padding / splitting the batch), else on
-        the jitted `fallback(params, obs, rng)`."""
-        keys = set(obs) - {_PREFIX, _WEIGHTS}
-        if not self._compiled or keys != set(self.model_observation_spec):
-            return np.asarray(fallback(self.params, obs, rng))
+    def _run(
+        self,
+        kind: str,
+        obs: dict,
+        rng,
+        extras: tuple = (),
+        max_guidance: float = DEFAULT_MAX_GUIDANCE,
+    ) -> np.ndarray:
+        """Runs the `kind` ("plain" or "guided") sampler on `obs` and the batched `extras`
+        (the guided sampler's prefix [B, H, A] and weights [B, H]): on an ahead-of-time
+        program when one fits (padding / splitting the batch), else on the jitted one."""
+        aot = (
+            self._compiled
+            and set(obs) == set(self.model_observation_spec)
+            and max_guidance == DEFAULT_MAX_GUIDANCE
+        )
+        if not aot:
+            if kind == "plain":
+                return np.asarray(self._sample(self.params, obs, rng))
+            return np.asarray(
+                self._sample_rtc(self.params, obs, rng, *extras, max_guidance=max_guidance)
+            )
         batch = obs[schema.OBS_STATE].shape[0]
         largest = self.compiled_batch_sizes[-1]
         if batch > largest:  # split into pieces that each have a program
             pieces = [
                 self._run(
+                    kind,
                     {k: v[i : i + largest] for k, v in obs.items()},
                     jax.random.fold_in(rng, i),
-                    pick,
-                    fallback,
+                    tuple(x[i : i + largest] for x in extras),
                 )
                 for i in range(0, batch, largest)
             ]
             return np.concatenate(pieces)
         size = next(b for b in self.compiled_batch_sizes if b >= batch)
-        padded = {
-            k: np.concatenate([v, np.repeat(v[-1:], size - batch, axis=0)]) if size > batch else v
-            for k, v in obs.items()
-        }
-        fn = pick(self._compiled[size])
-        if _PREFIX in padded:
-            out = self._call_guided(fn, padded, rng, None)
-        else:
-            out = fn(self.params, padded, rng)
+        obs, extras = _pad_batch(obs, size), tuple(_pad_batch(x, size) for x in extras)
+        out = self._compiled[size][kind](self.params, obs, rng, *extras)
         return np.asarray(out)[:batch]
 
     def prepare_observation(self, observation: dict) -> dict:
         """Raw batched observation -> the model-ready arrays of `model_observation_spec`
-        (prompt tokenized, pad mask defaulted, dtypes fixed); normalization happens in jit."""
+        (prompt tokenized, pad mask defaulted, dtypes fixed); normalization happens in jit.
+
+        Raises:
+          KeyError: a key of `observation_spec` is missing (the message lists them all).
+          ValueError: an array's shape is not [B, *spec shape] with one B for all keys.
+        """
         missing = [k for k in self.observation_spec if k not in observation]
         if missing:
             raise KeyError(
@@ -305,20 +318,44 @@ class Policy:
             )
         observation = self._prepare_observation(observation)
         state = np.asarray(observation[schema.OBS_STATE], np.float32)
+        if state.ndim != 3:
+            raise ValueError(
+                f"observation[{schema.OBS_STATE!r}] has shape {state.shape}; expected "
+                f"[B, T, S] = [B, *{self.model_observation_spec[schema.OBS_STATE][0]}]"
+            )
         obs = {}
-        for key, (_, dtype) in self.model_observation_spec.items():
+        for key, (shape, dtype) in self.model_observation_spec.items():
             if key == schema.OBS_PAD_MASK and key not in observation:
                 obs[key] = np.ones(state.shape[:2], bool)
             else:
                 obs[key] = np.asarray(observation[key], dtype)
+            if obs[key].shape != (state.shape[0], *shape):
+                raise ValueError(
+                    f"observation[{key!r}] has shape {obs[key].shape}; expected "
+                    f"[B, *{tuple(shape)}] with B = {state.shape[0]} (the batch of "
+                    f"{schema.OBS_STATE!r})"
+                )
         for key, value in observation.items():  # optional camera-presence masks
             if key.startswith(schema.IMAGE_MASK_PREFIX):
                 obs[key] = np.asarray(value, bool)
         return obs
 
 
-# Internal keys carrying the RTC prefix through `_run` (never part of an observation).
-_PREFIX, _WEIGHTS = "__rtc_prefix__", "__rtc_weights__"
+def _as_key(rng) -> jax.Array:
+    """A jax PRNG key from a key or an int seed."""
+    if isinstance(rng, int | np.integer):
+        return jax.random.key(int(rng))
+    return rng
+
+
+def _pad_batch(tree, size: int):
+    """Every array of `tree` padded along axis 0 to `size` by repeating its last row."""
+
+    def pad(x):
+        x = np.asarray(x)
+        return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)]) if size > len(x) else x
+
+    return jax.tree.map(pad, tree)
 
 
 def _client_spec(model_spec: dict) -> dict:
@@ -374,7 +411,7 @@ def _sample_raw_guided(
     action_norm: str,
     max_guidance: float,
 ) -> jax.Array:
-    """`_sample_raw` with the RTC-guided flow sampler: the raw prefix [B, H, A] is
+    """`_sample_raw` with the objective's guided (RTC) sampler: the raw prefix [B, H, A] is
     normalized (and zero-padded to the model's action dim) like the training actions."""
     obs = dict(obs)
     obs[schema.OBS_STATE] = normalize.normalize(

@@ -2,7 +2,6 @@
 
 import logging
 import os
-import re
 import time
 
 import jax
@@ -10,103 +9,62 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from action_gen import checkpoint, objectives
-from action_gen.data import normalize, pipeline, spec, transforms, validate
-from action_gen.envs import collect
+from action_gen import checkpoint
+from action_gen.data import normalize, pipeline, rlds, sources, spec, transforms, validate
 from action_gen.train import distributed, sharding
 from action_gen.train.metrics_writer import MetricWriter
 from action_gen.train.program import build_train_program
 
 
-def _as_list(value) -> list:
-    """A config value that may be one item or a list of them, as a list ('' / None: [])."""
-    if value is None or value == "":
-        return []
-    if isinstance(value, str | os.PathLike):
-        return [value]
-    return list(value)
-
-
-def _task_slug(task: str) -> str:
-    """A directory name for a task name ('metaworld:push@corner2:96' -> 'push_corner2_96')."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task.split(":", 1)[-1]).strip("_")
-
-
-def resolve_dataset_dirs(data_config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """The RLDS directories to train on (one, or several mixed); generates demos if asked to.
-
-    `data.builtin_task` is a task name or a list of them (a multi-task mixture), and
-    `data.dataset_dir` a directory or a list with one directory per task. An empty
-    `data.dataset_dir` means `<workdir>/dataset` for one task and `<workdir>/dataset/<task>`
-    for each of several. A task whose directory holds no dataset yet gets the scripted
-    expert's demos written there.
-    """
-    tasks = [str(t) for t in _as_list(data_config.get("builtin_task"))]
-    dirs = [os.fspath(d) for d in _as_list(data_config.dataset_dir)]
+def existing_dataset_dirs(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The run's dataset directories (`data.sources.dataset_dirs`), each resolved to its
+    RLDS version directory; a missing one is an error naming it and the data step."""
+    dirs = sources.dataset_dirs(config.data, workdir)
     if not dirs:
-        base = os.path.join(workdir, "dataset")
-        dirs = [base] if len(tasks) <= 1 else [os.path.join(base, _task_slug(t)) for t in tasks]
-    if not tasks:
-        return dirs
-    if len(dirs) != len(tasks):
+        raise ValueError("no training data: set data.dataset_dir or data.builtin_task")
+    resolved = []
+    for path in dirs:
+        try:
+            resolved.append(os.fspath(rlds.resolve_dataset_dir(path)))
+        except FileNotFoundError as e:
+            hint = (
+                " Built-in demos are written by the data step: `python -m action_gen.main "
+                "--mode=collect` (--mode=train runs it first)."
+                if sources.builtin_tasks(config.data)
+                else ""
+            )
+            raise FileNotFoundError(f"{e}.{hint}") from e
+    return resolved
+
+
+def _compute_norm_stats(dataset_dirs: list[str]) -> dict:
+    """One dataset's stats (cached beside it), or a mixture's joint stats."""
+    if len(dataset_dirs) == 1:
+        return pipeline.compute_dataset_norm_stats(dataset_dirs[0])
+    return pipeline.compute_mixture_norm_stats(dataset_dirs)
+
+
+def _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints) -> None:
+    """On data other than the checkpoint's (allowed by the override), the state and action
+    dims must still be the checkpoint's: the parameters' shapes depend on them."""
+    if stored_data.get("dataset_fingerprints") in (None, fingerprints):
+        return
+    stored = normalize.feature_dims(norm_stats)
+    current = normalize.feature_dims(_compute_norm_stats(dataset_dirs))
+    if stored != current:
         raise ValueError(
-            f"data.dataset_dir lists {len(dirs)} directories but data.builtin_task names "
-            f"{len(tasks)} tasks; give one directory per task, or leave data.dataset_dir empty"
-        )
-    return [
-        collect.ensure_builtin_dataset(
-            task,
-            path,
-            num_episodes=data_config.num_demo_episodes,
-            seed=data_config.demo_seed,
-            post_success_steps=data_config.get("demo_post_success_steps", 0),
-        )
-        for task, path in zip(tasks, dirs, strict=True)
-    ]
-
-
-def mixture_weights(data_config: ml_collections.ConfigDict, num_datasets: int):
-    """`data.weights` (one per dataset) or None (equal weights); checked against the count."""
-    weights = _as_list(data_config.get("weights"))
-    if not weights:
-        return None
-    if len(weights) != num_datasets:
-        raise ValueError(
-            f"data.weights has {len(weights)} entries for {num_datasets} datasets; give one "
-            "per dataset (data.dataset_dir / data.builtin_task) or none for equal weights"
-        )
-    return [float(w) for w in weights]
-
-
-# Config keys that fix what the train state means (its shapes, or what the network
-# predicts): resuming under other values is refused, naming them. Learning-rate and
-# logging settings may change on resume.
-_RESUME_SECTIONS = ("model", "objective")
-_RESUME_KEYS = ("data.obs_horizon", "data.action_horizon")
-# Inference-time knobs (sampler, clip_sample, num_sample_steps, ...) may change.
-_RESUME_IGNORED = frozenset(f"objective.{k}" for k in objectives.SAMPLING_FIELDS)
-
-
-def check_resume_compatible(stored: dict, current: dict, directory) -> None:
-    """Raises ValueError naming every state-defining config key that differs between the
-    checkpoint's config (`stored`) and this run's (`current`), both JSON dicts."""
-    differing = checkpoint.config_differences(
-        stored,
-        current,
-        lambda k: (
-            (k.split(".")[0] in _RESUME_SECTIONS or k in _RESUME_KEYS) and k not in _RESUME_IGNORED
-        ),
-    )
-    if differing:
-        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
-        raise ValueError(
-            f"cannot resume from {directory}: the config differs from the checkpoint's in "
-            f"{details}. Use a new --workdir, or the checkpoint's values."
+            f"cannot resume on {dataset_dirs}: its (state dim, action dim) {current} differ "
+            f"from the checkpoint's {stored}; the parameters' shapes depend on them"
         )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None):
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    The datasets must exist (built-in demos: the data step, `envs.collect.
+    collect_builtin_datasets`, runs first). A resume refuses a config or dataset the
+    checkpoint cannot honour (`checkpoint.check_config_compatible`,
+    `checkpoint.check_dataset_identity`) and normalizes with the checkpoint's stats.
 
     Args:
       stop_at_step: end early after this step (with a checkpoint), as an interrupted run
@@ -115,20 +73,45 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
       The final TrainState.
     """
     os.makedirs(workdir, exist_ok=True)
-    # Process 0 writes a built-in dataset first; the others then find it on disk.
-    dataset_dirs = distributed.process_zero_first(
-        lambda: resolve_dataset_dirs(config.data, workdir), "dataset"
+    dataset_dirs = existing_dataset_dirs(config, workdir)
+    weights = sources.mixture_weights(config.data, len(dataset_dirs))
+    fingerprints = [pipeline.dataset_fingerprint(d) for d in dataset_dirs]
+    dataset_dir = dataset_dirs[0] if len(dataset_dirs) == 1 else dataset_dirs
+    manager = checkpoint.create_checkpoint_manager(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.train.keep_checkpoints,
+        async_save=config.train.get("async_checkpoints", True),
     )
-    if not dataset_dirs:
-        raise ValueError("no training data: set data.dataset_dir or data.builtin_task")
-    weights = mixture_weights(config.data, len(dataset_dirs))
-    # One dataset: its stats are cached beside it. A mixture is normalized jointly.
-    if len(dataset_dirs) == 1:
-        dataset_dir = dataset_dirs[0]
-        norm_stats = pipeline.compute_dataset_norm_stats(dataset_dir)
+    config_json = checkpoint.config_to_json_dict(config)
+    resuming = manager.latest_step() is not None
+    if resuming:
+        # The checkpoint fixes the model, objective, horizons and normalization, and its
+        # norm stats are the ones the parameters were trained under: never recomputed.
+        stored_config, norm_stats = checkpoint.restore_metadata(manager)
+        checkpoint.check_config_compatible(
+            stored_config,
+            config_json,
+            manager.directory,
+            "Use a new --workdir, or the checkpoint's values.",
+        )
+        stored_data = checkpoint.restore_data_state(manager)
+        checkpoint.check_dataset_identity(
+            stored_data.get("dataset_fingerprints"),
+            fingerprints,
+            stored_data.get("dataset_dir"),
+            dataset_dir,
+            allowed=config.train.get("allow_dataset_change", False),
+            where=str(manager.directory),
+        )
+        _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints)
     else:
-        dataset_dir = dataset_dirs
-        norm_stats = pipeline.compute_mixture_norm_stats(dataset_dirs)
+        if config.data.get("validate", True):
+            # A fresh run checks its data once (data/validate.py) and stops on errors
+            # before spending compute; a resumed run already passed this check.
+            for path in dataset_dirs:
+                validate.check_dataset(path)
+        # One dataset: its stats are cached beside it. A mixture is normalized jointly.
+        norm_stats = _compute_norm_stats(dataset_dirs)
     state_dim, data_action_dim = normalize.feature_dims(norm_stats)
     action_dim = spec.model_action_dim(config.model, data_action_dim)
     obs_horizon, action_horizon = config.data.obs_horizon, config.data.action_horizon
@@ -147,20 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     abstract_state, state_shardings = program.abstract_state, program.state_shardings
     batch_sharding = program.batch_sharding
 
-    manager = checkpoint.create_checkpoint_manager(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=config.train.keep_checkpoints,
-        async_save=config.train.get("async_checkpoints", True),
-    )
-    config_json = checkpoint.config_to_json_dict(config)
-    if manager.latest_step() is None and config.data.get("validate", True):
-        # A fresh run checks its data once (data/validate.py) and stops on errors before
-        # spending compute; a resumed run already passed this check.
-        for path in dataset_dirs:
-            validate.check_dataset(path)
-    if manager.latest_step() is not None:
-        stored_config, _ = checkpoint.restore_metadata(manager)
-        check_resume_compatible(stored_config, config_json, manager.directory)
+    if resuming:
         abstract_with_shardings = jax.tree.map(
             lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
             abstract_state,
@@ -203,7 +173,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
             state,
             config=config_json,
             norm_stats=norm_stats,
-            data_state={"batches_consumed": step, "seed": config.seed, "dataset_dir": dataset_dir},
+            data_state={
+                "batches_consumed": step,
+                "seed": config.seed,
+                "dataset_dir": dataset_dir,
+                "dataset_fingerprints": fingerprints,
+            },
             force=force,
         )
 

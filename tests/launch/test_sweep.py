@@ -213,20 +213,29 @@ def test_emitted_tpu_scripts(tmp_path):
     assert "--config.model.down_dims=(8,16)" in text
 
 
-def test_training_differences_ignore_inference_keys():
+def test_shared_checkpoint_refuses_only_what_a_checkpoint_fixes():
+    """Runs that share a trained checkpoint differ only in inference keys; the eval mode's
+    refusal (Policy.from_checkpoint(config=...)) uses the checkpoint's one definition of
+    the fields it fixes, so the two can never disagree."""
+    from action_gen import checkpoint
+
+    for key in sweep.INFERENCE_KEYS | {"eval.num_episodes"}:
+        assert sweep.is_inference_key(key) and not checkpoint.is_fixed_by_checkpoint(key)
     stored = {
         "model": {"name": "unet1d"},
         "objective": {"sampler": "ddim", "schedule": "a"},
-        "data": {"obs_horizon": 2},
+        "data": {"obs_horizon": 2, "action_norm": "minmax"},
         "eval": {"num_episodes": 4},
     }
     current = {
         "model": {"name": "unet1d"},
         "objective": {"sampler": "ddpm", "schedule": "b"},
-        "data": {"obs_horizon": 2},
+        "data": {"obs_horizon": 2, "action_norm": "meanstd"},
         "eval": {"num_episodes": 100},
     }
-    assert sweep.training_differences(stored, current) == ["objective.schedule"]
+    with pytest.raises(ValueError, match="objective.schedule") as error:
+        checkpoint.check_config_compatible(stored, current, "/ckpt", "")
+    assert "data.action_norm" in str(error.value) and "sampler" not in str(error.value)
 
 
 def test_run_jobs_records_exit_codes(tmp_path):

@@ -73,7 +73,7 @@ def test_forward_jit_and_cached_path(time_conditioning):
     params = jax.tree.map(lambda p: p + 0.05, params)
     obs = _obs()
     apply_fn = jax.jit(models.make_apply_fn(model))
-    split = models.make_context_apply_fn(model)
+    split = models.make_apply_fn(model)
     prepare, step = jax.jit(split.prepare), jax.jit(split.apply)
     joint_fn = jax.jit(functools.partial(model.apply, method="forward_joint"))
     context = prepare(params, obs)

@@ -1,76 +1,109 @@
 """The contract every objective must meet with a real (tiny) model.
 
-create_objective(config, (H, A)) → Objective(loss, sample), called exactly as train/ and
-sample/ call them: loss(apply_fn, params, batch, rng), sample(apply_fn, params, obs, rng, N).
+create_objective(config, (H, A)) → Objective, called exactly as train/ and sample/ call
+it: loss(apply_fn, params, batch, rng), sample(apply_fn, params, obs, rng, N), and the
+capabilities it carries (sample_guided, representation_error) instead of its name.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from action_gen import models, objectives
 from action_gen.data import schema
 
 B, T, S, H, A = 4, 2, 5, 16, 2
 NUM_STEPS = 4
+UNET = {"name": "unet1d", "down_dims": (16, 32), "time_embed_dim": 16}
+TOKEN_HEAD = {"name": "token_head", "num_bins": 16, "embed_dim": 16, "num_layers": 1}
 
+# name -> (objective config, model config)
 CONFIGS = {
-    "diffusion_ddim": dict(name="diffusion", sampler="ddim", num_train_steps=20),
-    "diffusion_ddpm_v": dict(
-        name="diffusion", sampler="ddpm", num_train_steps=20, prediction_type="v_prediction"
+    "diffusion_ddim": (dict(name="diffusion", sampler="ddim", num_train_steps=20), UNET),
+    "diffusion_ddpm_v": (
+        dict(name="diffusion", sampler="ddpm", num_train_steps=20, prediction_type="v_prediction"),
+        UNET,
     ),
-    "diffusion_ddim_sample_linear": dict(
-        name="diffusion", sampler="ddim", eta=0.5, prediction_type="sample", schedule="linear"
+    "diffusion_ddim_sample_linear": (
+        dict(
+            name="diffusion", sampler="ddim", eta=0.5, prediction_type="sample", schedule="linear"
+        ),
+        UNET,
     ),
-    "flow_euler_beta": dict(
-        name="flow", integrator="euler", time_distribution="beta", time_scale=100.0
+    "flow_euler_beta": (
+        dict(name="flow", integrator="euler", time_distribution="beta", time_scale=100.0),
+        UNET,
     ),
-    "flow_heun_uniform_noclip": dict(
-        name="flow", integrator="heun", time_distribution="uniform", clip_sample=False
+    "flow_heun_uniform_noclip": (
+        dict(name="flow", integrator="heun", time_distribution="uniform", clip_sample=False),
+        UNET,
     ),
-    "flow_midpoint": dict(name="flow", integrator="midpoint", time_scale=1.0),
-    "regression": dict(name="regression"),
+    "flow_midpoint": (dict(name="flow", integrator="midpoint", time_scale=1.0), UNET),
+    "regression": (dict(name="regression"), UNET),
+    "tokens_greedy": (dict(name="tokens", num_bins=16), TOKEN_HEAD),
+    "tokens_temperature": (dict(name="tokens", num_bins=16, temperature=0.7), TOKEN_HEAD),
 }
+# Objectives whose draws do not depend on the key.
+DETERMINISTIC = {"regression", "tokens_greedy"}
 
 
-@pytest.fixture(scope="module")
-def setup():
-    model = models.create_model(
-        ml_collections.ConfigDict({"name": "unet1d", "down_dims": (16, 32), "time_embed_dim": 16})
-    )
+def _observation():
     rng = np.random.default_rng(0)
-    obs = {
+    return {
         schema.OBS_STATE: jnp.asarray(rng.normal(size=(B, T, S)), jnp.float32),
         schema.OBS_PAD_MASK: jnp.ones((B, T), bool),
     }
-    params = models.init_params(model, jax.random.key(0), obs, (H, A))
+
+
+def _batch(obs):
+    rng = np.random.default_rng(1)
     mask = np.ones((B, H), bool)
     mask[0, 10:] = False
-    batch = {
+    return {
         **obs,
         schema.ACTIONS: jnp.asarray(rng.uniform(-1, 1, size=(B, H, A)), jnp.float32),
         schema.ACTION_PAD_MASK: jnp.asarray(mask),
     }
-    return models.make_apply_fn(model), params, obs, batch
+
+
+_MODELS = {}
+
+
+def _model(model_config: dict):
+    """(apply_fn, params) of a tiny model, built once per model config."""
+    key = repr(sorted(model_config.items()))
+    if key not in _MODELS:
+        model = models.create_model(ml_collections.ConfigDict(model_config))
+        params = models.init_params(model, jax.random.key(0), _observation(), (H, A))
+        _MODELS[key] = (models.make_apply_fn(model), params)
+    return _MODELS[key]
+
+
+def _objective(name: str) -> objectives.Objective:
+    config = ml_collections.ConfigDict(dict(CONFIGS[name][0], num_sample_steps=NUM_STEPS))
+    return objectives.create_objective(config, (H, A))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_objective_contract(name, setup):
-    apply_fn, params, obs, batch = setup
-    config = ml_collections.ConfigDict(dict(CONFIGS[name], num_sample_steps=NUM_STEPS))
-    objective = objectives.create_objective(config, (H, A))
+def test_objective_contract(name):
+    objective = _objective(name)
+    apply_fn, params = _model(CONFIGS[name][1])
+    obs = _observation()
     assert isinstance(objective, objectives.Objective)
 
     # Loss: scalar float32, finite, differentiable under jit.
     loss_and_grad = jax.jit(
         jax.value_and_grad(lambda p, b, r: objective.loss(apply_fn, p, b, r), has_aux=True)
     )
-    (value, aux), grads = loss_and_grad(params, batch, jax.random.key(1))
-    assert value.shape == () and value.dtype == jnp.float32 and np.isfinite(value)
+    (value, aux), grads = loss_and_grad(params, _batch(obs), jax.random.key(1))
+    chex.assert_shape(value, ())
+    chex.assert_type(value, jnp.float32)
+    chex.assert_tree_all_finite((value, aux, grads))
     assert all(np.shape(v) == () for v in aux.values())
-    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     assert any(np.any(g != 0) for g in jax.tree.leaves(grads))
 
     # Sample: [B, H, A] float32, finite, same seed → same output, one compilation.
@@ -78,15 +111,86 @@ def test_objective_contract(name, setup):
     a = sample(params, obs, jax.random.key(2))
     b = sample(params, obs, jax.random.key(2))
     c = sample(params, obs, jax.random.key(3))
-    assert a.shape == (B, H, A) and a.dtype == jnp.float32
-    assert np.all(np.isfinite(a))
+    chex.assert_shape(a, (B, H, A))
+    chex.assert_type(a, jnp.float32)
+    chex.assert_tree_all_finite(a)
     np.testing.assert_array_equal(a, b)
     assert sample._cache_size() == 1
-    if name != "regression":
+    if name not in DETERMINISTIC:
         assert not np.allclose(a, c)
     # The batch size follows the observation.
     one = {k: v[:1] for k, v in obs.items()}
-    assert sample(params, one, jax.random.key(2)).shape == (1, H, A)
+    chex.assert_shape(sample(params, one, jax.random.key(2)), (1, H, A))
+
+    # What results and tables report.
+    summary = objective.summary()
+    assert summary["objective"] == CONFIGS[name][0]["name"]
+    assert isinstance(summary["sampler"], str) and summary["sampler"]
+    assert set(objective.sampling_settings) <= objectives.SAMPLING_FIELDS
+
+
+class SampleVariantsTest(chex.TestCase):
+    """chex variants: loss and sampler are pure functions, so jit changes nothing."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters("diffusion_ddim", "flow_euler_beta", "tokens_temperature")
+    def test_same_with_and_without_jit(self, name):
+        objective = _objective(name)
+        apply_fn, params = _model(CONFIGS[name][1])
+        obs = _observation()
+        reference = jax.jit(lambda p, o, r: objective.sample(apply_fn, p, o, r, NUM_STEPS))
+        sample = self.variant(lambda p, o, r: objective.sample(apply_fn, p, o, r, NUM_STEPS))
+        np.testing.assert_allclose(
+            sample(params, obs, jax.random.key(5)),
+            reference(params, obs, jax.random.key(5)),
+            atol=1e-5,
+        )
+        loss = self.variant(lambda p, b, r: objective.loss(apply_fn, p, b, r)[0])
+        np.testing.assert_allclose(
+            loss(params, _batch(obs), jax.random.key(6)),
+            jax.jit(lambda p, b, r: objective.loss(apply_fn, p, b, r)[0])(
+                params, _batch(obs), jax.random.key(6)
+            ),
+            rtol=1e-5,
+        )
+
+
+def test_capabilities_replace_name_checks():
+    """Guided (RTC) sampling is flow's capability, quantization error the tokens'; the
+    guided sampler is bound with the same sampler settings, and zero weights reproduce
+    `sample` exactly."""
+    capable = {n for n in CONFIGS if _objective(n).supports_guided_sampling}
+    assert capable == {n for n in CONFIGS if n.startswith("flow")}
+    assert {n for n in CONFIGS if _objective(n).representation_error is not None} == {
+        n for n in CONFIGS if n.startswith("tokens")
+    }
+    objective = _objective("flow_heun_uniform_noclip")
+    apply_fn, params = _model(UNET)
+    obs = _observation()
+    prefix = jnp.ones((B, H, A), jnp.float32) * 3.0
+    plain = objective.sample(apply_fn, params, obs, jax.random.key(4), NUM_STEPS)
+    guided = objective.sample_guided(
+        apply_fn, params, obs, jax.random.key(4), NUM_STEPS, prefix, jnp.zeros((B, H))
+    )
+    np.testing.assert_allclose(guided, plain, atol=1e-6)
+    pulled = objective.sample_guided(
+        apply_fn, params, obs, jax.random.key(4), NUM_STEPS, prefix, jnp.ones((B, H))
+    )
+    # No clip (bound from the config): the guided chunk moves towards the prefix, past 1.
+    assert float(jnp.max(pulled)) > 1.0
+    error = _objective("tokens_greedy").representation_error(
+        np.array([[0.0, 1.0], [0.5, 2.0]]), {"min": [0.0, 0.0], "max": [1.0, 2.0]}, "minmax"
+    )
+    assert 0 < error["quantization_error_raw"] <= error["quantization_error_raw_max"]
+
+
+def test_tokens_sampler_refuses_a_model_without_logits():
+    """The tokens objective needs logits [B, H, A, V]; a model returning [B, H, A] is a
+    clear error at trace time, not a silently wrong chunk."""
+    objective = _objective("tokens_greedy")
+    apply_fn, params = _model(UNET)
+    with pytest.raises(ValueError, match="expected logits"):
+        objective.sample(apply_fn, params, _observation(), jax.random.key(0), NUM_STEPS)
 
 
 def test_create_objective_rejects_unknown():

@@ -38,8 +38,8 @@ def _setup():
 
 def test_sampling_with_prefix_cache_equals_without():
     model, obs, params, objective = _setup()
-    plain = models.make_apply_fn(model)
-    cached = models.make_context_apply_fn(model)
+    plain = models.make_uncached_apply_fn(model)
+    cached = models.make_apply_fn(model)
     rng = jax.random.key(3)
     without = jax.jit(lambda p, o, r: objective.sample(plain, p, o, r, 4))(params, obs, rng)
     with_cache = jax.jit(lambda p, o, r: objective.sample(cached, p, o, r, 4))(params, obs, rng)

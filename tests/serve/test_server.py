@@ -168,10 +168,11 @@ class RoutingPolicy:
     supports_rtc = False
     compiled_batch_sizes = ()
 
-    class config:  # noqa: N801 - mimics the ConfigDict attribute access
-        class objective:  # noqa: N801
-            name = "fake"
+    class objective:  # noqa: N801 - mimics the Objective's attributes
+        name = "fake"
+        sampler_label = "fake"
 
+    class config:  # noqa: N801 - mimics the ConfigDict attribute access
         class model:  # noqa: N801
             name = "fake"
 

@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
+from action_gen import main as cli  # noqa: E402
 from action_gen.train import distributed, loop, sharding  # noqa: E402
 from tests.train import scale_helpers  # noqa: E402
 
@@ -47,6 +48,7 @@ def main(process_id: int, num_processes: int, port: int, out_dir: str) -> None:
     loop_config.train.checkpoint_every = 1
     loop_config.train.log_every = 1
     loop_config.mesh.data, loop_config.mesh.fsdp = num_processes, 2
+    cli.collect_data(loop_config, os.path.join(out_dir, "run"))  # process 0 writes, then all
     final = loop.train(loop_config, os.path.join(out_dir, "run"))
     assert int(final.step) == 2
     if process_id == 0:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from action_gen import checkpoint
+from action_gen.data import pipeline, sources
+from action_gen.envs import collect
 from action_gen.train import loop
 from configs import diffusion_unet_obstacle
 
@@ -36,6 +38,7 @@ def _assert_trees_equal(a, b):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     config = _config(root / "dataset")
+    collect.collect_builtin_datasets(config.data, str(root / "full"))  # the data step
     state = loop.train(config, str(root / "full"))
     return root, config, state
 
@@ -89,10 +92,12 @@ def test_sampler_settings_are_overridable_on_a_checkpoint(trained):
     changed.objective.clip_sample = False
     assert changed.eval.clip_sample is False  # linked: --mode=eval samples the same way
     changed.objective.num_sample_steps = 3
-    loop.check_resume_compatible(stored, checkpoint.config_to_json_dict(changed), root)
+    checkpoint.check_config_compatible(stored, checkpoint.config_to_json_dict(changed), root, "")
     changed.objective.schedule = "linear"
     with pytest.raises(ValueError, match="objective.schedule"):
-        loop.check_resume_compatible(stored, checkpoint.config_to_json_dict(changed), root)
+        checkpoint.check_config_compatible(
+            stored, checkpoint.config_to_json_dict(changed), root, ""
+        )
 
 
 def test_cli_eval_writes_results(trained):
@@ -150,9 +155,9 @@ def test_dataset_dirs_of_one_or_several_tasks(tmp_path):
     data = ml_collections.ConfigDict(
         {"dataset_dir": "", "builtin_task": "", "num_demo_episodes": 2, "demo_seed": 0}
     )
-    assert loop.resolve_dataset_dirs(data, str(tmp_path)) == [str(tmp_path / "dataset")]
+    assert sources.dataset_dirs(data, str(tmp_path)) == [str(tmp_path / "dataset")]
     data.dataset_dir = "/data/a"
-    assert loop.resolve_dataset_dirs(data, str(tmp_path)) == ["/data/a"]
+    assert sources.dataset_dirs(data, str(tmp_path)) == ["/data/a"]
     several = ml_collections.ConfigDict(
         {
             "dataset_dir": ["/data/a"],
@@ -162,17 +167,70 @@ def test_dataset_dirs_of_one_or_several_tasks(tmp_path):
         }
     )
     with pytest.raises(ValueError, match="data.dataset_dir lists 1 directories"):
-        loop.resolve_dataset_dirs(several, str(tmp_path))
+        sources.dataset_dirs(several, str(tmp_path))
     several.dataset_dir = []
-    dirs = loop.resolve_dataset_dirs(several, str(tmp_path))  # generates both (2 demos each)
+    # Path resolution writes nothing; the data step generates both (2 demos each).
+    assert not os.path.exists(tmp_path / "dataset")
+    dirs = collect.collect_builtin_datasets(several, str(tmp_path))
     assert [os.path.relpath(d, tmp_path / "dataset").split(os.sep)[0] for d in dirs] == [
         "obstacle",
         "obstacle_language",
     ]
     weights = ml_collections.ConfigDict({"weights": [1.0, 2.0]})
-    assert loop.mixture_weights(weights, 2) == [1.0, 2.0]
+    assert sources.mixture_weights(weights, 2) == [1.0, 2.0]
     with pytest.raises(ValueError, match="data.weights has 2 entries for 3 datasets"):
-        loop.mixture_weights(weights, 3)
+        sources.mixture_weights(weights, 3)
+
+
+def test_train_loop_does_not_collect_demos(tmp_path):
+    """Collecting demos is the data step's job: the loop names the missing dataset and
+    the command that writes it, and writes nothing itself."""
+    config = _config(tmp_path / "dataset")
+    with pytest.raises(FileNotFoundError, match="--mode=collect"):
+        loop.train(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "dataset")
+
+
+def test_resume_refuses_changed_normalization(trained):
+    root, config, _ = trained
+    changed = _config(root / "dataset")
+    changed.data.action_norm = "meanstd"
+    with pytest.raises(ValueError, match="data.action_norm"):
+        loop.train(changed, str(root / "full"))
+    changed = _config(root / "dataset")
+    changed.data.state_norm = "none"
+    with pytest.raises(ValueError, match="data.state_norm"):
+        loop.train(changed, str(root / "full"))
+
+
+def test_resume_takes_norm_stats_from_the_checkpoint(trained, monkeypatch):
+    """A resumed run normalizes with the stats its parameters were trained under: it
+    never recomputes them from what is on disk now."""
+    root, config, _ = trained
+    workdir = str(root / "stats")
+    loop.train(config, workdir, stop_at_step=2)
+
+    def recompute(*_):
+        raise AssertionError("norm stats recomputed on resume")
+
+    monkeypatch.setattr(pipeline, "compute_dataset_norm_stats", recompute)
+    monkeypatch.setattr(pipeline, "compute_mixture_norm_stats", recompute)
+    assert int(loop.train(config, workdir).step) == config.train.num_steps
+
+
+def test_resume_on_other_data_is_refused_unless_allowed(trained):
+    root, config, _ = trained
+    workdir = str(root / "other_data")
+    loop.train(config, workdir, stop_at_step=2)
+    other = collect.ensure_builtin_dataset(
+        "obstacle", str(root / "other"), num_episodes=3, seed=123
+    )
+    changed = _config(other)
+    with pytest.raises(ValueError, match="allow_dataset_change") as error:
+        loop.train(changed, workdir)
+    assert "other" in str(error.value) and str(root / "dataset") in str(error.value)
+    changed.train.allow_dataset_change = True
+    assert int(loop.train(changed, workdir).step) == config.train.num_steps
 
 
 def test_preempted_train_and_eval_does_not_evaluate(monkeypatch, tmp_path):

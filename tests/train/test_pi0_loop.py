@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from action_gen.data import schema
-from action_gen.envs import obstacle
+from action_gen.envs import collect, obstacle
 from action_gen.train import loop
 from configs import flow_pi0_obstacle
 
@@ -15,6 +15,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pi0")
     config = flow_pi0_obstacle.get_config("smoke")
     config.data.dataset_dir = str(root / "dataset")
+    collect.collect_builtin_datasets(config.data, str(root / "run"))
     state = loop.train(config, str(root / "run"))
     assert int(state.step) == config.train.num_steps
     # The token embedding exists (the prompt reached the model) and actions have 32 dims.

@@ -1,0 +1,64 @@
+"""Where a run's training data lives, from its config alone (no data is read or written).
+
+`data.dataset_dir` is a directory or a list of them (a mixture); `data.builtin_task` a
+built-in task name or a list (one per directory). An empty `data.dataset_dir` means
+`<workdir>/dataset` for one task and `<workdir>/dataset/<task>` for each of several.
+Built-in demos are collected by an explicit data step (`envs.collect.collect_builtin_datasets`,
+which `python -m action_gen.main` runs before training), never by the train loop.
+"""
+
+import os
+import re
+
+import ml_collections
+
+
+def as_list(value) -> list:
+    """A config value that may be one item or a list of them, as a list ('' / None: [])."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | os.PathLike):
+        return [value]
+    return list(value)
+
+
+def task_slug(task: str) -> str:
+    """A directory name for a task name ('metaworld:push@corner2:96' -> 'push_corner2_96')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task.split(":", 1)[-1]).strip("_")
+
+
+def builtin_tasks(data_config: ml_collections.ConfigDict) -> list[str]:
+    """The built-in task names of `data.builtin_task` (empty for external data)."""
+    return [str(t) for t in as_list(data_config.get("builtin_task"))]
+
+
+def dataset_dirs(data_config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The dataset directories of a run, one per dataset (one per built-in task).
+
+    Raises:
+      ValueError: when `data.dataset_dir` and `data.builtin_task` name different counts.
+    """
+    tasks = builtin_tasks(data_config)
+    dirs = [os.fspath(d) for d in as_list(data_config.dataset_dir)]
+    if not dirs:
+        base = os.path.join(workdir, "dataset")
+        dirs = [base] if len(tasks) <= 1 else [os.path.join(base, task_slug(t)) for t in tasks]
+    if tasks and len(dirs) != len(tasks):
+        raise ValueError(
+            f"data.dataset_dir lists {len(dirs)} directories but data.builtin_task names "
+            f"{len(tasks)} tasks; give one directory per task, or leave data.dataset_dir empty"
+        )
+    return dirs
+
+
+def mixture_weights(data_config: ml_collections.ConfigDict, num_datasets: int):
+    """`data.weights` (one per dataset) or None (equal weights); checked against the count."""
+    weights = as_list(data_config.get("weights"))
+    if not weights:
+        return None
+    if len(weights) != num_datasets:
+        raise ValueError(
+            f"data.weights has {len(weights)} entries for {num_datasets} datasets; give one "
+            "per dataset (data.dataset_dir / data.builtin_task) or none for equal weights"
+        )
+    return [float(w) for w in weights]
