@@ -1,5 +1,6 @@
 """Building blocks shared by the action models: Dense / norm layers with named parameter
-axes, attention, time embeddings, 1-D convs, FiLM, MLP.
+axes, attention, time embeddings, 1-D convs, FiLM, MLP, and the shape checks of the model
+contract's inputs (`check_model_inputs`, chex).
 
 Every model builds its Dense, LayerNorm, GroupNorm and attention layers here (U-Net, DP-T,
 the instruction encoder, π0, the ViT, the ResNet, the token head), so their initializers,
@@ -15,9 +16,12 @@ them to mesh axes; `models.init_params` strips the annotations, so callers see p
 import math
 from collections.abc import Callable, Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from action_gen.data import schema
 
 # Logical axis names of parameters (mapped to mesh axes by a rule set, MaxText-style).
 AXIS_CONV_KERNEL = "conv_kernel"
@@ -35,6 +39,31 @@ NEG_INF = -2.3819763e38
 
 def _partitioned(init: Callable, names: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(init, names)
+
+
+def check_model_inputs(obs: dict, noisy_actions: jax.Array, time) -> tuple[int, int, int]:
+    """Asserts the model contract's inputs; returns (B, H, A).
+
+    `obs[schema.OBS_STATE]` [B, T, S] float, `noisy_actions` [B, H, A] float (the token head:
+    bin indices as floats), `time` [B] or a scalar. Shapes and dtypes are static, so under
+    jit this runs once, at trace time, and costs nothing per call; a wrong layout fails here,
+    by name, instead of as a broadcasting error deep inside a model.
+    """
+    state = obs[schema.OBS_STATE]
+    chex.assert_rank(state, 3)
+    chex.assert_type(state, float)
+    return check_action_inputs(noisy_actions, time, batch=state.shape[0])
+
+
+def check_action_inputs(noisy_actions: jax.Array, time, batch: int) -> tuple[int, int, int]:
+    """`check_model_inputs` without the observation (π0's cached path): noisy actions
+    [batch, H, A] float, time [batch] or a scalar; returns (B, H, A)."""
+    chex.assert_shape(noisy_actions, (batch, None, None))
+    chex.assert_type(noisy_actions, float)
+    chex.assert_rank(time, {0, 1})
+    if jnp.ndim(time) == 1:
+        chex.assert_shape(time, (batch,))
+    return noisy_actions.shape
 
 
 def mish(x: jax.Array) -> jax.Array:

@@ -40,6 +40,7 @@ import dataclasses
 import functools
 import math
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -297,6 +298,7 @@ class Pi0(nn.Module):
           context: {"k", "v": [depth, B, Np, kv, d] (post-RoPE), "prefix_mask": [B, Np] bool,
           "state": [B, S] float32}.
         """
+        chex.assert_rank(obs[schema.OBS_STATE], 3)  # [B, T, S]
         x, prefix_mask = self.embed_prefix(obs)
         positions = jnp.cumsum(prefix_mask, axis=1) - 1
         mask = make_attention_mask(prefix_mask, jnp.zeros(prefix_mask.shape[1], jnp.int32))
@@ -344,6 +346,9 @@ class Pi0(nn.Module):
         Returns:
           velocity [B, H, A] float32.
         """
+        batch, horizon, action_dim = layers.check_action_inputs(
+            noisy_actions, time, batch=context["state"].shape[0]
+        )
         x, ar, cond = self.embed_suffix(context["state"], noisy_actions, time)
         prefix_mask = context["prefix_mask"]
         batch, n_prefix = prefix_mask.shape
@@ -357,10 +362,13 @@ class Pi0(nn.Module):
             v = jnp.concatenate([context["v"][i].astype(v.dtype), v], 1)
             x = layer.finish(x, layers.dot_product_attention(q, k, v, mask), gate, cond)
         x, _ = self.expert_norm(x, cond)
-        return self.action_out_proj(x[:, 1:]).astype(jnp.float32)
+        out = self.action_out_proj(x[:, 1:]).astype(jnp.float32)
+        chex.assert_shape(out, (batch, horizon, action_dim))
+        return out
 
     def __call__(self, obs: dict, noisy_actions: jax.Array, time: jax.Array) -> jax.Array:
         """velocity [B, H, A] float32 = apply_with_context(prepare(obs), x, t)."""
+        layers.check_model_inputs(obs, noisy_actions, time)
         return self.apply_with_context(self.prepare(obs), noisy_actions, time)
 
     def forward_joint(self, obs: dict, noisy_actions: jax.Array, time: jax.Array):

@@ -22,6 +22,7 @@ Call convention (the one every model has, `model.apply({"params": p}, obs, x, t)
   returns: logits [B, H, A, V] float32 (not [B, H, A]: only objectives/tokens.py calls it).
 """
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -79,6 +80,7 @@ class TokenHead(nn.Module):
           logits [B, H, A, V] float32; logits[:, h, a] depend only on the observation and
           the tokens before (h, a) in time-major order.
         """
+        batch, horizon, action_dim = layers.check_model_inputs(obs, tokens, time)
         del time
         if self.embed_dim % self.num_heads:
             raise ValueError(
@@ -86,7 +88,6 @@ class TokenHead(nn.Module):
                 f"num_heads={self.num_heads}"
             )
         state = jnp.asarray(obs[schema.OBS_STATE], jnp.float32)
-        batch, horizon, action_dim = tokens.shape
         length = horizon * action_dim
         ids = jnp.clip(jnp.round(tokens).astype(jnp.int32), 0, self.num_bins - 1)
         ids = ids.reshape(batch, length)
@@ -120,4 +121,5 @@ class TokenHead(nn.Module):
         logits = layers.dense(self.num_bins, (layers.AXIS_EMBED, layers.AXIS_VOCAB), name="logits")(
             x
         )
+        chex.assert_shape(logits, (batch, length, self.num_bins))
         return logits.reshape(batch, horizon, action_dim, self.num_bins).astype(jnp.float32)

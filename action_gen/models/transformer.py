@@ -20,6 +20,7 @@ the observation has images (models/resnet.py). DP's dropout (attention 0.3 / emb
 is not used: the model contract has no train/eval switch and no dropout RNG.
 """
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -94,7 +95,7 @@ class TransformerForDiffusion(resnet.ImageObservationModel):
         width = self.embed_dim
         if width % self.num_heads:
             raise ValueError(f"embed_dim {width} not divisible by num_heads {self.num_heads}")
-        batch, horizon, action_dim = noisy_actions.shape
+        batch, horizon, action_dim = layers.check_model_inputs(obs, noisy_actions, time)
         obs_features = self.observation_encoder(dtype)(obs)  # [B, T, F]
         obs_horizon = obs_features.shape[1]
 
@@ -149,4 +150,5 @@ class TransformerForDiffusion(resnet.ImageObservationModel):
         out = layers.dense(
             action_dim, (layers.AXIS_EMBED, None), dtype=dtype, kernel_init=_INIT, name="head"
         )(x)
+        chex.assert_shape(out, (batch, horizon, action_dim))
         return out.astype(jnp.float32)

@@ -21,6 +21,7 @@ the down path and every up level upsamples), so H=16 with three levels runs at l
 
 from collections.abc import Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -183,7 +184,7 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
           [B, H, A] float32.
         """
         dims = tuple(int(d) for d in self.down_dims)
-        horizon, action_dim = noisy_actions.shape[1:]
+        batch, horizon, action_dim = layers.check_model_inputs(obs, noisy_actions, time)
         if horizon % 2 ** (len(dims) - 1):
             raise ValueError(f"action horizon {horizon} not divisible by 2^{len(dims) - 1}")
         cond = self.condition(obs, time)
@@ -220,4 +221,6 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
         x = Conv1dBlock(
             dims[0], self.kernel_size, self.n_groups, self.conv_impl, name="final_block"
         )(x)
-        return layers.Conv1d(action_dim, 1, name="final_conv")(x)
+        out = layers.Conv1d(action_dim, 1, name="final_conv")(x)
+        chex.assert_shape(out, (batch, horizon, action_dim))
+        return out
