@@ -35,9 +35,10 @@ ALLOWED = {
     "models": {"data"},
     "objectives": {"data", "models"},
     # The checkpoint *format*: what train/ writes and sample/ reads, so sample/ never
-    # loads the trainer.
-    "checkpoint": {"data"},
-    "train": {"checkpoint", "data", "envs", "models", "objectives"},
+    # loads the trainer. It knows the objectives' sampling-only fields (what a checkpoint
+    # does not fix).
+    "checkpoint": {"data", "objectives"},
+    "train": {"checkpoint", "data", "models", "objectives"},
     "sample": {"checkpoint", "data", "models", "objectives"},
     "eval": {"checkpoint", "data", "envs", "models", "objectives", "sample"},
     "serve": {"checkpoint", "data", "models", "objectives", "sample"},
