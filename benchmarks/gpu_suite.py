@@ -350,20 +350,21 @@ def serve_section(rec: Recorder, sizes: Sizes) -> None:
 
 
 def pi0_section(rec: Recorder, sizes: Sizes) -> None:
-    """π0's chunk figures, through the benchmark path and through the Policy."""
+    """π0's chunk figures (each printed as soon as measured), through the benchmark path
+    and through the Policy."""
     v = sizes.pi0_variant
+    units = {"params": "count"}
+
+    def emit(key, value):
+        unit = units.get(key, "s" if key.endswith("_s") else "ms")
+        rec.emit(f"pi0.{v}.{key}", value, unit, dtype=sizes.pi0_dtype)
+
     built = pi0_latency.build(v, sizes.pi0_dtype, 1)
-    result = pi0_latency.benchmark(
-        v, sizes.pi0_dtype, 1, sizes.pi0_runs, built=built, uncached=False
+    pi0_latency.benchmark(
+        v, sizes.pi0_dtype, 1, sizes.pi0_runs, built=built, uncached=False, on_figure=emit
     )
-    rec.emit(f"pi0.{v}.params", result["params"], "count", dtype=sizes.pi0_dtype)
-    rec.emit(f"pi0.{v}.init_s", result["init_s"], "s")
-    rec.emit(f"pi0.{v}.compile_s", result["compile_s"], "s")
-    for key in ("chunk_ms", "prefix_ms", "step_ms"):
-        rec.emit(f"pi0.{v}.{key}", result[key], "ms")
-    policy = pi0_latency.policy_benchmark(built, sizes.pi0_runs)
-    rec.emit(f"pi0.{v}.policy_compile_s", policy["policy_compile_s"], "s")
-    rec.emit(f"pi0.{v}.policy_chunk_ms", policy["policy_chunk_ms"], "ms")
+    for key, value in pi0_latency.policy_benchmark(built, sizes.pi0_runs).items():
+        emit(key, value)
 
 
 # --------------------------------------------------------------------------- switches

@@ -71,14 +71,23 @@ def build(variant: str, dtype: str, batch: int) -> Built:
 
 def benchmark(
     variant: str, dtype: str, batch: int, runs: int, *, built: Built | None = None,
-    uncached: bool = True,
+    uncached: bool = True, on_figure=None,
 ) -> dict:  # fmt: skip
-    """chunk / prefix / step (/ uncached chunk) latency, init and compile seconds."""
+    """chunk / prefix / step (/ uncached chunk) latency, init and compile seconds;
+    `on_figure(name, value)`, if given, hears each figure as soon as it is measured."""
     built = built or build(variant, dtype, batch)
     model, params, obs = built.model, built.params, built.obs
-    num_params = sum(x.size for x in jax.tree.leaves(params))
-    context_apply = models.make_context_apply_fn(model)
-    plain_apply = models.make_apply_fn(model)
+    result = {}
+
+    def put(key, value):
+        result[key] = value
+        if on_figure is not None:
+            on_figure(key, value)
+
+    put("params", int(sum(x.size for x in jax.tree.leaves(params))))
+    put("init_s", round(built.init_s, 2))
+    context_apply = models.make_apply_fn(model)
+    plain_apply = models.make_uncached_apply_fn(model)
 
     def chunk_fn(apply_fn):
         return jax.jit(
@@ -87,24 +96,20 @@ def benchmark(
 
     tic = time.perf_counter()
     cached = chunk_fn(context_apply).lower(params, obs, jax.random.key(0)).compile()
-    compile_s = time.perf_counter() - tic
+    put("compile_s", round(time.perf_counter() - tic, 2))
+    put("chunk_ms", round(median_ms(lambda i: cached(params, obs, jax.random.key(i)), runs), 3))
     prepare = jax.jit(context_apply.prepare)
     step = jax.jit(context_apply.apply)
     context = prepare(params, obs)
     x = jnp.zeros((batch, H, A), jnp.float32)
     t = jnp.full((batch,), 50.0)
-    result = {
-        "params": int(num_params),
-        "init_s": round(built.init_s, 2),
-        "compile_s": round(compile_s, 2),
-        "chunk_ms": round(median_ms(lambda i: cached(params, obs, jax.random.key(i)), runs), 3),
-        "prefix_ms": round(median_ms(lambda i: prepare(params, obs), runs), 3),
-        "step_ms": round(median_ms(lambda i: step(params, context, x + i, t), runs), 3),
-    }
+    put("prefix_ms", round(median_ms(lambda i: prepare(params, obs), runs), 3))
+    put("step_ms", round(median_ms(lambda i: step(params, context, x + i, t), runs), 3))
     if uncached:
         sample = chunk_fn(plain_apply)
-        result["uncached_chunk_ms"] = round(
-            median_ms(lambda i: sample(params, obs, jax.random.key(i)), runs), 3
+        put(
+            "uncached_chunk_ms",
+            round(median_ms(lambda i: sample(params, obs, jax.random.key(i)), runs), 3),
         )
     return result
 
