@@ -28,44 +28,8 @@ import jax.numpy as jnp
 
 from action_gen.models import layers, resnet, text
 
-CONV_IMPLS = ("matmul", "xla")
-
-
-class XlaConv1d(nn.Module):
-    """`layers.Conv1d` (same parameters, same function) as one `lax.conv_general_dilated`:
-    on GPU that is cuDNN's convolution instead of an im2col concat plus a GEMM.
-
-    Attributes: as `layers.Conv1d` (features, kernel_size, strides, padding; no bias
-    switch: the U-Net's convolutions all have one).
-    """
-
-    features: int
-    kernel_size: int
-    strides: int = 1
-    padding: int | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        p = k // 2 if self.padding is None else self.padding
-        axes = (layers.AXIS_CONV_KERNEL, layers.AXIS_EMBED, layers.AXIS_MLP)
-        init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
-        kernel = self.param("kernel", init, (k, x.shape[-1], self.features), jnp.float32)
-        bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],))
-        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
-        y = jax.lax.conv_general_dilated(
-            x, kernel, (self.strides,), [(p, p)], dimension_numbers=("NWC", "WIO", "NWC")
-        )
-        return y + bias
-
-
-def conv1d(conv_impl: str, features: int, kernel_size: int, **kwargs) -> nn.Module:
-    """The U-Net's temporal convolution: `layers.Conv1d` (im2col GEMM) for "matmul",
-    `XlaConv1d` for "xla"; both hold a [K, C_in, C_out] kernel and a bias."""
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"unknown conv_impl {conv_impl!r}; known: {CONV_IMPLS}")
-    cls = layers.Conv1d if conv_impl == "matmul" else XlaConv1d
-    return cls(features, kernel_size, **kwargs)
+# The key of `ConditionalUnet1D.prepare`'s context: the observation features [B, T*F (+ D)].
+OBSERVATION_FEATURES = "unet1d/observation_features"
 
 
 class Conv1dBlock(nn.Module):
@@ -74,11 +38,10 @@ class Conv1dBlock(nn.Module):
     features: int
     kernel_size: int
     n_groups: int = 8
-    conv_impl: str = "matmul"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = conv1d(self.conv_impl, self.features, self.kernel_size, name="conv")(x)
+        x = layers.Conv1d(self.features, self.kernel_size, name="conv")(x)
         x = layers.group_norm(self.n_groups, name="norm")(x)
         return layers.mish(x)
 
@@ -97,14 +60,12 @@ class ConditionalResidualBlock1D(nn.Module):
     kernel_size: int = 5
     n_groups: int = 8
     cond_predict_scale: bool = True
-    conv_impl: str = "matmul"
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
-        conv = dict(kernel_size=self.kernel_size, n_groups=self.n_groups, conv_impl=self.conv_impl)
-        h = Conv1dBlock(self.features, **conv, name="block0")(x)
+        h = Conv1dBlock(self.features, self.kernel_size, self.n_groups, name="block0")(x)
         h = layers.FiLM(self.cond_predict_scale, name="film")(h, cond)
-        h = Conv1dBlock(self.features, **conv, name="block1")(h)
+        h = Conv1dBlock(self.features, self.kernel_size, self.n_groups, name="block1")(h)
         residual = x
         if x.shape[-1] != self.features:
             residual = layers.Conv1d(self.features, 1, name="residual_conv")(x)
@@ -131,9 +92,10 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
         in float32 whatever it is called with (bf16 parameters are promoted). False: it
         keeps the caller's dtype, so bf16 parameters and inputs (`train.compute_dtype =
         "bfloat16"`, or a sampler fed bf16-cast parameters) run the whole body in bf16
-        (GroupNorm statistics stay float32). Same function in float32 either way.
-      conv_impl: the temporal convolutions as "matmul" (layers.Conv1d: im2col + one GEMM)
-        or "xla" (`lax.conv_general_dilated`, cuDNN on GPU); same parameters and function.
+        (GroupNorm statistics stay float32). Same function in float32 either way. On an
+        H200 (BUILD_NOTES, issue 17) False was 8-10% faster for batch-1 sampling with the
+        parameters cast to bf16 once, and 44% slower for bf16 training at batch 256, so
+        the default stays True.
     """
 
     down_dims: Sequence[int] = (256, 512, 1024)
@@ -146,22 +108,17 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
     instruction_layers: int = 1
     dtype: str = "float32"
     float32_body: bool = True
-    conv_impl: str = "matmul"
 
-    def condition(self, obs: dict, time: jax.Array) -> jax.Array:
-        """The global condition [B, E + T*F (+ D)]: time embedding, flattened per-step
-        observation features (F = S without images; see the module docstring), and the
-        instruction embedding when the observation carries prompt tokens.
+    def observation_features(self, obs: dict) -> jax.Array:
+        """The part of the condition that is the same at every denoising step [B, T*F (+ D)]:
+        flattened per-step observation features (F = S without images; see the module
+        docstring), and the instruction embedding when the observation carries prompt tokens.
 
         `obs[schema.OBS_PAD_MASK]` is not used: padded steps repeat the first real
         observation (as in DP), so the flattened history is well defined either way.
         """
         state = self.observation_encoder(jnp.dtype(self.dtype))(obs)  # [B, T, F]
-        batch = state.shape[0]
-        time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
-        emb = layers.sinusoidal_embedding(time, self.time_embed_dim)
-        emb = layers.MLP((4 * self.time_embed_dim, self.time_embed_dim), name="time_mlp")(emb)
-        parts = [emb, state.reshape(batch, -1)]
+        parts = [state.reshape(state.shape[0], -1)]
         instruction = text.encode_instruction(
             obs,
             vocab_size=self.vocab_size,
@@ -172,27 +129,61 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
             parts.append(instruction)
         return jnp.concatenate(parts, axis=-1)
 
+    def condition(self, features: jax.Array, time: jax.Array) -> jax.Array:
+        """The global condition [B, E + T*F (+ D)]: the time embedding, then `features`
+        (from `observation_features`)."""
+        batch = features.shape[0]
+        time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
+        emb = layers.sinusoidal_embedding(time, self.time_embed_dim)
+        emb = layers.MLP((4 * self.time_embed_dim, self.time_embed_dim), name="time_mlp")(emb)
+        return jnp.concatenate([emb, features], axis=-1)
+
+    def prepare(self, obs: dict) -> dict:
+        """The observation-only work, once per chunk: {OBSERVATION_FEATURES: [B, T*F (+ D)]}.
+
+        Samplers split a model with `prepare` and `apply_with_context`
+        (`models.make_apply_fn`) and run this before their loop. Without it the image
+        encoder ran at every denoising step: XLA did not hoist it out of the scanned loop
+        (21 cuDNN convolutions in each DDIM step of the image U-Net on an H200, issue 17).
+        """
+        return self(obs, None, None)
+
+    def apply_with_context(self, context: dict, noisy_actions: jax.Array, time: jax.Array):
+        """The U-Net on `prepare`'s context: [B, H, A] float32, equal to `__call__(obs, ...)`."""
+        return self(context, noisy_actions, time)
+
     @nn.compact
-    def __call__(self, obs: dict, noisy_actions: jax.Array, time: jax.Array) -> jax.Array:
+    def __call__(self, obs: dict, noisy_actions: jax.Array | None, time: jax.Array | None):
         """Args:
           obs: `schema.OBS_STATE` [B, T, S] float32 (normalized), optional camera images
             `schema.image_key(camera)` [B, T, h, w, 3] uint8, optional instruction
-            `schema.PROMPT_TOKENS` / `schema.PROMPT_MASK` [B, L]; other keys ignored.
-          noisy_actions: [B, H, A].
+            `schema.PROMPT_TOKENS` / `schema.PROMPT_MASK` [B, L]; other keys ignored. Or
+            `prepare`'s context (the observation features already computed).
+          noisy_actions: [B, H, A]; None returns `prepare`'s context instead.
           time: [B] (or scalar) float: the diffusion step index k, or a scaled flow time.
         Returns:
           [B, H, A] float32.
         """
+        if OBSERVATION_FEATURES in obs:
+            features = obs[OBSERVATION_FEATURES]
+        else:
+            features = self.observation_features(obs)
+        if noisy_actions is None:
+            return {OBSERVATION_FEATURES: features}
         dims = tuple(int(d) for d in self.down_dims)
-        batch, horizon, action_dim = layers.check_model_inputs(obs, noisy_actions, time)
+        if OBSERVATION_FEATURES in obs:
+            batch, horizon, action_dim = layers.check_action_inputs(
+                noisy_actions, time, batch=features.shape[0]
+            )
+        else:
+            batch, horizon, action_dim = layers.check_model_inputs(obs, noisy_actions, time)
         if horizon % 2 ** (len(dims) - 1):
             raise ValueError(f"action horizon {horizon} not divisible by 2^{len(dims) - 1}")
-        cond = self.condition(obs, time)
+        cond = self.condition(features, time)
         block = dict(
             kernel_size=self.kernel_size,
             n_groups=self.n_groups,
             cond_predict_scale=self.cond_predict_scale,
-            conv_impl=self.conv_impl,
         )
 
         x = jnp.asarray(noisy_actions, jnp.float32 if self.float32_body else None)
@@ -204,9 +195,7 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
             x = ConditionalResidualBlock1D(dim, name=f"down{i}_res1", **block)(x, cond)
             skips.append(x)
             if i < len(dims) - 1:
-                x = conv1d(
-                    self.conv_impl, dim, 3, strides=2, padding=1, name=f"down{i}_downsample"
-                )(x)
+                x = layers.Conv1d(dim, 3, strides=2, padding=1, name=f"down{i}_downsample")(x)
 
         for i in range(2):
             x = ConditionalResidualBlock1D(dims[-1], name=f"mid_res{i}", **block)(x, cond)
@@ -218,9 +207,7 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
             x = ConditionalResidualBlock1D(dims[i - 1], name=f"up{j}_res1", **block)(x, cond)
             x = layers.ConvTranspose1d(dims[i - 1], 4, 2, 1, name=f"up{j}_upsample")(x)
 
-        x = Conv1dBlock(
-            dims[0], self.kernel_size, self.n_groups, self.conv_impl, name="final_block"
-        )(x)
+        x = Conv1dBlock(dims[0], self.kernel_size, self.n_groups, name="final_block")(x)
         out = layers.Conv1d(action_dim, 1, name="final_conv")(x)
         chex.assert_shape(out, (batch, horizon, action_dim))
         return out
