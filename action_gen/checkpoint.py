@@ -238,14 +238,27 @@ def _unreadable_reason(step_dir: str) -> str | None:
         leaves = jax.tree.leaves(getattr(metadata, "tree", metadata))
         if not leaves:
             return f"{state_dir} has no arrays"
-        if any(getattr(leaf, "sharding", None) is None for leaf in leaves):
-            # What restore without target shardings (a served policy's) needs.
+        # A restore without target shardings (a served policy's) needs the sharding of
+        # every leaf saved as a jax.Array (numpy and scalar leaves have none).
+        if sum(getattr(leaf, "sharding", None) is not None for leaf in leaves) < (
+            _num_saved_jax_arrays(state_dir)
+        ):
             return f"sharding metadata missing in {state_dir}"
         for item in (CONFIG, NORM_STATS, DATA):
             ocp.JsonCheckpointHandler().restore(epath.Path(step_dir) / item)
     except Exception as e:  # noqa: BLE001 - any failure to read is the answer
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
     return None
+
+
+def _num_saved_jax_arrays(state_dir: epath.Path) -> int:
+    """How many leaves orbax's tree metadata (`_METADATA`) records as saved from a
+    jax.Array; 0 if its layout is not the one we know (then sharding is not checked)."""
+    try:
+        tree = json.loads((state_dir / "_METADATA").read_text())["tree_metadata"]
+        return sum(v["value_metadata"]["value_type"] == "jax.Array" for v in tree.values())
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return 0
 
 
 def _move_damaged_steps_aside(directory: str) -> None:
