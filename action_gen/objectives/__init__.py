@@ -10,6 +10,8 @@ each and the returned `Objective` carries them as capabilities, so no caller out
 objectives/ asks which objective it holds:
   `sample_guided(apply_fn, params, obs, rng, num_steps, prefix, prefix_weights, **cfg)`
       inpainting towards a given prefix (real-time chunking; flow),
+  `sample_from_noise(apply_fn, params, obs, rng, num_steps, noise, **cfg)`
+      the sampler from a given initial noise [B, H, A] (diffusion, flow),
   `representation_error(raw_actions, action_stats, action_norm, **cfg) -> dict`
       what the objective's action representation loses on given actions (tokens).
 """
@@ -33,7 +35,7 @@ OBJECTIVES: dict[str, ModuleType] = {
 # Config fields that belong to callers, not to the objective's functions.
 _CALLER_FIELDS = {"name", "num_sample_steps"}
 # Optional module functions: capability name -> the module function that provides it.
-_CAPABILITIES = ("sample_guided", "representation_error")
+_CAPABILITIES = ("sample_guided", "sample_from_noise", "representation_error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Objective:
       sample_guided: `sample_guided(apply_fn, params, obs, rng, num_steps, prefix [B, H, A],
         prefix_weights [B, H], *, max_guidance) -> [B, H, A]` bound with the same sampler
         settings as `sample`, or None where the objective cannot inpaint.
+      sample_from_noise: `sample_from_noise(apply_fn, params, obs, rng, num_steps,
+        noise [B, H, A]) -> [B, H, A]`: the sampler started from given noise (`rng` only
+        for stochastic samplers' per-step noise), or None where there is no initial noise.
       representation_error: `fn(raw_actions [..., A], action_stats, action_norm) -> dict`
         of floats, or None where the representation is lossless.
       sampling_settings: every sampling-only setting in force (the config's values, the
@@ -58,6 +63,7 @@ class Objective:
     loss: Callable
     sample: Callable
     sample_guided: Callable | None
+    sample_from_noise: Callable | None
     representation_error: Callable | None
     sampling_settings: Mapping[str, Any]
     sampler_label: str

@@ -306,7 +306,8 @@ def sampler_constants(
 def initial_noise(
     rng: jax.Array, batch_size: int, action_shape, num_steps: int, stochastic: bool
 ) -> tuple[jax.Array, jax.Array | None]:
-    """x_K ~ N(0, I) [B, H, A] and the per-step noise [N, B, H, A] (None if deterministic)."""
+    """x_K ~ N(0, I) [B, H, A] and the per-step noise [N, B, H, A] (None if deterministic),
+    exactly as `sample` draws them from its key."""
     init_rng, steps_rng = jax.random.split(rng)
     shape = (batch_size, *action_shape)
     x = jax.random.normal(init_rng, shape, jnp.float32)
@@ -314,6 +315,11 @@ def initial_noise(
     if stochastic:
         noise = jax.random.normal(steps_rng, (num_steps, *shape), jnp.float32)
     return x, noise
+
+
+def _check_noise(noise: jax.Array, shape) -> None:
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise shape {tuple(noise.shape)} != chunk shape [B, H, A] {shape}")
 
 
 def sample(
@@ -361,13 +367,67 @@ def sample(
     References:
       Ho et al. (2020), Alg. 2; Song et al. (2021); Chi et al. (2023).
     """
+    init_rng, steps_rng = jax.random.split(rng)
+    shape = (obs[schema.OBS_STATE].shape[0], *tuple(action_shape))
+    return sample_from_noise(
+        apply_fn,
+        params,
+        obs,
+        steps_rng,
+        num_steps,
+        jax.random.normal(init_rng, shape, jnp.float32),
+        action_shape=action_shape,
+        sampler=sampler,
+        num_train_steps=num_train_steps,
+        schedule=schedule,
+        prediction_type=prediction_type,
+        clip_sample=clip_sample,
+        eta=eta,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        scan_unroll=scan_unroll,
+    )
+
+
+def sample_from_noise(
+    apply_fn: Callable,
+    params,
+    obs: dict,
+    rng: jax.Array,
+    num_steps: int,
+    noise: jax.Array,
+    *,
+    action_shape,
+    sampler: str = "ddim",
+    num_train_steps: int = 100,
+    schedule: str = "squaredcos_cap_v2",
+    prediction_type: str = "epsilon",
+    clip_sample: bool = True,
+    eta: float = 0.0,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    scan_unroll: int = 1,
+) -> jax.Array:
+    """`sample`'s reverse chain from a given x_K = `noise` [B, H, A] (the capability
+    `Objective.sample_from_noise`: reference comparisons, distillation teachers).
+
+    `rng` draws only the per-step noise of stochastic samplers (DDPM, DDIM with η > 0);
+    DDIM with η = 0 is a deterministic function of `noise`. `sample(rng)` equals
+    `sample_from_noise(k2, noise=N(0, I) drawn with k1)` for (k1, k2) = split(rng).
+    Other arguments as in `sample`.
+    """
     _check(prediction_type, sampler)
     ks, alpha_bars, alpha_bars_prev = sampler_constants(
         num_train_steps, num_steps, schedule, beta_start, beta_end
     )
     batch_size = obs[schema.OBS_STATE].shape[0]
+    shape = (batch_size, *tuple(action_shape))
+    _check_noise(noise, shape)
+    x = noise.astype(jnp.float32)
     stochastic = sampler == "ddpm" or eta > 0
-    x, noise = initial_noise(rng, batch_size, tuple(action_shape), num_steps, stochastic)
+    noise = None
+    if stochastic:
+        noise = jax.random.normal(rng, (num_steps, *shape), jnp.float32)
     if sampler == "ddpm":
         step = functools.partial(
             ddpm_step, prediction_type=prediction_type, clip_sample=clip_sample

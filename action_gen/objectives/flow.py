@@ -151,11 +151,50 @@ def sample(
     References:
       Lipman et al. (2023); Black et al. (π0, 2024), Eq. 2 (Euler, Δ = 0.1).
     """
+    shape = (obs[schema.OBS_STATE].shape[0], *tuple(action_shape))
+    return sample_from_noise(
+        apply_fn,
+        params,
+        obs,
+        rng,
+        num_steps,
+        jax.random.normal(rng, shape, jnp.float32),
+        action_shape=action_shape,
+        integrator=integrator,
+        time_scale=time_scale,
+        clip_sample=clip_sample,
+        scan_unroll=scan_unroll,
+    )
+
+
+def sample_from_noise(
+    apply_fn: Callable,
+    params,
+    obs: dict,
+    rng: jax.Array,
+    num_steps: int,
+    noise: jax.Array,
+    *,
+    action_shape,
+    integrator: str = "euler",
+    time_scale: float = 100.0,
+    clip_sample: bool = True,
+    scan_unroll: int = 1,
+) -> jax.Array:
+    """`sample`'s integration from a given x_0 = `noise` [B, H, A] (the capability
+    `Objective.sample_from_noise`: reference comparisons, distillation teachers). The ODE
+    is deterministic: `rng` is unused (the capability's common signature). `sample(rng)`
+    equals this with `noise` = N(0, I) drawn with `rng`. Other arguments as in `sample`.
+    """
+    del rng
     _check(integrator=integrator)
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be >= 1")
     batch_size = obs[schema.OBS_STATE].shape[0]
-    x = jax.random.normal(rng, (batch_size, *tuple(action_shape)), jnp.float32)
+    shape = (batch_size, *tuple(action_shape))
+    if tuple(noise.shape) != shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} != chunk shape [B, H, A] {shape}")
+    x = noise.astype(jnp.float32)
     step_fn, context = models.split_apply_fn(apply_fn, params, obs)
 
     def velocity(x, t):
