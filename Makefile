@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) launch/demo.py --out=demo_out
 
+# Two workers (the CI machine has 2 cores), each test file on one worker so that module
+# fixtures (a trained checkpoint, a dataset) are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q -x --durations=15 tests
+	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=20 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check action_gen configs launch tests benchmarks
