@@ -37,7 +37,8 @@ MOVED_ASIDE = re.compile(r"damaged checkpoint step (\d+)")
 HASH = re.compile(r"[0-9a-f]{32}")
 
 
-def _command(workdir, dataset_dir, num_steps):
+def train_command(workdir, dataset_dir, num_steps):
+    """The training command that is killed (also tests/train/test_preemption.py's)."""
     return [
         sys.executable,
         "-m",
@@ -54,7 +55,8 @@ def _command(workdir, dataset_dir, num_steps):
     ]
 
 
-def _env(cache_dir):
+def train_env(cache_dir):
+    """One CPU device; every relaunch reuses the first launch's compiled programs."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
     env.update(
         JAX_PLATFORMS="cpu",
@@ -65,7 +67,7 @@ def _env(cache_dir):
     return env
 
 
-def _steps(ckpt_dir) -> list[int]:
+def visible_steps(ckpt_dir) -> list[int]:
     """The directories orbax lists as steps (unfinished writes carry a tmp suffix)."""
     if not os.path.isdir(ckpt_dir):
         return []
@@ -95,7 +97,7 @@ def _wait_for_step(proc, ckpt_dir, after: int, timeout: float) -> bool:
     """True once a step newer than `after` is listed; False if training exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        steps = _steps(ckpt_dir)
+        steps = visible_steps(ckpt_dir)
         if steps and steps[-1] > after:
             return True
         if proc.poll() is not None:
@@ -129,7 +131,7 @@ def main():
 
     root = args.root or tempfile.mkdtemp(prefix="ckpt_kill_stress_")
     os.makedirs(root, exist_ok=True)
-    env, rng = _env(os.path.join(root, "jax_cache")), random.Random(args.seed)
+    env, rng = train_env(os.path.join(root, "jax_cache")), random.Random(args.seed)
     dataset_dir = os.path.join(root, "dataset")
     start = time.perf_counter()
     run, kills, launches, failed_launches, moved_aside = 0, 0, 0, 0, 0
@@ -142,14 +144,14 @@ def main():
         log_path = os.path.join(root, f"launch{launches}.log")
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
-                _command(workdir, dataset_dir, args.num_steps),
+                train_command(workdir, dataset_dir, args.num_steps),
                 cwd=REPO,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
             launches += 1
-            last = _steps(ckpt_dir)[-1] if _steps(ckpt_dir) else 0
+            last = visible_steps(ckpt_dir)[-1] if visible_steps(ckpt_dir) else 0
             if _wait_for_step(proc, ckpt_dir, after=last, timeout=600):
                 time.sleep(rng.uniform(0.0, args.max_delay))
                 proc.send_signal(signal.SIGKILL)
@@ -169,7 +171,7 @@ def main():
             print(f"launch {launches - 1} failed ({code}):\n{text[-2000:]}", file=sys.stderr)
 
         bad_now, newest_readable = False, 0
-        for step in _steps(ckpt_dir):
+        for step in visible_steps(ckpt_dir):
             step_dir = os.path.join(ckpt_dir, str(step))
             try:
                 _read(step_dir)
@@ -190,7 +192,7 @@ def main():
         if code == 0 or failed_launches > 3 * args.kills:  # run finished: start a new one
             run, newest_readable = run + 1, 0
         print(
-            f"kill {kills}/{args.kills}: steps {_steps(ckpt_dir)}, "
+            f"kill {kills}/{args.kills}: steps {visible_steps(ckpt_dir)}, "
             f"unreadable so far {len(unreadable)}",
             file=sys.stderr,
             flush=True,

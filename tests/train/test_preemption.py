@@ -6,12 +6,14 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import traverse_util
+
+from benchmarks.checkpoint_kill_stress import train_command, train_env, visible_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_STEPS = 20
@@ -19,40 +21,7 @@ RESUMED = re.compile(r"Resumed from \S+ at step (\d+)")
 
 
 def _command(workdir, dataset_dir):
-    return [
-        sys.executable,
-        "-m",
-        "action_gen.main",
-        "--config=configs/diffusion_unet_obstacle.py:runlocal",
-        f"--workdir={workdir}",
-        "--mode=train",
-        f"--config.data.dataset_dir={dataset_dir}",
-        f"--config.train.num_steps={NUM_STEPS}",
-        "--config.train.checkpoint_every=1",
-        "--config.train.log_every=5",
-        "--config.train.keep_checkpoints=3",
-        # Async writes, so kills also land while a checkpoint is being written.
-        "--config.train.async_checkpoints=True",
-    ]
-
-
-def _env(cache_dir):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
-    # Every relaunch reuses the first launch's compiled programs.
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    return env
-
-
-def _finalized_steps(ckpt_dir) -> list[int]:
-    """Steps whose directories orbax has finalised (unfinished writes carry a tmp suffix)."""
-    if not os.path.isdir(ckpt_dir):
-        return []
-    return sorted(int(name) for name in os.listdir(ckpt_dir) if name.isdigit())
+    return train_command(workdir, dataset_dir, NUM_STEPS)
 
 
 def _read_params(ckpt_dir, step) -> dict:
@@ -66,7 +35,7 @@ def _read_params(ckpt_dir, step) -> dict:
 
 
 def _assert_all_readable(ckpt_dir):
-    for step in _finalized_steps(ckpt_dir):
+    for step in visible_steps(ckpt_dir):
         _read_params(ckpt_dir, step)
 
 
@@ -82,7 +51,7 @@ def _wait_for_progress(proc, ckpt_dir, after: int, timeout: float = 240.0) -> No
     """Until a checkpoint newer than `after` is finalised (the loop is running)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        steps = _finalized_steps(ckpt_dir)
+        steps = visible_steps(ckpt_dir)
         if steps and steps[-1] > after:
             return
         assert proc.poll() is None, f"training exited early with {proc.returncode}"
@@ -90,17 +59,13 @@ def _wait_for_progress(proc, ckpt_dir, after: int, timeout: float = 240.0) -> No
     raise TimeoutError("training made no progress")
 
 
-def _flat(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}/")
-        else:
-            yield f"{prefix}{key}", np.asarray(value)
+def _flat(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 @pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
-    env = _env(tmp_path / "jax_cache")
+    env = train_env(tmp_path / "jax_cache")
     dataset_dir = tmp_path / "dataset"
 
     # Uninterrupted reference (also writes the dataset and fills the compilation cache).
@@ -108,7 +73,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     proc, log = _launch(ref_dir, dataset_dir, env, tmp_path / "reference.log")
     assert proc.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
     log.close()
-    reference = dict(_flat(_read_params(ref_dir / "checkpoints", NUM_STEPS)))
+    reference = _flat(_read_params(ref_dir / "checkpoints", NUM_STEPS))
 
     workdir, rng = tmp_path / "interrupted", random.Random(0)
     ckpt_dir = workdir / "checkpoints"
@@ -137,14 +102,14 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
         else:
             assert RESUMED.search(text) is None
         _assert_all_readable(ckpt_dir)
-        steps = _finalized_steps(ckpt_dir)
+        steps = visible_steps(ckpt_dir)
         assert steps and steps[-1] >= last
         if sig == signal.SIGTERM:
             assert steps[-1] > last and steps[-1] < NUM_STEPS
         last = steps[-1]
 
     assert last == NUM_STEPS
-    final = dict(_flat(_read_params(ckpt_dir, NUM_STEPS)))
+    final = _flat(_read_params(ckpt_dir, NUM_STEPS))
     assert final.keys() == reference.keys()
     for key, value in reference.items():
         np.testing.assert_array_equal(final[key], value, err_msg=key)
