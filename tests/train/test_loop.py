@@ -15,9 +15,6 @@ from action_gen.envs import collect
 from action_gen.train import loop
 from configs import diffusion_unet_obstacle
 
-# The train → checkpoint → resume end-to-end tests of the real runlocal config.
-pytestmark = pytest.mark.slow
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
