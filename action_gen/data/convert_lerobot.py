@@ -1,0 +1,54 @@
+"""Converts a LeRobot dataset directory (v3.0 or v2.1) into an RLDS dataset we train on.
+
+    python -m action_gen.data.convert_lerobot SRC DST [--name NAME] [--fps_tolerance 0.5]
+
+SRC is the LeRobot dataset directory (holding meta/info.json, e.g. what
+``huggingface-cli download --repo-type dataset lerobot/aloha_sim_insertion_human
+--local-dir SRC`` gives); the RLDS dataset goes to ``DST/<name>/1.0.0`` and its path is
+printed last. Re-running with the same SRC and DST returns the existing conversion. See
+``data/lerobot.py`` for the mapping and the checks.
+"""
+
+import argparse
+import logging
+import sys
+import time
+
+from action_gen.data import lerobot
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m action_gen.data.convert_lerobot", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("src", help="LeRobot dataset directory (holding meta/info.json)")
+    parser.add_argument("dst", help="output root; the dataset goes to DST/<name>/1.0.0")
+    parser.add_argument("--name", default=None, help="RLDS dataset name (default: SRC's name)")
+    parser.add_argument(
+        "--fps_tolerance",
+        type=float,
+        default=0.5,
+        help="timestamp tolerance in frame periods (default 0.5 = 1/(2 fps))",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    try:
+        info = lerobot.read_lerobot_info(args.src)
+        print(
+            f"LeRobot {info.version} dataset {info.root}: {info.fps:g} fps, cameras {info.cameras}",
+            file=sys.stderr,
+        )
+        out = lerobot.convert_lerobot_dataset(
+            args.src, args.dst, fps_tolerance=args.fps_tolerance, name=args.name
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"converted in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
