@@ -29,6 +29,8 @@ AXIS_EMBED = "embed"
 AXIS_MLP = "mlp"
 AXIS_HEADS = "heads"
 AXIS_VOCAB = "vocab"
+# The leading axis of scanned (stacked) layer weights; never split (a layer is gathered whole).
+AXIS_LAYERS = "layers"
 
 _default_kernel_init = nn.initializers.lecun_normal()
 # N(0, 0.02): DP-T's (GPT-2's) init of every Linear and attention projection.

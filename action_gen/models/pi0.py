@@ -1,4 +1,4 @@
-"""π0 (Black et al. 2024): a VLM backbone and an action expert, one joint attention.
+"""π0 (Black et al. 2024) and π0.5: a VLM backbone and an action expert, one joint attention.
 
 Sequence, with the expert that owns each token and its block id (`ar_mask`, 1 opens a block):
 
@@ -10,21 +10,42 @@ q/k/v and through its MLP with its own expert's weights, but attention runs join
 the concatenated sequence (multi-query: 8 query heads, 1 KV head, RoPE). The block-causal
 mask (`make_attention_mask`) makes the prefix bidirectional and blind to the suffix, the
 state token see the prefix and itself, and the action tokens see everything; padded tokens
-(missing cameras, prompt padding) are invisible to everyone.
+(missing cameras, prompt padding) are invisible to everyone and do not advance positions:
+positions = cumsum(input_mask) - 1.
 
 Because the prefix never sees the suffix, its keys/values do not depend on (x, t): `prepare`
 runs the prefix through the backbone once and returns the per-layer KV cache, and
 `apply_with_context` runs only the suffix through the expert, attending to the cache.
 `__call__` is exactly `apply_with_context(prepare(obs), x, t)`, so training and cached
-sampling share one code path; `forward_joint` is the uncached one-pass reference (tests).
+sampling share one code path; `forward_joint` is the uncached one-pass reference (openpi's
+training forward; also what `init` traces, so every parameter is created in one scan).
 
-Time: the objective passes `time = t * time_scale` (flow time t ∈ [0, 1]); the model
-divides by `time_scale` and embeds t with π0's sin-cos embedding (periods 4e-3 .. 4).
-Time conditioning (`time_conditioning`):
+Layers are scanned (`nn.scan`): the weights of the `depth` layers are stacked along a leading
+"layers" axis (`layers/backbone/q/kernel` [depth, W, h*d], `vit/blocks/...`), so tracing and
+compiling cost one layer whatever the depth; `remat` picks the rematerialization policy of
+the scanned layer (a name of `jax.checkpoint_policies`, "full" = nothing saved).
+
+Time: the objective passes `time = t * time_scale`; the model divides by `time_scale` and
+embeds t with π0's sin-cos embedding (periods `time_min_period` .. `time_max_period`,
+openpi's 4e-3 .. 4). The model does not care which end of t is noise (the objective's
+`time_convention`). Time conditioning (`time_conditioning`):
   "mlp":    a_i = W2 swish(W1 [W_in x_i, emb(t)])                       (π0)
   "adarms": a_i = W_in x_i; every expert RMSNorm is adaptive:            (π0.5)
             y = rms(h) (1 + s(c)) + b(c), residual h + g(c) * f(y), c = MLP_swish(emb(t)),
             [s, b, g] a zero-initialised Dense of c (so the expert's blocks start as identity).
+
+Options that reproduce openpi's function (tools/openpi_import.py sets them):
+  state_pad_dim  zero-pad the state to this dim before `state_proj` (openpi: 32).
+  state_token    False: no state token (π0.5 reads the state only through the prompt, as
+                 discretized text made by the tokenizer); the actions then open the suffix.
+  camera_order   the cameras used, in this order, whatever the dict order (openpi:
+                 base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb); None: every camera of
+                 the observation, sorted by name.
+  image_resize   "stretch" (bilinear to image_size²) or "pad" (openpi's resize_with_pad:
+                 keep the aspect ratio, pad with black) when images are not image_size².
+Images: uint8 in [0, 255] → x / 255 * 2 - 1 (openpi's arithmetic); float images are taken as
+already in [-1, 1]. GELU is the tanh approximation everywhere (Gemma, SigLIP); RMSNorm
+scales by (1 + scale); text embeddings are multiplied by sqrt(width) (Gemma).
 
 Action dim: `noisy_actions` has the model's `action_dim` (π0: 32); the data pipeline pads
 the robot's actions to it and the loss masks the padded dims. The output is always float32,
@@ -38,7 +59,6 @@ with `prompt_mask` [B, L] bool (see data/tokenizer.py).
 
 import dataclasses
 import functools
-import math
 
 import chex
 import flax.linen as nn
@@ -70,13 +90,17 @@ class Pi0Size:
 
 
 SIZES = {
-    # Gemma-2B body + Gemma-300M-like expert + So400m/14 at 224².
+    # openpi's π0 / π0.5: PaliGemma's Gemma 2B (width 2048, mlp 16384, 18 layers, 8 heads,
+    # 1 KV head, head dim 256) + the Gemma 300M expert (1024, 4096) + SigLIP So400m/14 at 224².
     "pi0": Pi0Size(2048, 18, 16384, 8, 1, 256, 1024, 4096, 257_152, 1152, 27, 4304, 16, 14, 224),
+    # openpi's smallest config: gemma variant "dummy" for both experts, same So400m/14 ViT.
+    "openpi_dummy": Pi0Size(64, 4, 128, 8, 1, 16, 64, 128, 257_152, 1152, 27, 4304, 16, 14, 224),
     # CPU-scale training runs (configs/flow_pi0_obstacle.py:runlocal), ~1 M parameters.
     "small": Pi0Size(128, 4, 256, 4, 1, 32, 128, 256, 259, 64, 2, 128, 2, 8, 32),
     # CPU tests.
     "tiny": Pi0Size(32, 2, 64, 2, 1, 8, 16, 32, 259, 16, 1, 32, 2, 8, 32),
 }
+IMAGE_RESIZE = ("stretch", "pad")
 
 
 def make_attention_mask(input_mask: jax.Array, ar_mask: jax.Array) -> jax.Array:
@@ -100,22 +124,45 @@ def make_attention_mask(input_mask: jax.Array, ar_mask: jax.Array) -> jax.Array:
 
 
 def posemb_sincos(t: jax.Array, dim: int, min_period=4e-3, max_period=4.0) -> jax.Array:
-    """π0's sin-cos embedding of t ∈ [0, 1]: [B] → [B, dim] float32."""
+    """π0's sin-cos embedding of t ∈ [0, 1]: [B] → [B, dim] float32.
+
+    emb(t) = [sin(2π t / p_i), cos(2π t / p_i)], p_i = p_min (p_max / p_min)^(i / (dim/2 - 1)),
+    evaluated as openpi does (t * (1 / p * 2 * π), float32).
+    """
     fraction = jnp.linspace(0.0, 1.0, dim // 2)
     period = min_period * (max_period / min_period) ** fraction
-    args = jnp.asarray(t, jnp.float32)[:, None] * (2 * math.pi / period)[None, :]
+    args = jnp.einsum(
+        "i,j->ij",
+        jnp.asarray(t, jnp.float32),
+        1.0 / period * 2 * jnp.pi,
+        precision=jax.lax.Precision.HIGHEST,
+    )
     return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0):
-    """Rotary embedding of [B, N, heads, D] at integer positions [B, N] (Gemma's halves)."""
+    """Rotary embedding of [B, N, heads, D] at integer positions [B, N] (Gemma's halves):
+    angle_i = position / max_wavelength^(2i / D), rotating (x_i, x_{i + D/2})."""
     half = x.shape[-1] // 2
-    freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) * 2 / x.shape[-1])
-    angle = positions[..., None, None].astype(jnp.float32) * freq  # [B, N, 1, half]
+    timescale = max_wavelength ** ((2.0 / x.shape[-1]) * jnp.arange(half, dtype=jnp.float32))
+    angle = positions[..., None, None].astype(jnp.float32) / timescale  # [B, N, 1, half]
     sin, cos = jnp.sin(angle), jnp.cos(angle)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def resize_with_pad(images: jax.Array, size: int) -> jax.Array:
+    """openpi's `resize_with_pad` (tf.image.resize_with_pad) for float images in [-1, 1]:
+    [B, h, w, 3] → [B, size, size, 3], aspect ratio kept (bilinear, clipped), padded with
+    -1 (black), the odd pixel of padding at the bottom / right."""
+    b, h, w, c = images.shape
+    ratio = max(w / size, h / size)
+    rh, rw = int(h / ratio), int(w / ratio)
+    resized = jax.image.resize(images, (b, rh, rw, c), "bilinear").clip(-1.0, 1.0)
+    top, left = (size - rh) // 2, (size - rw) // 2
+    pads = ((0, 0), (top, size - rh - top), (left, size - rw - left), (0, 0))
+    return jnp.pad(resized, pads, constant_values=-1.0)
 
 
 class RMSNorm(nn.Module):
@@ -131,7 +178,8 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x, cond=None):
         xf = x.astype(jnp.float32)
-        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + 1e-6)
+        var = jnp.mean(xf * xf, axis=-1, keepdims=True)
+        normed = xf * jnp.reciprocal(jnp.sqrt(var + 1e-6))
         if not self.adaptive:
             scale = self.param(
                 "scale",
@@ -187,27 +235,107 @@ class ExpertLayer(nn.Module):
         return apply_rope(q, positions), apply_rope(k, positions), v, gate
 
     def finish(self, x, attn, gate, cond=None):
-        """Residual out projection, then the residual GeGLU MLP (Gemma)."""
+        """Residual out projection, then the residual GeGLU MLP (Gemma, tanh GELU)."""
         b, n, h, d = attn.shape
         x = _gated(x, self.out(attn.reshape(b, n, h * d)), gate)  # no -1: Np may be 0
         y, gate = self.mlp_norm(x, cond)
         g, u = jnp.split(self.gate_up(y), 2, axis=-1)
-        return _gated(x, self.down(nn.gelu(g) * u), gate)
+        return _gated(x, self.down(nn.gelu(g, approximate=True) * u), gate)
+
+
+class Pi0Layer(nn.Module):
+    """Both experts' weights of one layer (`backbone`, `expert`), and the three ways a layer
+    runs: prefix only (filling the KV cache), suffix only (reading it), or both jointly."""
+
+    backbone_width: int
+    backbone_mlp_dim: int
+    expert_width: int
+    expert_mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    adaptive: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        heads = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                     head_dim=self.head_dim, dtype=self.dtype)  # fmt: skip
+        self.backbone = ExpertLayer(self.backbone_width, self.backbone_mlp_dim, **heads)
+        self.expert = ExpertLayer(
+            self.expert_width, self.expert_mlp_dim, adaptive=self.adaptive, **heads
+        )
+
+    def prefix(self, x, positions, mask):
+        """x [B, Np, W] → (x', (k, v) [B, Np, kv, d])."""
+        q, k, v, gate = self.backbone.qkv(x, positions)
+        x = self.backbone.finish(x, layers.dot_product_attention(q, k, v, mask), gate)
+        return x, (k, v)
+
+    def suffix(self, x, cache, positions, mask, cond):
+        """x [B, Ns, We] attending to the cached prefix (k, v) [B, Np, kv, d] and itself."""
+        q, k, v, gate = self.expert.qkv(x, positions, cond)
+        k = jnp.concatenate([cache[0].astype(k.dtype), k], 1)
+        v = jnp.concatenate([cache[1].astype(v.dtype), v], 1)
+        return self.expert.finish(x, layers.dot_product_attention(q, k, v, mask), gate, cond)
+
+    def joint(self, xs, positions, mask, cond):
+        """(prefix [B, Np, W], suffix [B, Ns, We]) through one joint attention."""
+        prefix, suffix = xs
+        n_prefix = prefix.shape[1]
+        qp, kp, vp, gp = self.backbone.qkv(prefix, positions[:, :n_prefix])
+        qs, ks, vs, gs = self.expert.qkv(suffix, positions[:, n_prefix:], cond)
+        q = jnp.concatenate([qp, qs.astype(qp.dtype)], 1)
+        k = jnp.concatenate([kp, ks.astype(kp.dtype)], 1)
+        v = jnp.concatenate([vp, vs.astype(vp.dtype)], 1)
+        attn = layers.dot_product_attention(q, k, v, mask)
+        prefix = self.backbone.finish(prefix, attn[:, :n_prefix], gp)
+        suffix = self.expert.finish(suffix, attn[:, n_prefix:], gs, cond)
+        return prefix, suffix
+
+
+def _scan_layers(body, depth: int, remat, in_axes):
+    """`body(layer, carry, *xs) -> (carry, y)` as one `nn.scan` over the stacked layers."""
+    policy = vision.checkpoint_policy(remat)
+    if policy is not None:
+        body = nn.remat(body, policy=policy, prevent_cse=False)
+    return nn.scan(
+        body,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=in_axes,
+        length=depth,
+        metadata_params={nn.PARTITION_NAME: layers.AXIS_LAYERS},
+    )
+
+
+def _prefix_body(layer, x, positions, mask):
+    return layer.prefix(x, positions, mask)
+
+
+def _suffix_body(layer, x, cache, positions, mask, cond):
+    return layer.suffix(x, cache, positions, mask, cond), None
+
+
+def _joint_body(layer, xs, positions, mask, cond):
+    return layer.joint(xs, positions, mask, cond), None
 
 
 class Pi0(nn.Module):
     """π0: obs, noisy actions [B, H, A], time [B] → velocity [B, H, A] float32.
 
     Attributes:
-      variant: a key of SIZES ("pi0" real size, "small" CPU-scale runs, "tiny" tests).
+      variant: a key of SIZES ("pi0" real size, "openpi_dummy", "small", "tiny").
       action_dim: A, the model's (padded) action dim; noisy_actions must have it.
-      time_conditioning: "mlp" (π0) or "adarms" (adaptive RMSNorm in the expert).
+      time_conditioning: "mlp" (π0) or "adarms" (adaptive RMSNorm in the expert, π0.5).
       time_scale: the objective's time scale; t = time / time_scale is embedded.
       dtype: activation dtype, "float32" or "bfloat16" (parameters are always float32).
       vocab_size: overrides the variant's vocabulary (e.g. 259 for the byte tokenizer).
-      remat: rematerialize every layer's projections and MLP in the backward pass
-        (`nn.checkpoint`, nothing saved): activation memory O(depth) smaller for ~1/3 more
-        compute. Same parameters and outputs either way.
+      remat: rematerialization of each scanned layer (backbone, expert, ViT) in the
+        backward pass: False / "none", True / "full" (nothing saved: activation memory
+        O(depth) smaller for ~1/3 more compute), or a `jax.checkpoint_policies` name
+        (e.g. "dots_with_no_batch_dims_saveable"). Same parameters and outputs either way.
+      state_pad_dim, state_token, camera_order, image_resize: see the module docstring.
+      time_min_period, time_max_period: the periods of the sin-cos time embedding.
     """
 
     variant: str = "pi0"
@@ -216,18 +344,27 @@ class Pi0(nn.Module):
     time_scale: float = 100.0
     dtype: str = "float32"
     vocab_size: int | None = None
-    remat: bool = False
+    remat: bool | str = False
+    state_pad_dim: int | None = None
+    state_token: bool = True
+    camera_order: tuple[str, ...] | None = None
+    image_resize: str = "stretch"
+    time_min_period: float = 4e-3
+    time_max_period: float = 4.0
 
     def setup(self):
         s = SIZES[self.variant]
         if self.time_conditioning not in ("mlp", "adarms"):
             raise ValueError(f"time_conditioning must be mlp|adarms: {self.time_conditioning}")
+        if self.image_resize not in IMAGE_RESIZE:
+            raise ValueError(f"image_resize must be one of {IMAGE_RESIZE}: {self.image_resize}")
         dt = jnp.dtype(self.dtype)
         self.size, self.act_dtype = s, dt
         adaptive = self.time_conditioning == "adarms"
         self.vit = vision.ViT(
-            s.vit_width, s.vit_depth, s.vit_mlp_dim, s.vit_heads, s.patch_size, dt, name="vit"
-        )
+            s.vit_width, s.vit_depth, s.vit_mlp_dim, s.vit_heads, s.patch_size, dt,
+            remat=self.remat, name="vit",
+        )  # fmt: skip
         proj = functools.partial(layers.dense, dtype=dt)  # π0's own projections have biases
         self.image_proj = proj(s.width, (None, AXIS_EMBED), name="image_proj")
         self.token_embedding = nn.Embed(
@@ -240,26 +377,14 @@ class Pi0(nn.Module):
             ),
             name="token_embedding",
         )
-        heads = dict(num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim)
-        layer = ExpertLayer
-        if self.remat:
-            layer = nn.checkpoint(
-                ExpertLayer,
-                methods=["qkv", "finish"],
-                policy=jax.checkpoint_policies.nothing_saveable,
-            )
-        self.backbone = [
-            layer(s.width, s.mlp_dim, dtype=dt, name=f"backbone_{i}", **heads)
-            for i in range(s.depth)
-        ]
-        self.expert = [
-            layer(s.expert_width, s.expert_mlp_dim, adaptive=adaptive, dtype=dt,
-                        name=f"expert_{i}", **heads)
-            for i in range(s.depth)
-        ]  # fmt: skip
+        self.layers = Pi0Layer(
+            s.width, s.mlp_dim, s.expert_width, s.expert_mlp_dim, s.num_heads, s.num_kv_heads,
+            s.head_dim, adaptive=adaptive, dtype=dt, name="layers",
+        )  # fmt: skip
         self.expert_norm = RMSNorm(adaptive, dt)
         ew = s.expert_width
-        self.state_proj = proj(ew, (None, AXIS_EMBED), name="state_proj")
+        if self.state_token:
+            self.state_proj = proj(ew, (None, AXIS_EMBED), name="state_proj")
         self.action_in_proj = proj(ew, (None, AXIS_EMBED), name="action_in_proj")
         self.time_mlp_in = proj(ew, (None, AXIS_EMBED), name="time_mlp_in")
         self.time_mlp_out = proj(ew, (AXIS_EMBED, AXIS_EMBED), name="time_mlp_out")
@@ -267,29 +392,63 @@ class Pi0(nn.Module):
 
     # ---------------------------------------------------------------- prefix (obs only)
 
+    def _cameras(self, obs: dict) -> list[str]:
+        present = sorted(k[len(schema.OBS_IMAGE_PREFIX) :] for k in obs
+                         if k.startswith(schema.OBS_IMAGE_PREFIX))  # fmt: skip
+        if self.camera_order is None:
+            return present
+        missing = [c for c in self.camera_order if c not in present]
+        if missing:
+            raise KeyError(
+                f"π0 with camera_order={tuple(self.camera_order)} needs the images "
+                f"{[schema.image_key(c) for c in missing]}; the observation has {present} "
+                f"(send a placeholder image with {schema.image_mask_key('<camera>')}=False)"
+            )
+        return list(self.camera_order)
+
+    def _image(self, image: jax.Array) -> jax.Array:
+        """[B, h, w, 3] uint8 (or float in [-1, 1]) → float32 [B, S, S, 3] in [-1, 1]."""
+        size = self.size.image_size
+        if image.dtype == jnp.uint8:
+            image = image.astype(jnp.float32) / 255.0 * 2.0 - 1.0
+        image = image.astype(jnp.float32)
+        if image.shape[1:3] != (size, size):
+            if self.image_resize == "pad":
+                return resize_with_pad(image, size)
+            shape = (image.shape[0], size, size, image.shape[-1])
+            image = jax.image.resize(image, shape, "bilinear")
+        return image
+
     def embed_prefix(self, obs: dict):
         """Image and text tokens [B, Np, W] with their input mask [B, Np]."""
         s, dt = self.size, self.act_dtype
         batch = obs[schema.OBS_STATE].shape[0]
         tokens, masks = [], []
-        for key in sorted(k for k in obs if k.startswith(schema.OBS_IMAGE_PREFIX)):
-            camera = key[len(schema.OBS_IMAGE_PREFIX) :]
-            image = jnp.asarray(obs[key])[:, -1]  # last frame [B, h, w, 3] uint8
-            image = image.astype(jnp.float32) / 127.5 - 1.0
-            if image.shape[1:3] != (s.image_size, s.image_size):
-                shape = (batch, s.image_size, s.image_size, image.shape[-1])
-                image = jax.image.resize(image, shape, "bilinear")
-            emb = self.image_proj(self.vit(image.astype(dt)))
+        for camera in self._cameras(obs):
+            image = self._image(jnp.asarray(obs[schema.image_key(camera)])[:, -1])  # last frame
+            emb = self.image_proj(self.vit(image))
             present = obs.get(schema.image_mask_key(camera), jnp.ones((batch,), bool))
             tokens.append(emb)
             masks.append(jnp.broadcast_to(jnp.asarray(present, bool)[:, None], emb.shape[:2]))
         if schema.PROMPT_TOKENS in obs:
             ids = jnp.asarray(obs[schema.PROMPT_TOKENS], jnp.int32)
-            tokens.append(self.token_embedding(ids) * jnp.asarray(math.sqrt(s.width), dt))
+            emb = self.token_embedding(ids)
+            tokens.append(emb * jnp.sqrt(jnp.float32(s.width)).astype(emb.dtype))
             masks.append(jnp.asarray(obs.get(schema.PROMPT_MASK, ids != 0), bool))
         if not tokens:  # state-only observation: an empty prefix
             return jnp.zeros((batch, 0, s.width), dt), jnp.zeros((batch, 0), bool)
         return jnp.concatenate(tokens, 1).astype(dt), jnp.concatenate(masks, 1)
+
+    def last_state(self, obs: dict) -> jax.Array:
+        """The last state frame [B, S] float32, zero-padded to `state_pad_dim`."""
+        state = jnp.asarray(obs[schema.OBS_STATE], jnp.float32)[:, -1]
+        if self.state_pad_dim is not None:
+            if state.shape[-1] > self.state_pad_dim:
+                raise ValueError(
+                    f"state dim {state.shape[-1]} > model.state_pad_dim {self.state_pad_dim}"
+                )
+            state = jnp.pad(state, ((0, 0), (0, self.state_pad_dim - state.shape[-1])))
+        return state
 
     def prepare(self, obs: dict) -> dict:
         """Runs images + text through the backbone once.
@@ -302,19 +461,15 @@ class Pi0(nn.Module):
         x, prefix_mask = self.embed_prefix(obs)
         positions = jnp.cumsum(prefix_mask, axis=1) - 1
         mask = make_attention_mask(prefix_mask, jnp.zeros(prefix_mask.shape[1], jnp.int32))
-        ks, vs = [], []
-        for layer in self.backbone:
-            q, k, v, gate = layer.qkv(x, positions)
-            x = layer.finish(x, layers.dot_product_attention(q, k, v, mask), gate)
-            ks.append(k)
-            vs.append(v)
-        state = jnp.asarray(obs[schema.OBS_STATE], jnp.float32)[:, -1]
-        return {"k": jnp.stack(ks), "v": jnp.stack(vs), "prefix_mask": prefix_mask, "state": state}
+        scan = _scan_layers(_prefix_body, self.size.depth, self.remat,
+                            (nn.broadcast, nn.broadcast))  # fmt: skip
+        _, (k, v) = scan(self.layers, x, positions, mask)
+        return {"k": k, "v": v, "prefix_mask": prefix_mask, "state": self.last_state(obs)}
 
     # ---------------------------------------------------------------- suffix (per step)
 
     def embed_suffix(self, state, noisy_actions, time):
-        """State + action tokens [B, 1 + H, We], their ar_mask [1 + H], the adaRMS cond."""
+        """[state] + action tokens [B, (1) + H, We], their ar_mask, the adaRMS cond."""
         dt = self.act_dtype
         ew = self.size.expert_width
         batch, horizon, action_dim = noisy_actions.shape
@@ -323,8 +478,7 @@ class Pi0(nn.Module):
                 f"noisy_actions dim {action_dim} != model action_dim {self.action_dim}"
             )
         t = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,)) / self.time_scale
-        t_emb = posemb_sincos(t, ew).astype(dt)
-        state_tok = self.state_proj(state.astype(dt))[:, None]
+        t_emb = posemb_sincos(t, ew, self.time_min_period, self.time_max_period).astype(dt)
         act = self.action_in_proj(noisy_actions.astype(dt))
         cond = None
         if self.time_conditioning == "mlp":
@@ -333,8 +487,19 @@ class Pi0(nn.Module):
             act = self.time_mlp_out(nn.swish(act))
         else:
             cond = nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(t_emb))))
-        ar = jnp.zeros(1 + horizon, jnp.int32).at[:2].set(1)
-        return jnp.concatenate([state_tok, act], 1), ar, cond
+        ar = jnp.zeros(horizon, jnp.int32).at[0].set(1)
+        if self.state_token:
+            state_tok = self.state_proj(state.astype(dt))[:, None]
+            return (
+                jnp.concatenate([state_tok, act], 1),
+                jnp.concatenate([jnp.ones(1, int), ar]),
+                cond,
+            )
+        return act, ar, cond
+
+    def _actions_out(self, x, cond, horizon):
+        x, _ = self.expert_norm(x, cond)
+        return self.action_out_proj(x[:, -horizon:]).astype(jnp.float32)
 
     def apply_with_context(self, context: dict, noisy_actions: jax.Array, time: jax.Array):
         """The suffix [state | actions] through the expert, attending to the cached prefix.
@@ -356,40 +521,30 @@ class Pi0(nn.Module):
         full_ar = jnp.concatenate([jnp.zeros(n_prefix, jnp.int32), ar])
         mask = make_attention_mask(full_mask, full_ar)[:, n_prefix:]
         positions = jnp.sum(prefix_mask, axis=1, keepdims=True) + jnp.arange(x.shape[1])
-        for i, layer in enumerate(self.expert):
-            q, k, v, gate = layer.qkv(x, positions, cond)
-            k = jnp.concatenate([context["k"][i].astype(k.dtype), k], 1)
-            v = jnp.concatenate([context["v"][i].astype(v.dtype), v], 1)
-            x = layer.finish(x, layers.dot_product_attention(q, k, v, mask), gate, cond)
-        x, _ = self.expert_norm(x, cond)
-        out = self.action_out_proj(x[:, 1:]).astype(jnp.float32)
+        scan = _scan_layers(_suffix_body, self.size.depth, self.remat,
+                            (0, nn.broadcast, nn.broadcast, nn.broadcast))  # fmt: skip
+        x, _ = scan(self.layers, x, (context["k"], context["v"]), positions, mask, cond)
+        out = self._actions_out(x, cond, horizon)
         chex.assert_shape(out, (batch, horizon, action_dim))
         return out
 
     def __call__(self, obs: dict, noisy_actions: jax.Array, time: jax.Array) -> jax.Array:
         """velocity [B, H, A] float32 = apply_with_context(prepare(obs), x, t)."""
         layers.check_model_inputs(obs, noisy_actions, time)
+        if self.is_initializing():  # one scan creates both experts' stacked weights
+            return self.forward_joint(obs, noisy_actions, time)
         return self.apply_with_context(self.prepare(obs), noisy_actions, time)
 
     def forward_joint(self, obs: dict, noisy_actions: jax.Array, time: jax.Array):
         """Reference: one pass over the whole sequence with the full block-causal mask
-        (openpi's formulation). Equals `__call__` up to float error; for tests."""
+        (openpi's training forward). Equals `__call__` up to float error."""
         prefix, prefix_mask = self.embed_prefix(obs)
-        state = jnp.asarray(obs[schema.OBS_STATE], jnp.float32)[:, -1]
-        suffix, ar, cond = self.embed_suffix(state, noisy_actions, time)
+        suffix, ar, cond = self.embed_suffix(self.last_state(obs), noisy_actions, time)
         batch, n_prefix = prefix_mask.shape
         input_mask = jnp.concatenate([prefix_mask, jnp.ones((batch, suffix.shape[1]), bool)], 1)
         mask = make_attention_mask(input_mask, jnp.concatenate([jnp.zeros(n_prefix, int), ar]))
         positions = jnp.cumsum(input_mask, axis=1) - 1
-        pos_p, pos_s = positions[:, :n_prefix], positions[:, n_prefix:]
-        for bb, ex in zip(self.backbone, self.expert, strict=True):
-            qp, kp, vp, gp = bb.qkv(prefix, pos_p)
-            qs, ks, vs, gs = ex.qkv(suffix, pos_s, cond)
-            q = jnp.concatenate([qp, qs.astype(qp.dtype)], 1)
-            k = jnp.concatenate([kp, ks.astype(kp.dtype)], 1)
-            v = jnp.concatenate([vp, vs.astype(vp.dtype)], 1)
-            attn = layers.dot_product_attention(q, k, v, mask)
-            prefix = bb.finish(prefix, attn[:, :n_prefix], gp)
-            suffix = ex.finish(suffix, attn[:, n_prefix:], gs, cond)
-        suffix, _ = self.expert_norm(suffix, cond)
-        return self.action_out_proj(suffix[:, 1:]).astype(jnp.float32)
+        scan = _scan_layers(_joint_body, self.size.depth, self.remat,
+                            (nn.broadcast, nn.broadcast, nn.broadcast))  # fmt: skip
+        (_, suffix), _ = scan(self.layers, (prefix, suffix), positions, mask, cond)
+        return self._actions_out(suffix, cond, noisy_actions.shape[1])

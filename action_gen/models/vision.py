@@ -1,10 +1,13 @@
-"""Vision encoders: a plain ViT (SigLIP So400m/14-like at the π0 size), random init.
+"""Vision encoders: a plain ViT (SigLIP So400m/14 at the π0 size), random init.
 
   x = patchify(image) @ W_patch + pos            [B, N, D], N = (size / patch)^2
   depth x { x += MHA(LN(x));  x += MLP_gelu(LN(x)) }
   tokens = LN(x)                                 [B, N, D]  (no pooling: π0 keeps tokens)
 
-Patchify is a reshape + one matmul (a stride-p conv with kernel p, without the conv op).
+Patchify is a reshape + one matmul (a stride-p conv with kernel p, without the conv op; the
+kernel [p*p*3, D] is SigLIP's conv kernel [p, p, 3, D] flattened). The blocks are one
+`nn.scan` over weights stacked along a leading "layers" axis (`blocks/qkv/kernel`
+[depth, D, 3D]), optionally rematerialized (`remat`, see `checkpoint_policy`).
 """
 
 import flax.linen as nn
@@ -15,19 +18,37 @@ from action_gen.models import layers
 from action_gen.models.layers import AXIS_EMBED, AXIS_HEADS, AXIS_MLP
 
 
+def checkpoint_policy(remat: bool | str | None):
+    """The `jax.checkpoint_policies` policy a model's `remat` setting names, or None (no
+    rematerialization): False / None / "none" → None; True / "full" → nothing_saveable
+    (recompute the whole layer in the backward pass); any other string → that policy
+    (e.g. "dots_with_no_batch_dims_saveable": keep the matmul outputs)."""
+    if remat in (False, None, "none", ""):
+        return None
+    if remat is True or remat == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    policy = getattr(jax.checkpoint_policies, str(remat), None)
+    if policy is None:
+        raise ValueError(
+            f"model.remat={remat!r}: expected none, full, or a jax.checkpoint_policies name"
+        )
+    return policy
+
+
 def _layer_norm(dtype, name):
     return layers.layer_norm(dtype, name, epsilon=1e-6)  # SigLIP's epsilon
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN transformer block: x + MHA(LN x), then + MLP(LN x) (GELU-tanh, as SigLIP)."""
+    """Pre-LN transformer block: x + MHA(LN x), then + MLP(LN x) (GELU-tanh, as SigLIP).
+    Called as a scan body: (x, None) → (x', None)."""
 
     mlp_dim: int
     num_heads: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, _=None):
         width = x.shape[-1]
         head_dim = width // self.num_heads
         b, n, _ = x.shape
@@ -38,8 +59,9 @@ class EncoderBlock(nn.Module):
         x = x + layers.dense(width, (AXIS_HEADS, AXIS_EMBED), dtype=self.dtype, name="out")(y)
         y = _layer_norm(self.dtype, "ln_mlp")(x)
         y = layers.dense(self.mlp_dim, (AXIS_EMBED, AXIS_MLP), dtype=self.dtype, name="mlp_in")(y)
-        y = nn.gelu(y)
-        return x + layers.dense(width, (AXIS_MLP, AXIS_EMBED), dtype=self.dtype, name="mlp_out")(y)
+        y = nn.gelu(y, approximate=True)
+        y = layers.dense(width, (AXIS_MLP, AXIS_EMBED), dtype=self.dtype, name="mlp_out")(y)
+        return x + y, None
 
 
 class ViT(nn.Module):
@@ -48,7 +70,9 @@ class ViT(nn.Module):
     Attributes:
       width, depth, mlp_dim, num_heads: So400m/14 is 1152, 27, 4304, 16.
       patch_size: p; h and w must be divisible by it.
-      dtype: activation dtype (parameters stay float32).
+      dtype: activation dtype (parameters stay float32; patchify and position embedding
+        run in float32, as SigLIP in openpi).
+      remat: the blocks' rematerialization (`checkpoint_policy`).
     """
 
     width: int = 1152
@@ -57,6 +81,7 @@ class ViT(nn.Module):
     num_heads: int = 16
     patch_size: int = 14
     dtype: jnp.dtype = jnp.float32
+    remat: bool | str = False
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -64,9 +89,9 @@ class ViT(nn.Module):
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(f"image {h}x{w} not divisible by patch size {p}")
-        patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        patches = patches.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
-        x = layers.dense(self.width, (None, AXIS_EMBED), dtype=self.dtype, name="patch_embed")(
+        patches = images.astype(jnp.float32).reshape(b, h // p, p, w // p, p, c)
+        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p * p * c)
+        x = layers.dense(self.width, (None, AXIS_EMBED), dtype=jnp.float32, name="patch_embed")(
             patches
         )
         pos = self.param(
@@ -75,7 +100,17 @@ class ViT(nn.Module):
             (x.shape[1], self.width),
             jnp.float32,
         )
-        x = x + pos.astype(self.dtype)
-        for i in range(self.depth):
-            x = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, name=f"block{i}")(x)
+        x = (x + pos).astype(self.dtype)
+        block = EncoderBlock
+        policy = checkpoint_policy(self.remat)
+        if policy is not None:
+            block = nn.remat(block, policy=policy, prevent_cse=False)
+        blocks = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=self.depth,
+            metadata_params={nn.PARTITION_NAME: layers.AXIS_LAYERS},
+        )(self.mlp_dim, self.num_heads, self.dtype, name="blocks")
+        x, _ = blocks(x, None)
         return _layer_norm(self.dtype, "ln_final")(x)

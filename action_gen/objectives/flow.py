@@ -13,6 +13,15 @@ large time means noisy, here large time means clean.
 
 The sampler is one `lax.scan` over the N steps of a uniform grid t_i = i / N
 (Euler, Heun or midpoint): the whole chunk is one XLA program.
+
+`time_convention` names which end of the model's time is noise (all of the above is
+"noise_at_0"). "noise_at_1" is openpi's (its π0 / π0.5 checkpoints were trained so):
+the model sees τ = 1 - t, x_τ = τ ε + (1 - τ) x_1, and predicts u = ε - x_1; training
+draws τ = 0.001 + 0.999 s, s ~ Beta(1.5, 1) (the same law as `sample_time`'s t, mirrored);
+sampling starts at τ = 1 and steps Δ = -1/N, the grid built by repeated float32 addition
+as openpi's loop does (1.0, 0.9, 0.79999995, ...), so an imported model gets the exact
+times it was trained on. The integrators, the data estimate and the guidance of
+`sample_guided` are the same maths in the mirrored time.
 """
 
 from collections.abc import Callable
@@ -29,11 +38,21 @@ TIME_DISTRIBUTIONS = ("uniform", "beta")
 INTEGRATORS = ("euler", "heun", "midpoint")
 # Model evaluations per integration step.
 EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}
+# Which end of the model's time is noise: the π0 paper's (and ours), or openpi's.
+TIME_CONVENTIONS = ("noise_at_0", "noise_at_1")
 # π0's Beta(1.5, 1) time distribution and its cutoff s (so t never reaches the data end).
 BETA_A, BETA_B, BETA_CUTOFF = 1.5, 1.0, 0.999
 
 
-def _check(time_distribution: str | None = None, integrator: str | None = None) -> None:
+def _check(
+    time_distribution: str | None = None,
+    integrator: str | None = None,
+    time_convention: str = "noise_at_0",
+) -> None:
+    if time_convention not in TIME_CONVENTIONS:
+        raise ValueError(
+            f"unknown time_convention {time_convention!r}; known: {TIME_CONVENTIONS}"
+        )
     if time_distribution is not None and time_distribution not in TIME_DISTRIBUTIONS:
         raise ValueError(
             f"unknown time_distribution {time_distribution!r}; known: {TIME_DISTRIBUTIONS}"
@@ -76,6 +95,7 @@ def loss(
     *,
     time_distribution: str = "beta",
     time_scale: float = 100.0,
+    time_convention: str = "noise_at_0",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Conditional flow matching on the linear path: regress the velocity x_1 - ε.
 
@@ -91,13 +111,15 @@ def loss(
       rng: PRNG key, split into (t, ε) keys in that order.
       time_distribution: one of TIME_DISTRIBUTIONS.
       time_scale: the model sees t · time_scale.
+      time_convention: one of TIME_CONVENTIONS; "noise_at_1": the model sees
+        (1 - t) · time_scale and regresses ε - x_1 (openpi's; module docstring).
     Returns:
       (scalar loss, aux dict of scalars).
     References:
       Lipman et al., "Flow Matching for Generative Modeling" (2023); Liu et al., "Flow
       Straight and Fast" (rectified flow, 2023); Black et al. (π0, 2024), Eq. 1.
     """
-    _check(time_distribution=time_distribution)
+    _check(time_distribution=time_distribution, time_convention=time_convention)
     x1 = batch[schema.ACTIONS].astype(jnp.float32)
     obs = schema.observation_of(batch)
     t_rng, eps_rng = jax.random.split(rng)
@@ -106,7 +128,10 @@ def loss(
     t_b = t[:, None, None]
     x_t = t_b * x1 + (1.0 - t_b) * eps
     target = x1 - eps
-    pred = apply_fn(params, obs, x_t, t * time_scale)
+    model_t = t
+    if time_convention == "noise_at_1":  # the same path in mirrored time
+        model_t, target = 1.0 - t, eps - x1
+    pred = apply_fn(params, obs, x_t, model_t * time_scale)
     value = batch_masked_mse(pred, target, batch)
     return value, {"mse": value}
 
@@ -123,6 +148,7 @@ def sample(
     time_scale: float = 100.0,
     clip_sample: bool = True,
     scan_unroll: int = 1,
+    time_convention: str = "noise_at_0",
 ) -> jax.Array:
     """Draws action chunks by integrating dx/dt = v_θ(o, x, t) from t = 0 (noise) to t = 1.
 
@@ -146,6 +172,8 @@ def sample(
       clip_sample: clip the final chunk to [-1, 1] (actions are min-max normalized).
       scan_unroll: integration steps per iteration of the scan's loop (`lax.scan(unroll=)`;
         >= N unrolls it into straight-line code); a speed setting, same chunk for any value.
+      time_convention: one of TIME_CONVENTIONS (module docstring); "noise_at_1" integrates
+        the model's time from 1 down to 0 on openpi's float32 grid.
     Returns:
       x_1 [B, H, A] float32.
     References:
@@ -164,6 +192,7 @@ def sample(
         time_scale=time_scale,
         clip_sample=clip_sample,
         scan_unroll=scan_unroll,
+        time_convention=time_convention,
     )
 
 
@@ -180,6 +209,7 @@ def sample_from_noise(
     time_scale: float = 100.0,
     clip_sample: bool = True,
     scan_unroll: int = 1,
+    time_convention: str = "noise_at_0",
 ) -> jax.Array:
     """`sample`'s integration from a given x_0 = `noise` [B, H, A] (the capability
     `Objective.sample_from_noise`: reference comparisons, distillation teachers). The ODE
@@ -187,7 +217,7 @@ def sample_from_noise(
     equals this with `noise` = N(0, I) drawn with `rng`. Other arguments as in `sample`.
     """
     del rng
-    _check(integrator=integrator)
+    _check(integrator=integrator, time_convention=time_convention)
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be >= 1")
     batch_size = obs[schema.OBS_STATE].shape[0]
@@ -197,24 +227,48 @@ def sample_from_noise(
     x = noise.astype(jnp.float32)
     step_fn, context = models.split_apply_fn(apply_fn, params, obs)
 
-    def velocity(x, t):
+    def velocity(x, t):  # in the model's time and convention
         time = jnp.full((batch_size,), t * time_scale, jnp.float32)
         return step_fn(params, context, x, time).astype(jnp.float32)
 
-    return _integrate(velocity, x, num_steps, integrator, clip_sample, scan_unroll)
+    return _integrate(
+        velocity, x, num_steps, integrator, clip_sample, scan_unroll, time_convention
+    )
+
+
+def time_grid(num_steps: int, time_convention: str = "noise_at_0") -> tuple[np.ndarray, float]:
+    """(model times [N] float32 at which the N steps start, the signed step Δ).
+
+    noise_at_0: t_i = i / N (in float64, then float32), Δ = 1/N.
+    noise_at_1: τ_0 = 1, τ_{i+1} = fl32(τ_i + fl32(-1/N)) (openpi's `time + dt` in its
+    while loop: 1.0, 0.9, 0.79999995, ... for N = 10), Δ = -1/N.
+    """
+    if time_convention == "noise_at_0":
+        return (np.arange(num_steps, dtype=np.float64) / num_steps).astype(np.float32), (
+            1.0 / num_steps
+        )
+    step, tau, grid = np.float32(-1.0 / num_steps), np.float32(1.0), []
+    for _ in range(num_steps):
+        grid.append(tau)
+        tau = np.float32(tau + step)
+    return np.asarray(grid, np.float32), -1.0 / num_steps
 
 
 def _integrate(
-    velocity, x, num_steps: int, integrator: str, clip_sample: bool, scan_unroll: int = 1
+    velocity,
+    x,
+    num_steps: int,
+    integrator: str,
+    clip_sample: bool,
+    scan_unroll: int = 1,
+    time_convention: str = "noise_at_0",
 ) -> jax.Array:
-    """x_0 → x_1 along `velocity(x, t)` on the grid t_i = i/N as ONE `lax.scan` (the update
-    rules are in `sample`'s docstring), `scan_unroll` steps per loop iteration; optionally
-    clipped to [-1, 1]."""
+    """Noise → data along `velocity(x, t)` (model time and convention) on `time_grid` as ONE
+    `lax.scan` (the update rules are in `sample`'s docstring, Δ signed), `scan_unroll`
+    steps per loop iteration; optionally clipped to [-1, 1]."""
     if int(scan_unroll) < 1:
         raise ValueError(f"scan_unroll={scan_unroll} must be >= 1")
-    dt = 1.0 / num_steps
-    # Grid in float64 at trace time, then float32 for the scan.
-    ts = (np.arange(num_steps, dtype=np.float64) / num_steps).astype(np.float32)
+    ts, dt = time_grid(num_steps, time_convention)
 
     def body(x, t):
         v = velocity(x, t)
@@ -262,6 +316,7 @@ def sample_guided(
     time_scale: float = 100.0,
     clip_sample: bool = True,
     scan_unroll: int = 1,
+    time_convention: str = "noise_at_0",
 ) -> jax.Array:
     """Inpaints a chunk towards a target prefix: real-time chunking's guided flow sampler.
 
@@ -293,7 +348,8 @@ def sample_guided(
       integrator: one of INTEGRATORS (every velocity evaluation is guided).
       time_scale: the model sees t · time_scale.
       clip_sample: clip the final chunk to [-1, 1].
-      scan_unroll: as in `sample`.
+      scan_unroll, time_convention: as in `sample` (with "noise_at_1" the guidance is
+        computed in t = 1 - τ with v = -v_model, and applied to the model's velocity).
     Returns:
       x_1 [B, H, A] float32.
     References:
@@ -301,7 +357,7 @@ def sample_guided(
       (2025), Eq. 5-6 and Alg. 1; Song et al., "Pseudoinverse-Guided Diffusion Models for
       Inverse Problems" (ΠGDM, 2023).
     """
-    _check(integrator=integrator)
+    _check(integrator=integrator, time_convention=time_convention)
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be >= 1")
     batch_size = obs[schema.OBS_STATE].shape[0]
@@ -313,18 +369,24 @@ def sample_guided(
     x = jax.random.normal(rng, shape, jnp.float32)
     step_fn, context = models.split_apply_fn(apply_fn, params, obs)
 
-    def guided_velocity(x, t):
-        time = jnp.full((batch_size,), t * time_scale, jnp.float32)
+    # noise_at_1: the model's τ and velocity are t = 1 - τ and v = -v_model in our terms.
+    sign = 1.0 if time_convention == "noise_at_0" else -1.0
+
+    def guided_velocity(x, model_t):
+        time = jnp.full((batch_size,), model_t * time_scale, jnp.float32)
+        t = model_t if sign > 0 else 1.0 - model_t
 
         def denoise(x):  # x ↦ (x̂_1, v): the data estimate and the velocity it came from
-            v = step_fn(params, context, x, time).astype(jnp.float32)
+            v = sign * step_fn(params, context, x, time).astype(jnp.float32)
             return x + (1.0 - t) * v, v
 
         x1_hat, vjp_fn, v = jax.vjp(denoise, x, has_aux=True)
         (g,) = vjp_fn(weights * (target - x1_hat))
-        return v + rtc_guidance_weight(t, max_guidance) * g
+        return sign * (v + rtc_guidance_weight(t, max_guidance) * g)
 
-    return _integrate(guided_velocity, x, num_steps, integrator, clip_sample, scan_unroll)
+    return _integrate(
+        guided_velocity, x, num_steps, integrator, clip_sample, scan_unroll, time_convention
+    )
 
 
 def sampler_label(*, integrator: str = "euler", **_) -> str:
