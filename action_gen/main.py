@@ -2,6 +2,12 @@
 
   python -m action_gen.main --config=configs/diffusion_unet_obstacle.py:runlocal \
       --workdir=/tmp/run --mode=train_and_eval --config.train.num_steps=100
+
+A distillation config (an objective with `teacher_workdir`, and a `teacher` section: the
+teacher run's whole config) is a chain in one command: the train modes first train the
+teacher in `<workdir>/<teacher_workdir>` (resumed, or reused when finished), on the
+student's data, then the student in `<workdir>`; `train_and_eval` then evaluates the
+student (configs/consistency_unet_obstacle.py).
 """
 
 import logging
@@ -60,6 +66,30 @@ def collect_data(config, workdir: str) -> list[str]:
     )
 
 
+def train_teacher(config, workdir: str) -> bool:
+    """The chain's first link: trains the teacher run `config.teacher` in the student's
+    `objective.teacher_workdir` (resuming it, or reusing it when already trained), reading
+    the student's dataset unless the teacher names its own. Returns whether the teacher
+    finished (False: preempted, checkpoint saved)."""
+    import ml_collections
+
+    from action_gen.data import sources
+    from action_gen.train import loop
+    from action_gen.train import teacher as teacher_lib
+
+    path = teacher_lib.teacher_dir(config, workdir)
+    if path is None:
+        raise ValueError("config.teacher is set but objective.teacher_workdir is not")
+    teacher_config = ml_collections.ConfigDict(config.teacher.to_dict())
+    if not sources.as_list(teacher_config.data.dataset_dir):
+        dirs = sources.dataset_dirs(config.data, workdir)
+        teacher_config.data.dataset_dir = dirs[0] if len(dirs) == 1 else dirs
+    collect_data(teacher_config, path)
+    logging.info("Teacher: %s", path)
+    state = loop.train(teacher_config, path)
+    return int(state.step) >= teacher_config.train.num_steps
+
+
 def run(config, workdir: str, mode: str) -> dict | None:
     """Runs `mode` for `config` in `workdir`; returns the eval summary when evaluating."""
     # Imported here so `--help` and config errors answer without loading JAX/TF.
@@ -69,6 +99,10 @@ def run(config, workdir: str, mode: str) -> dict | None:
     workdir = os.path.abspath(workdir)
     if mode in ("collect", "train", "train_and_eval"):
         collect_data(config, workdir)
+    if mode in ("train", "train_and_eval") and config.get("teacher") is not None:
+        if not train_teacher(config, workdir):
+            logging.warning("the teacher stopped early (preempted); rerun the same command")
+            return None
     if mode in ("train", "train_and_eval"):
         state = loop.train(config, workdir)
         if mode == "train_and_eval" and int(state.step) < config.train.num_steps:

@@ -43,28 +43,36 @@ def _partitioned(init: Callable, names: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(init, names)
 
 
-def check_model_inputs(obs: dict, noisy_actions: jax.Array, time) -> tuple[int, int, int]:
+def check_model_inputs(
+    obs: dict, noisy_actions: jax.Array, time, step_input: bool = False
+) -> tuple[int, int, int]:
     """Asserts the model contract's inputs; returns (B, H, A).
 
     `obs[schema.OBS_STATE]` [B, T, S] float, `noisy_actions` [B, H, A] float (the token head:
-    bin indices as floats), `time` [B] or a scalar. Shapes and dtypes are static, so under
+    bin indices as floats), `time` [B] or a scalar (a model with `step_input`: also
+    [B, 2], (time, step size)). Shapes and dtypes are static, so under
     jit this runs once, at trace time, and costs nothing per call; a wrong layout fails here,
     by name, instead of as a broadcasting error deep inside a model.
     """
     state = obs[schema.OBS_STATE]
     chex.assert_rank(state, 3)
     chex.assert_type(state, float)
-    return check_action_inputs(noisy_actions, time, batch=state.shape[0])
+    return check_action_inputs(noisy_actions, time, batch=state.shape[0], step_input=step_input)
 
 
-def check_action_inputs(noisy_actions: jax.Array, time, batch: int) -> tuple[int, int, int]:
+def check_action_inputs(
+    noisy_actions: jax.Array, time, batch: int, step_input: bool = False
+) -> tuple[int, int, int]:
     """`check_model_inputs` without the observation (π0's cached path): noisy actions
-    [batch, H, A] float, time [batch] or a scalar; returns (B, H, A)."""
+    [batch, H, A] float, time [batch] or a scalar (with `step_input` also [batch, 2]);
+    returns (B, H, A)."""
     chex.assert_shape(noisy_actions, (batch, None, None))
     chex.assert_type(noisy_actions, float)
-    chex.assert_rank(time, {0, 1})
+    chex.assert_rank(time, {0, 1, 2} if step_input else {0, 1})
     if jnp.ndim(time) == 1:
         chex.assert_shape(time, (batch,))
+    if jnp.ndim(time) == 2:
+        chex.assert_shape(time, (batch, 2))
     return noisy_actions.shape
 
 

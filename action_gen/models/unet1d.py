@@ -88,6 +88,10 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
         multi-task policy, `data.prompt_max_len` > 0); its output joins the condition.
       dtype: activation dtype of the image encoder ("bfloat16": bf16 activations, float32
         parameters). At image-policy sizes the ResNet is nearly all of the compute.
+      step_input: a second time input, the step size d of shortcut models
+        (objectives/shortcut.py): `time` may be [B, 2] = (time, step size), each with its
+        own sinusoidal embedding + MLP, summed; a [B] time means step size 0. False (the
+        default) leaves the parameter tree exactly DP's.
       float32_body: True: the 1-D U-Net casts the noisy actions to float32, so it computes
         in float32 whatever it is called with (bf16 parameters are promoted). False: it
         keeps the caller's dtype, so bf16 parameters and inputs (`train.compute_dtype =
@@ -108,6 +112,7 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
     instruction_layers: int = 1
     dtype: str = "float32"
     float32_body: bool = True
+    step_input: bool = False
 
     def observation_features(self, obs: dict) -> jax.Array:
         """The part of the condition that is the same at every denoising step [B, T*F (+ D)]:
@@ -133,9 +138,18 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
         """The global condition [B, E + T*F (+ D)]: the time embedding, then `features`
         (from `observation_features`)."""
         batch = features.shape[0]
-        time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
+        time = jnp.asarray(time, jnp.float32)
+        step = None
+        if self.step_input:
+            step = time[:, 1] if time.ndim == 2 else jnp.zeros((batch,), jnp.float32)
+            time = time[:, 0] if time.ndim == 2 else time
+        time = jnp.broadcast_to(time, (batch,))
+        widths = (4 * self.time_embed_dim, self.time_embed_dim)
         emb = layers.sinusoidal_embedding(time, self.time_embed_dim)
-        emb = layers.MLP((4 * self.time_embed_dim, self.time_embed_dim), name="time_mlp")(emb)
+        emb = layers.MLP(widths, name="time_mlp")(emb)
+        if step is not None:
+            step_emb = layers.sinusoidal_embedding(step, self.time_embed_dim)
+            emb = emb + layers.MLP(widths, name="step_mlp")(step_emb)
         return jnp.concatenate([emb, features], axis=-1)
 
     def prepare(self, obs: dict) -> dict:
@@ -160,7 +174,8 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
             `schema.PROMPT_TOKENS` / `schema.PROMPT_MASK` [B, L]; other keys ignored. Or
             `prepare`'s context (the observation features already computed).
           noisy_actions: [B, H, A]; None returns `prepare`'s context instead.
-          time: [B] (or scalar) float: the diffusion step index k, or a scaled flow time.
+          time: [B] (or scalar) float: the diffusion step index k, or a scaled flow time;
+            with `step_input` also [B, 2]: (scaled time, step-size input).
         Returns:
           [B, H, A] float32.
         """
@@ -173,10 +188,12 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
         dims = tuple(int(d) for d in self.down_dims)
         if OBSERVATION_FEATURES in obs:
             batch, horizon, action_dim = layers.check_action_inputs(
-                noisy_actions, time, batch=features.shape[0]
+                noisy_actions, time, batch=features.shape[0], step_input=self.step_input
             )
         else:
-            batch, horizon, action_dim = layers.check_model_inputs(obs, noisy_actions, time)
+            batch, horizon, action_dim = layers.check_model_inputs(
+                obs, noisy_actions, time, step_input=self.step_input
+            )
         if horizon % 2 ** (len(dims) - 1):
             raise ValueError(f"action horizon {horizon} not divisible by 2^{len(dims) - 1}")
         cond = self.condition(features, time)

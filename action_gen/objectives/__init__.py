@@ -14,6 +14,12 @@ objectives/ asks which objective it holds:
       the sampler from a given initial noise [B, H, A] (diffusion, flow),
   `representation_error(raw_actions, action_stats, action_norm, **cfg) -> dict`
       what the objective's action representation loses on given actions (tokens).
+A `loss` may also take, as keyword arguments that are not config fields:
+  `teacher_apply_fn`, `teacher_params`: a trained teacher (consistency distillation),
+      bound by `create_objective(..., teacher=Teacher(apply_fn, params))`; the config
+      names the teacher's run in `teacher_workdir` (`Objective.teacher_workdir`);
+  `ema_params`: the train state's EMA parameters (a distillation target), passed by the
+      train step when `Objective.uses_ema_params`.
 """
 
 import dataclasses
@@ -21,21 +27,37 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
-from action_gen.objectives import diffusion, flow, regression, tokens
+from action_gen.objectives import consistency, diffusion, flow, regression, shortcut, tokens
 
 OBJECTIVES: dict[str, ModuleType] = {
+    "consistency": consistency,
     "diffusion": diffusion,
     "flow": flow,
     "regression": regression,
+    "shortcut": shortcut,
     "tokens": tokens,
 }
 
 # Config fields that belong to callers, not to the objective's functions.
-_CALLER_FIELDS = {"name", "num_sample_steps"}
+_CALLER_FIELDS = {"name", "num_sample_steps", "teacher_workdir"}
 # Optional module functions: capability name -> the module function that provides it.
 _CAPABILITIES = ("sample_guided", "sample_from_noise", "representation_error")
+# Loss arguments that callers pass at run time, never config fields.
+_RUNTIME_LOSS_ARGS = {"teacher_apply_fn", "teacher_params", "ema_params"}
+
+
+class Teacher(NamedTuple):
+    """A trained model a distillation objective learns from.
+
+    Attributes:
+      apply_fn: its `apply_fn(params, obs, x, t) -> [B, H, A]` (a `models.ContextApply`).
+      params: its (EMA) parameters.
+    """
+
+    apply_fn: Callable
+    params: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +79,12 @@ class Objective:
       sampling_settings: every sampling-only setting in force (the config's values, the
         sampler's defaults for the rest), e.g. {"sampler": "ddim", "eta": 0.0, ...}.
       sampler_label: the sampler as results and tables name it ("ddim", "euler", "greedy").
+      teacher_workdir: the config's `teacher_workdir` (a teacher run's workdir, relative
+        to the student's), or None for objectives that learn from data alone.
+      teacher_params: the bound teacher's parameters, or None. `loss` closes over them;
+        the train program passes them as an explicit argument instead
+        (`loss(..., teacher_params=...)`), so they are not compiled in as constants.
+      uses_ema_params: whether `loss` takes `ema_params=` (the train state's EMA).
     """
 
     name: str
@@ -67,6 +95,14 @@ class Objective:
     representation_error: Callable | None
     sampling_settings: Mapping[str, Any]
     sampler_label: str
+    teacher_workdir: str | None = None
+    teacher_params: Any = None
+    uses_ema_params: bool = False
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether training needs a teacher (`teacher_workdir`: the teacher's run)."""
+        return self.teacher_workdir is not None
 
     @property
     def supports_guided_sampling(self) -> bool:
@@ -107,7 +143,7 @@ def _bind(fn: Callable, fields: dict) -> Callable:
     return functools.partial(fn, **{k: v for k, v in fields.items() if k in accepted})
 
 
-def create_objective(config, action_shape) -> Objective:
+def create_objective(config, action_shape, teacher: Teacher | None = None) -> Objective:
     """The objective named `config.name` with the config's other fields bound.
 
     Each field goes to whichever of loss / sample (and the optional capabilities) takes it
@@ -118,6 +154,8 @@ def create_objective(config, action_shape) -> Objective:
     Args:
       config: ConfigDict (or mapping), e.g. name="diffusion", sampler="ddim", ...
       action_shape: (H, A), bound into `sample` (the shape of the drawn chunk).
+      teacher: the trained teacher of a distillation objective (its `loss` takes
+        `teacher_apply_fn`); without one such a loss raises, while sampling works.
     Returns:
       An `Objective`.
     """
@@ -126,11 +164,24 @@ def create_objective(config, action_shape) -> Objective:
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
     module = OBJECTIVES[name]
+    teacher_workdir = fields.get("teacher_workdir") or None
     fields = {k: v for k, v in fields.items() if k not in _CALLER_FIELDS}
     loss_keys, sample_keys = _keyword_params(module.loss), _keyword_params(module.sample)
-    unknown = set(fields) - set(loss_keys) - set(sample_keys)
+    if teacher is not None:
+        if "teacher_apply_fn" not in loss_keys:
+            raise ValueError(f"objective {name!r} does not learn from a teacher")
+        loss_fields = {
+            **fields,
+            "teacher_apply_fn": teacher.apply_fn,
+            "teacher_params": teacher.params,
+        }
+    else:
+        loss_fields = fields
+    unknown = set(fields) - (set(loss_keys) - _RUNTIME_LOSS_ARGS) - set(sample_keys)
     if unknown:
         raise ValueError(f"objective {name!r} does not take config field(s) {sorted(unknown)}")
+    if teacher_workdir and "teacher_apply_fn" not in loss_keys:
+        raise ValueError(f"objective {name!r} does not learn from a teacher (teacher_workdir)")
     sample_fields = {**fields, "action_shape": tuple(int(d) for d in action_shape)}
     settings = {
         k: fields.get(k, default)
@@ -143,9 +194,12 @@ def create_objective(config, action_shape) -> Objective:
     }
     return Objective(
         name=name,
-        loss=_bind(module.loss, fields),
+        loss=_bind(module.loss, loss_fields),
         sample=_bind(module.sample, sample_fields),
         sampling_settings=settings,
         sampler_label=module.sampler_label(**settings),
+        teacher_workdir=teacher_workdir,
+        teacher_params=None if teacher is None else teacher.params,
+        uses_ema_params="ema_params" in loss_keys,
         **capabilities,
     )

@@ -12,6 +12,7 @@ import tqdm
 from action_gen import checkpoint
 from action_gen.data import normalize, pipeline, rlds, sources, spec, transforms, validate
 from action_gen.train import distributed, sharding
+from action_gen.train import teacher as teacher_lib
 from action_gen.train.metrics_writer import MetricWriter
 from action_gen.train.program import build_train_program
 
@@ -112,6 +113,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
                 validate.check_dataset(path)
         # One dataset: its stats are cached beside it. A mixture is normalized jointly.
         norm_stats = _compute_norm_stats(dataset_dirs)
+    teacher_path = teacher_lib.teacher_dir(config, workdir)
+    if teacher_path is not None and not resuming:
+        # A distilled student learns, and is served, in its teacher's normalized units.
+        norm_stats = teacher_lib.read_teacher_metadata(teacher_path)[1]
     state_dim, data_action_dim = normalize.feature_dims(norm_stats)
     action_dim = spec.model_action_dim(config.model, data_action_dim)
     obs_horizon, action_horizon = config.data.obs_horizon, config.data.action_horizon
@@ -126,7 +131,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
     example_obs = spec.example_observation(spec.observation_spec(config.data, state_dim))
-    program = build_train_program(config, mesh, example_obs, (action_horizon, action_dim))
+    loaded_teacher = None
+    if teacher_path is not None:
+        loaded_teacher = teacher_lib.load_teacher(
+            teacher_path, config, sharding.replicated_sharding(mesh)
+        )
+        logging.info("Distilling the teacher in %s", loaded_teacher.directory)
+    program = build_train_program(
+        config,
+        mesh,
+        example_obs,
+        (action_horizon, action_dim),
+        teacher=None if loaded_teacher is None else loaded_teacher.teacher,
+    )
     abstract_state, state_shardings = program.abstract_state, program.state_shardings
     batch_sharding = program.batch_sharding
 
@@ -141,6 +158,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         start_step = int(data_state["batches_consumed"])
     else:
         state = program.init_fn(init_rng)
+        if loaded_teacher is not None and config.train.get("init_from_teacher", False):
+            state = teacher_lib.init_from_teacher(state, loaded_teacher, state_shardings)
         start_step = 0
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %.2fM parameters", config.model.name, num_params / 1e6)

@@ -50,6 +50,7 @@ def build_train_program(
     mesh: jax.sharding.Mesh,
     example_obs: Mapping,
     action_shape: tuple[int, int],
+    teacher: objectives.Teacher | None = None,
 ) -> TrainProgram:
     """Builds `config`'s training program on `mesh`.
 
@@ -60,9 +61,11 @@ def build_train_program(
       example_obs: a batched observation with the model's keys and shapes
         (`spec.example_observation`); it fixes the parameter shapes.
       action_shape: (H, A) of the model's action chunk.
+      teacher: a distillation objective's teacher (train/teacher.py); its parameters are
+        an explicit, replicated argument of the compiled step (not constants in it).
     """
     model = models.create_model(config.model)
-    objective = objectives.create_objective(config.objective, action_shape)
+    objective = objectives.create_objective(config.objective, action_shape, teacher=teacher)
     tx, lr_schedule = create_optimizer(config.optimizer, config.train.num_steps)
 
     def init_state(key):
@@ -76,21 +79,40 @@ def build_train_program(
     )
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = sharding.replicated_sharding(mesh)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            apply_fn=models.make_apply_fn(model),
-            loss_fn=objective.loss,
-            tx=tx,
-            lr_schedule=lr_schedule,
-            ema_power=config.train.get("ema_power", 0.75),
-            ema_max_decay=config.train.get("ema_max_decay", 0.9999),
-            **step_options(config.train),
-        ),
-        in_shardings=(state_shardings, batch_sharding, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
+    step = functools.partial(
+        train_step,
+        apply_fn=models.make_apply_fn(model),
+        tx=tx,
+        lr_schedule=lr_schedule,
+        ema_power=config.train.get("ema_power", 0.75),
+        ema_max_decay=config.train.get("ema_max_decay", 0.9999),
+        pass_ema_params=objective.uses_ema_params,
+        **step_options(config.train),
     )
+    if objective.teacher_params is None:
+        step_fn = jax.jit(
+            functools.partial(step, loss_fn=objective.loss),
+            in_shardings=(state_shardings, batch_sharding, replicated),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+    else:
+        step_with_teacher = jax.jit(
+            lambda state, batch, key, teacher_params: step(
+                state,
+                batch,
+                key,
+                loss_fn=functools.partial(objective.loss, teacher_params=teacher_params),
+            ),
+            in_shardings=(state_shardings, batch_sharding, replicated, replicated),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+        teacher_params = jax.device_put(objective.teacher_params, replicated)
+
+        def step_fn(state, batch, key):
+            return step_with_teacher(state, batch, key, teacher_params)
+
     return TrainProgram(
         init_fn=jax.jit(init_state, out_shardings=state_shardings),
         step_fn=step_fn,

@@ -102,6 +102,7 @@ def train_step(
     grad_accum_steps: int = 1,
     compute_dtype: str | None = None,
     remat: str = "none",
+    pass_ema_params: bool = False,
 ) -> tuple[TrainState, dict[str, Any]]:
     """One optimizer update and EMA update; objective and model are bound by the caller.
 
@@ -117,13 +118,16 @@ def train_step(
       grad_accum_steps: K micro-batches per update (B must be divisible by K).
       compute_dtype: the model's compute dtype (None/"float32", or "bfloat16").
       remat: "none" | "full" | "dots", see `wrap_apply_fn`.
+      pass_ema_params: call `loss_fn(..., ema_params=state.ema_params)` (a distillation
+        target; `objectives.Objective.uses_ema_params`). The EMA is not differentiated.
     Returns:
       (new state, metrics dict of scalars).
     """
     step_rng = jax.random.fold_in(rng, state.step)
     model_fn = wrap_apply_fn(apply_fn, compute_dtype=compute_dtype, remat=remat)
+    extra = {"ema_params": state.ema_params} if pass_ema_params else {}
     grad_fn = jax.value_and_grad(
-        lambda params, b, key: loss_fn(model_fn, params, b, key), has_aux=True
+        lambda params, b, key: loss_fn(model_fn, params, b, key, **extra), has_aux=True
     )
 
     if grad_accum_steps == 1:

@@ -44,6 +44,29 @@ CONFIGS = {
     ),
     "flow_midpoint": (dict(name="flow", integrator="midpoint", time_scale=1.0), UNET),
     "regression": (dict(name="regression"), UNET),
+    # Distillation: the teacher (`_objective` binds the tiny U-Net's own weights) is named
+    # by teacher_workdir; the student samples in the teacher's parameterization.
+    "consistency_flow": (
+        dict(name="consistency", teacher_workdir="t", parameterization="flow", num_teacher_steps=8),
+        UNET,
+    ),
+    "shortcut": (dict(name="shortcut", max_steps_log2=3), {**UNET, "step_input": True}),
+    "shortcut_online": (
+        dict(name="shortcut", target="online", bootstrap_fraction=0.5, clip_sample=False),
+        {**UNET, "step_input": True},
+    ),
+    "consistency_diffusion_v_online": (
+        dict(
+            name="consistency",
+            teacher_workdir="t",
+            parameterization="diffusion",
+            num_train_steps=20,
+            prediction_type="v_prediction",
+            num_teacher_steps=4,
+            target="online",
+        ),
+        UNET,
+    ),
     "tokens_greedy": (dict(name="tokens", num_bins=16), TOKEN_HEAD),
     "tokens_temperature": (dict(name="tokens", num_bins=16, temperature=0.7), TOKEN_HEAD),
 }
@@ -85,7 +108,10 @@ def _model(model_config: dict):
 
 def _objective(name: str) -> objectives.Objective:
     config = ml_collections.ConfigDict(dict(CONFIGS[name][0], num_sample_steps=NUM_STEPS))
-    return objectives.create_objective(config, (H, A))
+    teacher = None
+    if "teacher_workdir" in CONFIGS[name][0]:
+        teacher = objectives.Teacher(*_model(CONFIGS[name][1]))
+    return objectives.create_objective(config, (H, A), teacher=teacher)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -1,0 +1,467 @@
+"""Consistency distillation of a trained diffusion or flow teacher (few-step sampling).
+
+A consistency function f_θ(x, τ) maps any point of the teacher's probability-flow ODE
+trajectory back to the trajectory's data end, so one model call turns noise into a chunk
+(Song et al. 2023; Consistency Policy, Prasad et al. 2024). The student is the teacher's
+network (same model, same time input, usually initialized from the teacher's weights:
+`train.init_from_teacher`), trained on the teacher's discretized ODE.
+
+Grid. Positions i = 0 .. N (N = `num_teacher_steps`), i = 0 pure noise, i = N the data,
+with x_i = a_i x + b_i ε (x the normalized chunk, ε ~ N(0, I)) and the model's time input
+m_i, in the teacher's own convention (`parameterization`):
+  flow:       t_i = i / N,  a_i = t_i,  b_i = 1 - t_i,  m_i = t_i · time_scale;
+              data estimate D(x, out, i) = x + (1 - t_i) out            (out = velocity)
+  diffusion:  k_i = the DDIM chain of N steps over K = num_train_steps (diffusion.
+              sample_timesteps: [90, 80, ..., 0] for K = 100, N = 10), then the data end;
+              a_i = sqrt(ᾱ_{k_i}), b_i = sqrt(1 - ᾱ_{k_i}) (a_N = 1, b_N = 0), m_i = k_i;
+              D = diffusion.predict_x0_and_eps(x, out, ᾱ, prediction_type)[0].
+
+Skip-scaling (EDM / Consistency Models' parameterization, with σ_i = b_i / a_i and the
+boundary σ_N = 0):
+  f_θ(x, i) = c_skip(σ_i) x / a_i + (1 - c_skip(σ_i)) D(x, F_θ(x, m_i), i),
+  c_skip(σ) = σ_d² / (σ² + σ_d²) = σ_d² a² / (b² + σ_d² a²)     (no division by a = 0),
+so f_θ(x, N) = x exactly (the boundary condition), and at the noisy end f_θ ≈ D.
+
+Distillation loss (teacher ODE step, EMA target):
+  n ~ U{0 .. N-1},  x_n = a_n x + b_n ε,  x̂_{n+1} = Φ_teacher(x_n, n → n+1)  (one step:
+  flow Euler or Heun, diffusion DDIM η = 0),
+  L(θ) = E || f_θ(x_n, n) - sg f_θ⁻(x̂_{n+1}, n+1) ||²   (masked mean over real actions),
+θ⁻ the train state's EMA of θ (`target="ema"`, what the train step passes as
+`ema_params`) or θ itself (`target="online"`, iCT's choice). At n = N-1 the target is the
+teacher's step itself, which anchors the chain to the teacher.
+
+Sampling with S steps (multistep consistency sampling, Song et al. Alg. 1), one
+`lax.scan`: positions p_j = round(j N / S), j = 0 .. S-1 (p_0 = 0, pure noise),
+  x̂ = f_θ(x, p_j);  x ← a_{p_{j+1}} x̂ + b_{p_{j+1}} z_j  (z_j ~ N(0, I); after the last
+  step x ← x̂), clipped to [-1, 1] at every step when `clip_sample`.
+S = 1 is one model call. S must divide into the grid (S ≤ N).
+
+The teacher enters as `teacher_apply_fn` (its model's apply function) and
+`teacher_params` (an explicit argument of the compiled train step, so its weights are
+not baked into the program as constants); `objectives.create_objective(..., teacher=)`
+binds them. The student's objective config names the teacher's parameterization and its
+settings (time_scale; num_train_steps, schedule, prediction_type, ...), which must equal
+the teacher's (train/teacher.py checks).
+
+References:
+  Song, Dhariwal, Chen & Sutskever, "Consistency Models" (2023), Alg. 1-2, Eq. 7 and
+  App. C (c_skip, c_out); Karras et al., "Elucidating the Design Space of Diffusion-Based
+  Generative Models" (EDM, 2022); Prasad et al., "Consistency Policy: Accelerated
+  Visuomotor Policies via Consistency Distillation" (2024); Song & Dhariwal, "Improved
+  Techniques for Training Consistency Models" (iCT, 2023) for the stop-gradient target.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from action_gen import models
+from action_gen.data import schema
+from action_gen.objectives import diffusion
+from action_gen.objectives.regression import batch_masked_mse
+
+PARAMETERIZATIONS = ("flow", "diffusion")
+TEACHER_SOLVERS = {"flow": ("euler", "heun"), "diffusion": ("ddim",)}
+TARGETS = ("ema", "online")
+
+
+class Grid(NamedTuple):
+    """The teacher's discretized ODE, positions i = 0 (noise) .. N (data); numpy float32.
+
+    Attributes:
+      model_time: m_i [N+1], the network's time input.
+      signal: a_i [N+1] (x_i = a_i x + b_i ε).
+      noise: b_i [N+1].
+      alpha_bar: ᾱ_i [N+1] (diffusion; a_i² for flow, unused there).
+    """
+
+    model_time: np.ndarray
+    signal: np.ndarray
+    noise: np.ndarray
+    alpha_bar: np.ndarray
+
+
+@functools.lru_cache(maxsize=32)
+def make_grid(
+    parameterization: str,
+    num_teacher_steps: int,
+    *,
+    time_scale: float = 100.0,
+    num_train_steps: int = 100,
+    schedule: str = "squaredcos_cap_v2",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+) -> Grid:
+    """The grid of the module docstring (computed in float64, stored as float32)."""
+    n = int(num_teacher_steps)
+    if n < 1:
+        raise ValueError(f"num_teacher_steps={n} must be >= 1")
+    if parameterization == "flow":
+        t = np.arange(n + 1, dtype=np.float64) / n
+        a, b, m = t, 1.0 - t, t * float(time_scale)
+        alpha_bar = t**2
+    elif parameterization == "diffusion":
+        ks, _ = diffusion.sample_timesteps(int(num_train_steps), n)
+        cumprod = np.cumprod(
+            1.0 - diffusion._betas_np(schedule, int(num_train_steps), beta_start, beta_end)
+        )
+        alpha_bar = np.concatenate([cumprod[ks], [1.0]])
+        a, b = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+        m = np.concatenate([ks.astype(np.float64), [0.0]])
+    else:
+        raise ValueError(
+            f"unknown parameterization {parameterization!r}; known: {PARAMETERIZATIONS}"
+        )
+    f32 = np.float32
+    return Grid(m.astype(f32), a.astype(f32), b.astype(f32), alpha_bar.astype(f32))
+
+
+def c_skip(signal: jax.Array, noise: jax.Array, sigma_data: float) -> jax.Array:
+    """c_skip(σ) / a = σ_d² a / (b² + σ_d² a²) with σ = b / a: the weight on x itself (so
+    that f = c x + (1 - c_skip) D), finite at a = 0; c_skip itself is this times a."""
+    s2 = sigma_data**2
+    return s2 * signal / (noise**2 + s2 * signal**2)
+
+
+class _Family(NamedTuple):
+    """What the consistency function needs of the teacher's parameterization."""
+
+    grid: Grid
+    denoise: Callable  # (x, out, index [B]) -> data estimate [B, H, A]
+
+
+def _family(
+    parameterization: str,
+    num_teacher_steps: int,
+    time_scale: float,
+    num_train_steps: int,
+    schedule: str,
+    prediction_type: str,
+    beta_start: float,
+    beta_end: float,
+) -> _Family:
+    grid = make_grid(
+        parameterization,
+        num_teacher_steps,
+        time_scale=time_scale,
+        num_train_steps=num_train_steps,
+        schedule=schedule,
+        beta_start=beta_start,
+        beta_end=beta_end,
+    )
+    if parameterization == "flow":
+
+        def denoise(x, out, index):
+            t = jnp.asarray(grid.signal)[index][:, None, None]
+            return x + (1.0 - t) * out
+
+    else:
+        diffusion._check(prediction_type)
+
+        def denoise(x, out, index):
+            alpha_bar = jnp.asarray(grid.alpha_bar)[index][:, None, None]
+            return diffusion.predict_x0_and_eps(x, out, alpha_bar, prediction_type)[0]
+
+    return _Family(grid, denoise)
+
+
+def consistency_fn(
+    step_fn: Callable, params, context, x: jax.Array, index: jax.Array, family, sigma_data
+) -> jax.Array:
+    """f_θ(x, i) [B, H, A] at grid positions `index` [B] int (module docstring)."""
+    grid = family.grid
+    time = jnp.asarray(grid.model_time)[index]
+    out = step_fn(params, context, x, time).astype(jnp.float32)
+    a = jnp.asarray(grid.signal)[index][:, None, None]
+    b = jnp.asarray(grid.noise)[index][:, None, None]
+    skip = c_skip(a, b, sigma_data)
+    return skip * x + (1.0 - skip * a) * family.denoise(x, out, index)
+
+
+def _teacher_step(
+    teacher_apply_fn,
+    teacher_params,
+    context,
+    x,
+    index,
+    family: _Family,
+    parameterization: str,
+    solver: str,
+    prediction_type: str,
+    teacher_clip: bool,
+):
+    """x̂_{n+1} = Φ(x_n, n → n+1) [B, H, A]: one step of the teacher's ODE solver."""
+    grid = family.grid
+    m = jnp.asarray(grid.model_time)
+    out = teacher_apply_fn(teacher_params, context, x, m[index]).astype(jnp.float32)
+    if parameterization == "diffusion":
+        ab = jnp.asarray(grid.alpha_bar)
+        return diffusion.ddim_step(
+            x,
+            out,
+            ab[index][:, None, None],
+            ab[index + 1][:, None, None],
+            None,
+            prediction_type=prediction_type,
+            clip_sample=teacher_clip,
+        )
+    t = jnp.asarray(grid.signal)
+    dt = (t[index + 1] - t[index])[:, None, None]
+    x_next = x + dt * out
+    if solver == "heun":
+        out_next = teacher_apply_fn(teacher_params, context, x_next, m[index + 1])
+        x_next = x + 0.5 * dt * (out + out_next.astype(jnp.float32))
+    return x_next
+
+
+def _check(parameterization: str, teacher_solver: str | None = None, target=None) -> None:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(
+            f"unknown parameterization {parameterization!r}; known: {PARAMETERIZATIONS}"
+        )
+    if teacher_solver is not None and teacher_solver not in TEACHER_SOLVERS[parameterization]:
+        raise ValueError(
+            f"teacher_solver {teacher_solver!r} is not one of {parameterization}'s "
+            f"{TEACHER_SOLVERS[parameterization]}"
+        )
+    if target is not None and target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; known: {TARGETS}")
+
+
+def loss(
+    apply_fn: Callable,
+    params,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    teacher_apply_fn: Callable | None = None,
+    teacher_params=None,
+    ema_params=None,
+    parameterization: str = "flow",
+    num_teacher_steps: int = 20,
+    teacher_solver: str | None = None,
+    teacher_clip: bool = True,
+    target: str = "ema",
+    sigma_data: float = 0.5,
+    time_scale: float = 100.0,
+    num_train_steps: int = 100,
+    schedule: str = "squaredcos_cap_v2",
+    prediction_type: str = "epsilon",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The consistency distillation loss of the module docstring.
+
+    Args:
+      apply_fn: the student's `apply_fn(params, obs, x, time) -> [B, H, A]`.
+      params: the student's parameters (differentiated).
+      batch: `schema.ACTIONS` [B, H, A] (normalized), optional `schema.ACTION_PAD_MASK`
+        [B, H], and the observation keys.
+      rng: PRNG key, split into (grid position, ε) keys.
+      teacher_apply_fn: the teacher's apply function (bound by `create_objective(...,
+        teacher=)`); None is an error naming what is missing.
+      teacher_params: the teacher's (EMA) parameters.
+      ema_params: θ⁻ for `target="ema"` (the train step passes the state's EMA); None
+        (a call outside the train step) falls back to θ with a stop-gradient.
+      parameterization: the teacher's family, "flow" or "diffusion".
+      num_teacher_steps: N, the grid of the teacher's ODE.
+      teacher_solver: flow "euler" | "heun"; diffusion "ddim"; None: the first of these.
+      teacher_clip: clip the diffusion teacher's x̂_0 to [-1, 1] in its DDIM step.
+      target: "ema" (θ⁻ = EMA) or "online" (θ⁻ = sg θ).
+      sigma_data: σ_d of the skip-scaling (actions are min-max normalized to [-1, 1]).
+      time_scale: the flow teacher's time scale.
+      num_train_steps, schedule, prediction_type, beta_start, beta_end: the diffusion
+        teacher's (as in diffusion.loss).
+    Returns:
+      (scalar loss, aux {"mse", "teacher_step_size"}).
+    """
+    _check(parameterization, teacher_solver, target)
+    teacher_solver = teacher_solver or TEACHER_SOLVERS[parameterization][0]
+    if teacher_apply_fn is None or teacher_params is None:
+        raise ValueError(
+            "the consistency objective needs its teacher: objective.teacher_workdir names "
+            "the teacher's run, and the trainer binds it (objectives.create_objective(..., "
+            "teacher=Teacher(apply_fn, params)))"
+        )
+    family = _family(
+        parameterization,
+        num_teacher_steps,
+        time_scale,
+        num_train_steps,
+        schedule,
+        prediction_type,
+        beta_start,
+        beta_end,
+    )
+    grid = family.grid
+    x0 = batch[schema.ACTIONS].astype(jnp.float32)
+    obs = schema.observation_of(batch)
+    n_rng, eps_rng = jax.random.split(rng)
+    n = jax.random.randint(n_rng, (x0.shape[0],), 0, int(num_teacher_steps))
+    eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
+    a = jnp.asarray(grid.signal)[n][:, None, None]
+    b = jnp.asarray(grid.noise)[n][:, None, None]
+    x_n = a * x0 + b * eps
+
+    student_step, context = models.split_apply_fn(apply_fn, params, obs)
+    teacher_step, teacher_context = models.split_apply_fn(teacher_apply_fn, teacher_params, obs)
+    x_next = _teacher_step(
+        teacher_step,
+        teacher_params,
+        teacher_context,
+        x_n,
+        n,
+        family,
+        parameterization,
+        teacher_solver,
+        prediction_type,
+        teacher_clip,
+    )
+    x_next = jax.lax.stop_gradient(x_next)
+    target_params = params if (target == "online" or ema_params is None) else ema_params
+    target_params = jax.lax.stop_gradient(target_params)
+    _, target_context = models.split_apply_fn(apply_fn, target_params, obs)
+    target_value = consistency_fn(
+        student_step, target_params, target_context, x_next, n + 1, family, sigma_data
+    )
+    target_value = jax.lax.stop_gradient(target_value)
+    pred = consistency_fn(student_step, params, context, x_n, n, family, sigma_data)
+    value = batch_masked_mse(pred, target_value, batch)
+    return value, {"mse": value}
+
+
+def sample_positions(num_teacher_steps: int, num_steps: int) -> np.ndarray:
+    """Grid positions p_j = round(j N / S), j = 0 .. S-1, of S-step sampling [S] int."""
+    if not 1 <= num_steps <= num_teacher_steps:
+        raise ValueError(
+            f"num_steps={num_steps} must be in [1, num_teacher_steps={num_teacher_steps}]"
+        )
+    return np.round(np.arange(num_steps) * num_teacher_steps / num_steps).astype(np.int32)
+
+
+def sample(
+    apply_fn: Callable,
+    params,
+    obs: dict,
+    rng: jax.Array,
+    num_steps: int,
+    *,
+    action_shape,
+    parameterization: str = "flow",
+    num_teacher_steps: int = 20,
+    sigma_data: float = 0.5,
+    time_scale: float = 100.0,
+    num_train_steps: int = 100,
+    schedule: str = "squaredcos_cap_v2",
+    prediction_type: str = "epsilon",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    clip_sample: bool = True,
+) -> jax.Array:
+    """Multistep consistency sampling (module docstring): S = `num_steps` model calls,
+    one `lax.scan`.
+
+    Args:
+      apply_fn: `apply_fn(params, obs, x, time) -> [B, H, A]` (or a ContextApply).
+      params: the student's parameters.
+      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
+      rng: PRNG key: the initial noise and the re-noising between steps.
+      num_steps: S in [1, num_teacher_steps], static.
+      action_shape: (H, A), static.
+      clip_sample: clip each step's data estimate to [-1, 1].
+      Other arguments: as in `loss` (the grid and the skip-scaling).
+    Returns:
+      [B, H, A] float32.
+    """
+    init_rng, steps_rng = jax.random.split(rng)
+    shape = (obs[schema.OBS_STATE].shape[0], *tuple(action_shape))
+    return sample_from_noise(
+        apply_fn,
+        params,
+        obs,
+        steps_rng,
+        num_steps,
+        jax.random.normal(init_rng, shape, jnp.float32),
+        action_shape=action_shape,
+        parameterization=parameterization,
+        num_teacher_steps=num_teacher_steps,
+        sigma_data=sigma_data,
+        time_scale=time_scale,
+        num_train_steps=num_train_steps,
+        schedule=schedule,
+        prediction_type=prediction_type,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        clip_sample=clip_sample,
+    )
+
+
+def sample_from_noise(
+    apply_fn: Callable,
+    params,
+    obs: dict,
+    rng: jax.Array,
+    num_steps: int,
+    noise: jax.Array,
+    *,
+    action_shape,
+    parameterization: str = "flow",
+    num_teacher_steps: int = 20,
+    sigma_data: float = 0.5,
+    time_scale: float = 100.0,
+    num_train_steps: int = 100,
+    schedule: str = "squaredcos_cap_v2",
+    prediction_type: str = "epsilon",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    clip_sample: bool = True,
+) -> jax.Array:
+    """`sample` from a given x at grid position 0 = `noise` [B, H, A]; `rng` draws only the
+    re-noising of steps 2 .. S (one step is a deterministic function of `noise`).
+    `sample(rng)` equals this with (noise key, rng) = split(rng)."""
+    _check(parameterization)
+    family = _family(
+        parameterization,
+        num_teacher_steps,
+        time_scale,
+        num_train_steps,
+        schedule,
+        prediction_type,
+        beta_start,
+        beta_end,
+    )
+    grid = family.grid
+    batch_size = obs[schema.OBS_STATE].shape[0]
+    shape = (batch_size, *tuple(action_shape))
+    if tuple(noise.shape) != shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} != chunk shape [B, H, A] {shape}")
+    positions = sample_positions(int(num_teacher_steps), int(num_steps))
+    following = np.append(positions[1:], int(num_teacher_steps))  # data end after the last
+    renoise = jax.random.normal(rng, (int(num_steps), *shape), jnp.float32)
+    step_fn, context = models.split_apply_fn(apply_fn, params, obs)
+
+    def body(x, per_step):
+        position, next_signal, next_noise, z = per_step
+        index = jnp.full((batch_size,), position, jnp.int32)
+        x0 = consistency_fn(step_fn, params, context, x, index, family, sigma_data)
+        if clip_sample:
+            x0 = jnp.clip(x0, -1.0, 1.0)
+        return next_signal * x0 + next_noise * z, None
+
+    xs = (
+        jnp.asarray(positions),
+        jnp.asarray(grid.signal[following]),
+        jnp.asarray(grid.noise[following]),
+        renoise,
+    )
+    x, _ = jax.lax.scan(body, noise.astype(jnp.float32), xs)
+    return x
+
+
+def sampler_label(**_) -> str:
+    """The sampler's name in results and tables."""
+    return "consistency"

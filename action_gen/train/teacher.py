@@ -1,0 +1,142 @@
+"""The teacher of a distillation objective (`objective.teacher_workdir`): where its run is,
+what carries over from it into the student, and its weights.
+
+What carries over: the teacher's normalization stats (the student is trained, and
+served, in the teacher's normalized units) and the config fields a checkpoint fixes
+besides model and objective (`checkpoint.FIXED_KEYS`: obs / action horizons, state and
+action normalization), which must equal the student's. A student initialized from the
+teacher (`train.init_from_teacher`) must also have the teacher's model config. The
+student's objective names the teacher's family (`parameterization`) and its settings
+(time_scale; num_train_steps, schedule, ...), which must equal the teacher's.
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+
+from action_gen import checkpoint, models, objectives
+from action_gen.data import normalize, spec
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedTeacher:
+    """A teacher run restored for distillation.
+
+    Attributes:
+      teacher: `objectives.Teacher(apply_fn, params)` (EMA parameters).
+      config: the teacher's stored config (JSON dict).
+      norm_stats: the teacher's normalization stats (the student's, too).
+      directory: the teacher's checkpoint directory.
+    """
+
+    teacher: objectives.Teacher
+    config: dict
+    norm_stats: dict
+    directory: str
+
+
+def teacher_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """The teacher run's workdir (`objective.teacher_workdir`, relative to the student's
+    `workdir` unless absolute), or None for an objective without a teacher."""
+    path = config.objective.get("teacher_workdir") or None
+    if path is None:
+        return None
+    return path if os.path.isabs(path) else os.path.join(os.path.abspath(workdir), path)
+
+
+def check_student_config(teacher_config: dict, student_config: dict, where: str) -> None:
+    """Raises ValueError naming every field where the student cannot follow the teacher.
+
+    Args:
+      teacher_config, student_config: config JSON dicts (stored and current).
+      where: the teacher's checkpoint directory, for the message.
+    """
+    init = bool(student_config.get("train", {}).get("init_from_teacher", False))
+    differing = checkpoint.config_differences(
+        teacher_config,
+        student_config,
+        lambda k: k in checkpoint.FIXED_KEYS or (init and k.startswith("model.")),
+    )
+    student_objective = student_config["objective"]
+    family = student_objective.get("parameterization")
+    if family != teacher_config["objective"]["name"]:
+        differing["objective.parameterization"] = (teacher_config["objective"]["name"], family)
+    for key, value in teacher_config["objective"].items():
+        if key in student_objective and key not in objectives.SAMPLING_FIELDS | {"name"}:
+            if json.dumps(student_objective[key]) != json.dumps(value):
+                differing[f"objective.{key}"] = (value, student_objective[key])
+    if differing:
+        details = ", ".join(f"{k}: teacher {t!r}, student {s!r}" for k, (t, s) in differing.items())
+        raise ValueError(
+            f"the student cannot distill the teacher in {where}: {details}. The student "
+            "keeps the teacher's horizons and normalization, names its objective in "
+            "objective.parameterization with the same settings, and (init_from_teacher) "
+            "its model."
+        )
+
+
+def read_teacher_metadata(path: str) -> tuple[dict, dict, str]:
+    """(stored config, norm stats, checkpoint directory) of the teacher run at `path`."""
+    ckpt_dir = os.path.join(path, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(
+            f"no teacher checkpoint at {ckpt_dir} (objective.teacher_workdir): train the "
+            "teacher first (`--mode=train_and_eval` with a config that has a `teacher` "
+            "section does both)"
+        )
+    manager = checkpoint.create_checkpoint_manager(ckpt_dir, read_only=True)
+    stored_config, norm_stats = checkpoint.restore_metadata(manager)
+    return stored_config, norm_stats, ckpt_dir
+
+
+def load_teacher(
+    path: str, student_config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding
+) -> LoadedTeacher:
+    """Restores the teacher run at `path` (EMA parameters laid out by `sharding`) after
+    checking that `student_config` can distill it (`check_student_config`)."""
+    stored_config, norm_stats, ckpt_dir = read_teacher_metadata(path)
+    check_student_config(stored_config, checkpoint.config_to_json_dict(student_config), ckpt_dir)
+    config = ml_collections.ConfigDict(stored_config)
+    state_dim, data_action_dim = normalize.feature_dims(norm_stats)
+    action_dim = spec.model_action_dim(config.model, data_action_dim)
+    model = models.create_model(config.model)
+    example_obs = spec.example_observation(spec.observation_spec(config.data, state_dim))
+    abstract = jax.eval_shape(
+        lambda key: models.init_params(
+            model, key, example_obs, (config.data.action_horizon, action_dim)
+        ),
+        jax.random.key(0),
+    )
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
+    )
+    manager = checkpoint.create_checkpoint_manager(ckpt_dir, read_only=True)
+    params = checkpoint.restore_params(manager, abstract, use_ema=True)
+    return LoadedTeacher(
+        teacher=objectives.Teacher(models.make_apply_fn(model), params),
+        config=stored_config,
+        norm_stats=norm_stats,
+        directory=ckpt_dir,
+    )
+
+
+def init_from_teacher(state, loaded: LoadedTeacher, state_shardings):
+    """`state` (fresh) with params and EMA set to the teacher's EMA parameters, laid out
+    like the state's (the optimizer state is unchanged: its init does not depend on the
+    values). The student's model config equals the teacher's (`check_student_config`)."""
+    params = loaded.teacher.params
+    if jax.tree.structure(params) != jax.tree.structure(state.params) or any(
+        a.shape != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params))
+    ):
+        raise ValueError(
+            f"train.init_from_teacher: the teacher's parameters in {loaded.directory} do not "
+            "match the student's model (tree or shapes differ)"
+        )
+    # Fresh buffers: the train step donates the state, and the teacher's stay in use.
+    return state.replace(
+        params=jax.device_put(params, state_shardings.params, may_alias=False),
+        ema_params=jax.device_put(params, state_shardings.ema_params, may_alias=False),
+    )

@@ -1,0 +1,86 @@
+"""One-step policy by consistency distillation of a flow (or diffusion) U-Net teacher on
+the built-in obstacle task; the whole chain in one command:
+
+  python -m action_gen.main --config=configs/consistency_unet_obstacle.py:runlocal \
+      --workdir=W --mode=train_and_eval
+
+trains the teacher in W/teacher (resumed, or reused when W already holds it), then the
+student in W (initialized from the teacher's EMA weights, in the teacher's normalized
+units and horizons), then evaluates the student at 1 step: W/results.json
+(`num_sample_steps`, `success_rate`, `collision_rate`, `mode_left_fraction`, ...).
+Other step counts: `--mode=eval --workdir=W --config.eval.num_sample_steps=2` (any S
+that divides into the grid, S <= objective.num_teacher_steps).
+
+Variants (the arg after ':'; comma-separated, key=value pairs too):
+  runlocal       the CPU chain (2 cores, < 45 min): `make demo`'s U-Net (64, 128, 256),
+                 200 demos, 100 evaluation episodes; teacher: flow, 2,000 steps (10
+                 Euler steps: 100% in README); student: see STUDENT_STEPS.
+  tiny           a smoke test of the chain in seconds (common's `runlocal` sizes).
+  (none)         DP's low-dim sizes, for an accelerator.
+  teacher=diffusion   distill the DDIM teacher instead of the flow one.
+"""
+
+import ml_collections
+
+from configs import common
+
+TEACHERS = ("flow", "diffusion")
+# Settings of the teacher's objective that define what its network predicts; the
+# student's consistency objective takes them over (train/teacher.py checks they agree).
+FAMILY_FIELDS = {
+    "flow": ("time_scale",),
+    "diffusion": ("num_train_steps", "schedule", "prediction_type"),
+}
+# Student training steps per variant (the teacher keeps its own config's).
+STUDENT_STEPS = {"runlocal": 2_000, "tiny": 4, "": 20_000}
+
+
+def get_config(arg=None):
+    flags, values = common.parse_arg(arg)
+    unknown = flags - {"runlocal", "tiny"}
+    if unknown:
+        raise ValueError(
+            f"configs/consistency_unet_obstacle.py: unknown variant(s) {sorted(unknown)}; "
+            "use runlocal or tiny"
+        )
+    family = values.get("teacher", "flow")
+    if family not in TEACHERS:
+        raise ValueError(
+            f"configs/consistency_unet_obstacle.py: teacher={family!r}; use one of {TEACHERS}"
+        )
+    variant = "runlocal" if "runlocal" in flags else ("tiny" if "tiny" in flags else "")
+    base_arg = {"runlocal": "demo", "tiny": "runlocal", "": ""}[variant]
+    if "seed" in values:
+        base_arg = ",".join(t for t in (base_arg, f"seed={values['seed']}") if t)
+
+    teacher = common.obstacle_config(family, base_arg)
+    config = common.obstacle_config(family, base_arg)  # same data, model and horizons
+    num_sample_steps = ml_collections.FieldReference(1)
+    clip_sample = ml_collections.FieldReference(True)
+    objective = ml_collections.ConfigDict()
+    objective.name = "consistency"
+    objective.teacher_workdir = "teacher"  # relative to the student's workdir
+    objective.parameterization = family
+    for key in FAMILY_FIELDS[family]:
+        objective[key] = teacher.objective[key]
+    # The teacher's ODE on N grid points; S-step sampling uses positions round(j N / S),
+    # so N = 20 puts 1, 2 and 4 steps on the grid. Flow: Euler (the teacher's own
+    # sampler); diffusion: DDIM.
+    objective.num_teacher_steps = 20
+    objective.teacher_solver = "euler" if family == "flow" else "ddim"
+    objective.target = "ema"  # the train state's EMA of the student
+    objective.sigma_data = 0.5  # actions are min-max normalized to [-1, 1]
+    objective.clip_sample = clip_sample
+    objective.num_sample_steps = num_sample_steps
+    config.objective = objective
+    config.teacher = teacher
+
+    config.train.init_from_teacher = True
+    config.train.num_steps = STUDENT_STEPS[variant]
+    config.eval.num_sample_steps = num_sample_steps
+    config.eval.clip_sample = clip_sample
+    if variant == "runlocal":
+        config.optimizer.lr = 3e-4
+        config.optimizer.warmup_steps = 100
+        config.train.checkpoint_every = 500
+    return config
