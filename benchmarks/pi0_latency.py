@@ -1,20 +1,25 @@
-"""π0 chunk latency: 3 cameras, 48 text tokens, H=50, 10 Euler steps, batch 1.
+"""π0 chunk latency through the served path: 3 cameras, 48 text tokens, H=50, 10 Euler steps.
 
-  .venv/bin/python benchmarks/pi0_latency.py --variant tiny            # CPU
-  python benchmarks/pi0_latency.py --variant pi0 --dtype bfloat16      # accelerator
+  python benchmarks/pi0_latency.py --variant pi0 --dtype bfloat16      # one GPU, < 3 min
+  .venv/bin/python benchmarks/pi0_latency.py --quick                   # CPU smoke (tiny)
 
-Times, as medians over --runs after a warm-up (compilation) call:
-  chunk_ms    the whole chunk: `flow.sample` under one jit (prefix KV cache computed once,
-              then a `lax.scan` of 10 expert-only steps over the cached prefix);
-  prefix_ms   `prepare` alone: 3 ViT passes + the backbone over images and text;
-  step_ms     one `apply_with_context` (the expert over state + 50 action tokens);
+Every figure is taken on `sample.policy.Policy`'s own path: the Policy casts the float32
+parameters to the compute dtype once (`--dtype`; `cast_s`), uses the prefix KV cache
+(`models.make_apply_fn`) and compiles ahead of time for the batch size (`compile_s`).
+Reported, as medians over --runs after a warm-up call:
+  chunk_ms           the Policy's compiled program on a model-ready observation
+                     (normalize → prefix once → 10 expert-only steps → unnormalize);
+  policy_chunk_ms    `Policy.sample_actions` on the raw observation (host tokenization,
+                     transfers and numpy out included);
+  prefix_ms          `prepare` alone with the served parameters (3 ViT passes + backbone);
+  step_ms            one `apply_with_context` (the expert over state + 50 action tokens);
   uncached_chunk_ms  the same chunk re-running the prefix every step (what caching saves);
-  policy_chunk_ms    the chunk through `sample.policy.Policy.sample_actions` (raw numpy
-              observation in, tokenized prompt, normalization, numpy chunk out);
-and once each: init_s (parameter init, compilation included), compile_s (the chunk
-program). Parameters are random (nothing is downloaded); latency does not depend on their
-values. Prints one JSON object. `build`, `benchmark` and `policy_benchmark` are also the
-π0 section of benchmarks/gpu_suite.py.
+and once each: init_s (parameters, compilation included; `init_compile_s` of it), cast_s,
+compile_s. Parameters are random (nothing is downloaded; latency does not depend on their
+values) and cheap to make: `jax.eval_shape` of the model's init gives the shapes (tracing,
+no compilation), one small jitted program draws every leaf (no forward pass is compiled
+for init). Needs no TensorFlow. Prints one JSON object. `build`, `benchmark` and
+`policy_benchmark` are also the π0 section of benchmarks/gpu_suite.py.
 """
 
 import argparse
@@ -35,89 +40,70 @@ from action_gen.objectives import flow
 
 CAMERAS = ("base", "left_wrist", "right_wrist")
 TEXT_TOKENS, H, A, STATE_DIM, NUM_STEPS = 48, 50, 32, 32, 10
+PROMPT = "pick up the red cup and put it in the sink"
 
 
 def observation(size: int, batch: int) -> dict:
+    """A model-ready observation: state [B, 1, 32], 3 uint8 images, 48 prompt tokens."""
     rng = np.random.default_rng(0)
     obs = {schema.OBS_STATE: rng.normal(size=(batch, 1, STATE_DIM)).astype(np.float32)}
     for cam in CAMERAS:
         obs[schema.image_key(cam)] = rng.integers(0, 255, (batch, 1, size, size, 3), np.uint8)
-    text = "pick up the red cup and put it in the sink " * 4
-    tokens, mask = tokenizer.tokenize([text] * batch, TEXT_TOKENS)
+    tokens, mask = tokenizer.tokenize([(PROMPT + " ") * 4] * batch, TEXT_TOKENS)
     obs[schema.PROMPT_TOKENS], obs[schema.PROMPT_MASK] = tokens, mask
+    obs[schema.OBS_PAD_MASK] = np.ones((batch, 1), bool)
     return obs
+
+
+def random_params(abstract, key: jax.Array):
+    """Parameters of the shapes in `abstract` (float32, like a checkpoint's master weights):
+    kernels ~ N(0, 1 / fan_in) (fan_in: the second-to-last axis), vectors 0. One jitted
+    program of random draws; values are irrelevant to latency but kept in a sane range."""
+    leaves, treedef = jax.tree.flatten(abstract)
+
+    def draw(key):
+        out = []
+        for i, leaf in enumerate(leaves):
+            if len(leaf.shape) < 2:
+                out.append(jnp.zeros(leaf.shape, leaf.dtype))
+                continue
+            scale = 1.0 / np.sqrt(leaf.shape[-2])
+            noise = jax.random.normal(jax.random.fold_in(key, i), leaf.shape, leaf.dtype)
+            out.append(noise * scale)
+        return jax.tree.unflatten(treedef, out)
+
+    return jax.jit(draw)(key)
 
 
 @dataclasses.dataclass
 class Built:
-    """A π0 of one size with random parameters, and its benchmark observation."""
+    """A π0 of one size with random float32 parameters, and its benchmark observation."""
 
     variant: str
     dtype: str
     model: pi0.Pi0
     params: dict
     obs: dict
-    init_s: float  # compile and run
+    init_s: float  # shapes + compile + draw
     init_compile_s: float
+    policy: object = None  # the Policy built from `params` by `benchmark` (reused)
+    figures: dict = dataclasses.field(default_factory=dict)
 
 
 def build(variant: str, dtype: str, batch: int) -> Built:
-    """Initializes π0 `variant`, timed: `init_s` in all, `init_compile_s` of it compiling
-    (on an H200 the 3.24 B-parameter init took 116 s in all, 4.5x the chunk's compile)."""
+    """π0 `variant` with random parameters, timed: shapes from `jax.eval_shape` of the init
+    (no compilation), then one jitted draw (`init_compile_s`: its compilation)."""
     model = pi0.Pi0(variant=variant, action_dim=A, dtype=dtype)
     obs = observation(pi0.SIZES[variant].image_size, batch)
-    init = jax.jit(functools.partial(models.init_params, model, action_shape=(H, A)))
     tic = time.perf_counter()
-    compiled = init.lower(jax.random.key(0), obs).compile()
-    compile_s = time.perf_counter() - tic
-    params = jax.block_until_ready(compiled(jax.random.key(0), obs))
-    return Built(variant, dtype, model, params, obs, time.perf_counter() - tic, compile_s)
-
-
-def benchmark(
-    variant: str, dtype: str, batch: int, runs: int, *, built: Built | None = None,
-    uncached: bool = True, on_figure=None,
-) -> dict:  # fmt: skip
-    """chunk / prefix / step (/ uncached chunk) latency, init and compile seconds;
-    `on_figure(name, value)`, if given, hears each figure as soon as it is measured."""
-    built = built or build(variant, dtype, batch)
-    model, params, obs = built.model, built.params, built.obs
-    result = {}
-
-    def put(key, value):
-        result[key] = value
-        if on_figure is not None:
-            on_figure(key, value)
-
-    put("params", int(sum(x.size for x in jax.tree.leaves(params))))
-    put("init_s", round(built.init_s, 2))
-    put("init_compile_s", round(built.init_compile_s, 2))
-    context_apply = models.make_apply_fn(model)
-    plain_apply = models.make_uncached_apply_fn(model)
-
-    def chunk_fn(apply_fn):
-        return jax.jit(
-            functools.partial(flow.sample, apply_fn, num_steps=NUM_STEPS, action_shape=(H, A))
-        )
-
-    tic = time.perf_counter()
-    cached = chunk_fn(context_apply).lower(params, obs, jax.random.key(0)).compile()
-    put("compile_s", round(time.perf_counter() - tic, 2))
-    put("chunk_ms", round(median_ms(lambda i: cached(params, obs, jax.random.key(i)), runs), 3))
-    prepare = jax.jit(context_apply.prepare)
-    step = jax.jit(context_apply.apply)
-    context = prepare(params, obs)
-    x = jnp.zeros((batch, H, A), jnp.float32)
-    t = jnp.full((batch,), 50.0)
-    put("prefix_ms", round(median_ms(lambda i: prepare(params, obs), runs), 3))
-    put("step_ms", round(median_ms(lambda i: step(params, context, x + i, t), runs), 3))
-    if uncached:
-        sample = chunk_fn(plain_apply)
-        put(
-            "uncached_chunk_ms",
-            round(median_ms(lambda i: sample(params, obs, jax.random.key(i)), runs), 3),
-        )
-    return result
+    abstract = jax.eval_shape(
+        lambda key: models.init_params(model, key, obs, (H, A)), jax.random.key(0)
+    )
+    compile_tic = time.perf_counter()
+    params = jax.block_until_ready(random_params(abstract, jax.random.key(0)))
+    init_s = time.perf_counter() - tic
+    # The draw's compile dominates its wall time on every backend (a few ms of RNG).
+    return Built(variant, dtype, model, params, obs, init_s, time.perf_counter() - compile_tic)
 
 
 def policy_config(variant: str, dtype: str):
@@ -137,39 +123,105 @@ def policy_config(variant: str, dtype: str):
     return config
 
 
-def policy_benchmark(built: Built, runs: int, batch: int = 1) -> dict:
-    """The chunk through `Policy.sample_actions` (raw observation in, numpy chunk out) with
-    `built`'s parameters: policy_compile_s (first call) and policy_chunk_ms."""
+def _unit_stats(dim: int) -> dict:
+    ones = [1.0] * dim
+    return {"min": [-1.0] * dim, "max": ones, "mean": [0.0] * dim, "std": ones,
+            "q01": [-1.0] * dim, "q99": ones, "count": 1}  # fmt: skip
+
+
+def benchmark(
+    variant: str, dtype: str, batch: int, runs: int, *, built: Built | None = None,
+    uncached: bool = True, on_figure=None,
+) -> dict:  # fmt: skip
+    """The Policy's chunk / prefix / step (/ uncached chunk) latency and its init, cast and
+    compile seconds; `on_figure(name, value)`, if given, hears each figure when measured."""
     from action_gen.sample.policy import Policy
 
-    def stats(dim):
-        ones = [1.0] * dim
-        return {"min": [-1.0] * dim, "max": ones, "mean": [0.0] * dim, "std": ones,
-                "q01": [-1.0] * dim, "q99": ones, "count": 1}  # fmt: skip
+    built = built or build(variant, dtype, batch)
+    result = {}
 
+    def put(key, value):
+        result[key] = value
+        built.figures[key] = value
+        if on_figure is not None:
+            on_figure(key, value)
+
+    put("params", int(sum(x.size for x in jax.tree.leaves(built.params))))
+    put("init_s", round(built.init_s, 2))
+    put("init_compile_s", round(built.init_compile_s, 2))
+    tic = time.perf_counter()
     policy = Policy(
         policy_config(built.variant, built.dtype),
         built.params,
-        {"state": stats(STATE_DIM), "actions": stats(A)},
+        {"state": _unit_stats(STATE_DIM), "actions": _unit_stats(A)},
+        param_dtype=built.dtype,  # the compute dtype: cast once, here
     )
-    raw = {k: v for k, v in built.obs.items() if k.startswith("observation/")}
-    raw[schema.PROMPT] = np.array(["pick up the red cup and put it in the sink"] * batch)
+    jax.block_until_ready(policy.params)
+    put("cast_s", round(time.perf_counter() - tic, 2))
+    built.policy = policy
     tic = time.perf_counter()
-    policy.sample_actions(raw, 0)
-    compile_s = time.perf_counter() - tic
+    policy.compile((batch,), guided=False)
+    put("compile_s", round(time.perf_counter() - tic, 2))
+    obs = policy.prepare_observation(_raw(built.obs))
+    put("chunk_ms", round(median_ms(lambda i: policy.sample_prepared(obs, i), runs), 3))
+
+    apply_fn = models.make_apply_fn(policy.model)
+    prepare, step = jax.jit(apply_fn.prepare), jax.jit(apply_fn.apply)
+    model_obs = {k: v for k, v in obs.items() if k != schema.OBS_PAD_MASK}
+    context = prepare(policy.params, model_obs)
+    x = jnp.zeros((batch, H, A), jnp.float32)
+    t = jnp.full((batch,), 50.0)
+    put("prefix_ms", round(median_ms(lambda i: prepare(policy.params, model_obs), runs), 3))
+    put("step_ms", round(median_ms(lambda i: step(policy.params, context, x + i, t), runs), 3))
+    if uncached:
+        sample = jax.jit(
+            functools.partial(
+                flow.sample,
+                models.make_uncached_apply_fn(policy.model),
+                num_steps=NUM_STEPS,
+                action_shape=(H, A),
+            )
+        )
+        put(
+            "uncached_chunk_ms",
+            round(
+                median_ms(lambda i: sample(policy.params, model_obs, jax.random.key(i)), runs), 3
+            ),
+        )
+    return result
+
+
+def _raw(obs: dict) -> dict:
+    """The client's view of `observation`: raw arrays and the prompt string."""
+    raw = {k: v for k, v in obs.items() if k.startswith("observation/")}
+    raw[schema.PROMPT] = np.array([PROMPT] * obs[schema.OBS_STATE].shape[0])
+    return raw
+
+
+def policy_benchmark(built: Built, runs: int, batch: int = 1) -> dict:
+    """The chunk through `Policy.sample_actions` (raw observation in, numpy chunk out):
+    policy_compile_s (the ahead-of-time compile of `benchmark`, or here if it did not run)
+    and policy_chunk_ms."""
+    if built.policy is None:
+        benchmark(built.variant, built.dtype, batch, runs, built=built, uncached=False)
+    raw = _raw(built.obs)
     return {
-        "policy_compile_s": round(compile_s, 2),
-        "policy_chunk_ms": round(median_ms(lambda i: policy.sample_actions(raw, i), runs), 3),
+        "policy_compile_s": built.figures["compile_s"],
+        "policy_chunk_ms": round(median_ms(lambda i: built.policy.sample_actions(raw, i), runs), 3),
     }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="tiny", choices=sorted(pi0.SIZES))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--variant", default="pi0", choices=sorted(pi0.SIZES))
+    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="CPU smoke: tiny, float32, 2 runs")
     args = parser.parse_args()
+    if args.quick:
+        args.variant, args.dtype, args.runs = "tiny", "float32", 2
+    start = time.perf_counter()
     report = {
         **device_report(),
         "variant": args.variant,
@@ -186,6 +238,7 @@ def main():
     built = build(args.variant, args.dtype, args.batch)
     report.update(benchmark(args.variant, args.dtype, args.batch, args.runs, built=built))
     report.update(policy_benchmark(built, args.runs, args.batch))
+    report["total_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report, indent=2))
 
 

@@ -21,6 +21,19 @@ Variants (the arg after ':'; comma-separated key=value pairs are allowed too):
   pi0       the real π0 size (2.7 B parameters, bf16 activations): accelerators only.
   smoke     the `tiny` size, a handful of steps: tests.
   (none)    same as runlocal.
+
+Fine-tuning variants, combined with a size (`runlocal,lora`, `pi0,frozen_backbone`); start
+them from a trained or imported checkpoint with `--config.train.init_from=RUN_DIR`:
+  lora             LoRA (rank 16, alpha 16) on every attention (q, kv, out) and MLP (gate_up,
+                   down) kernel of the backbone and the expert; the expert's input/output
+                   projections (state, action, time MLP, action out) train fully, all other
+                   base weights are frozen (openpi's π0 LoRA recipe, minus its trainable
+                   vision tower). `pi0,lora` holds the frozen base in bfloat16.
+  frozen_backbone  the backbone (ViT, image projection, token embedding, backbone layers)
+                   frozen; the expert and its projections train.
+Only trainable leaves carry Adam state and an EMA; a served checkpoint is merged
+(models/lora.py). Figures: `python -m action_gen.train.lora --config=configs/
+flow_pi0_obstacle.py:pi0,lora` (abstract shapes, no memory).
 """
 
 import ml_collections
@@ -30,10 +43,13 @@ from configs import common
 
 def get_config(arg=None):
     flags, values = common.parse_arg(arg)
-    unknown = flags - {"runlocal", "pi0", "smoke"}
+    known = {"runlocal", "pi0", "smoke", "lora", "frozen_backbone"}
+    unknown = flags - known
     if unknown:
-        raise ValueError(f"unknown config variant(s) {sorted(unknown)}; use runlocal, pi0, smoke")
+        raise ValueError(f"unknown config variant(s) {sorted(unknown)}; use {sorted(known)}")
     base_flags = {"runlocal": "demo", "smoke": "runlocal"}
+    if flags and not flags & {"runlocal", "pi0", "smoke"}:
+        flags = flags | {"runlocal"}  # a fine-tuning variant alone: at the runlocal size
     base_arg = ",".join(
         [base_flags[f] for f in sorted(flags) if f in base_flags]
         + [f"{k}={v}" for k, v in values.items()]
@@ -75,4 +91,21 @@ def get_config(arg=None):
         config.train.num_steps = 6_000
         config.train.checkpoint_every = 1_000
         config.eval.num_episodes = 100
+
+    # The expert's own input/output projections (not transformer layers).
+    heads = "state_proj|action_in_proj|time_mlp_in|time_mlp_out|action_out"
+    config.train.init_from = ""  # a run dir / checkpoint dir to fine-tune from
+    if "lora" in flags:
+        config.lora = ml_collections.ConfigDict()
+        config.lora.rank = 16
+        config.lora.alpha = 16.0
+        # Per-layer (backbone_0/q/kernel) or scanned (layers/backbone/q/kernel [L, I, O]).
+        config.lora.targets = r"(backbone|expert)[^/]*/(q|kv|out|gate_up|down)/kernel$"
+        config.optimizer.trainable = f"^({heads})/"
+        config.optimizer.frozen_dtype = "bfloat16" if "pi0" in flags else ""
+    if "frozen_backbone" in flags:
+        if "lora" in flags:
+            raise ValueError("choose one of lora, frozen_backbone")
+        config.optimizer.trainable = rf"(^|/)(expert[^/]*|{heads})/"
+        config.optimizer.frozen_dtype = "bfloat16" if "pi0" in flags else ""
     return config

@@ -10,6 +10,7 @@ import numpy as np
 
 from action_gen import checkpoint, models, objectives
 from action_gen.data import normalize, schema, spec, transforms
+from action_gen.models import lora
 
 # β of the guided sampler's ahead-of-time programs (the RTC paper's value).
 DEFAULT_MAX_GUIDANCE = 5.0
@@ -41,6 +42,8 @@ class Policy:
       supports_rtc: whether `sample_actions_rtc` is available (the objective has guided
         sampling).
       compiled_batch_sizes: batch sizes compiled ahead of time by `compile`.
+      param_dtype: the dtype the floating parameters were cast to once at construction
+        (default: the model's compute dtype `config.model.dtype`; None: kept as given).
     """
 
     def __init__(
@@ -50,9 +53,17 @@ class Policy:
         norm_stats: dict,
         *,
         num_sample_steps: int | None = None,
+        param_dtype: str | None = None,
     ):
         self.config = config
-        self.params = params
+        # Inference casts the parameters to the compute dtype once, here, instead of the
+        # model casting float32 kernels inside every call (at π0 size a full read of the
+        # float32 weights per chunk); the checkpoint keeps its float32 master weights.
+        self.param_dtype = param_dtype or config.model.get("dtype") or None
+        if self.param_dtype is not None:
+            self.params = _cast_float_params(params, jnp.dtype(self.param_dtype))
+        else:
+            self.params = params
         self.norm_stats = norm_stats
         self.state_dim, self.action_dim = normalize.feature_dims(norm_stats)
         self.model_action_dim = spec.model_action_dim(config.model, self.action_dim)
@@ -115,6 +126,8 @@ class Policy:
         use_ema: bool = True,
         num_sample_steps: int | None = None,
         clip_sample: bool | None = None,
+        param_dtype: str | None = None,
+        batch_sizes=(),
     ) -> "Policy":
         """Restores a policy from a run's workdir (or checkpoint dir) alone.
 
@@ -131,6 +144,14 @@ class Policy:
           use_ema: restore the EMA parameters (else the raw ones).
           num_sample_steps, clip_sample: override the sampler settings (None: as in the
             config); they change how the model is sampled, not what it learned.
+          param_dtype: serve with parameters in this dtype (default: the model's compute
+            dtype, `config.model.dtype`; "float32" keeps the master weights' precision).
+          batch_sizes: compile the sampler ahead of time for these batch sizes (`compile`).
+
+        A checkpoint trained under a fine-tuning layout (`config.lora`, frozen leaves,
+        `models/lora.py`) is served merged: the EMA of its trainable leaves, the raw frozen
+        ones, LoRA adapters folded into their kernels (W + alpha/r · A·B, float32) before
+        the cast; the served model is the base architecture.
         """
         ckpt_dir = _checkpoint_dir(path)
         if not os.path.isdir(ckpt_dir):
@@ -166,11 +187,25 @@ class Policy:
             jax.random.key(0),
         )
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract_params = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params
+
+        def restore(tree, ema):
+            tree = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree
+            )
+            return checkpoint.restore_params(manager, tree, use_ema=ema, step=step)
+
+        params = lora.restore_model_params(
+            restore,
+            lora.FinetuneLayout.from_config(stored_config),  # how the checkpoint was trained
+            abstract_params,
+            use_ema=use_ema,
         )
-        params = checkpoint.restore_params(manager, abstract_params, use_ema=use_ema, step=step)
-        return cls(config, params, norm_stats, num_sample_steps=num_sample_steps)
+        policy = cls(
+            config, params, norm_stats, num_sample_steps=num_sample_steps, param_dtype=param_dtype
+        )
+        if batch_sizes:
+            policy.compile(batch_sizes)
+        return policy
 
     def sample_actions(self, observation: dict, rng) -> np.ndarray:
         """Samples one action chunk per observation in the batch.
@@ -235,8 +270,14 @@ class Policy:
             ) from None
         return self._run("guided", obs, _as_key(rng), (prefix, weights), max_guidance)
 
-    def compile(self, batch_sizes=(1,)) -> None:
-        """Compiles the sampler ahead of time for each batch size, and runs each once.
+    def sample_prepared(self, obs: dict, rng) -> np.ndarray:
+        """`sample_actions` on an observation already through `prepare_observation` (no host
+        transforms): the compiled program alone, for benchmarks and batching servers."""
+        return self._run("plain", obs, _as_key(rng))
+
+    def compile(self, batch_sizes=(1,), *, guided: bool = True) -> None:
+        """Compiles the sampler ahead of time for each batch size, and runs each once;
+        with `guided`, the RTC sampler too (where the objective has one).
 
         After this, a call with batch B runs the program of the smallest compiled size
         >= B (the batch padded by repeating its last row, results sliced back), or splits
@@ -253,7 +294,7 @@ class Policy:
             rng = jax.random.key(0)
             programs = {"plain": self._sample.lower(self.params, obs, rng).compile()}
             np.asarray(programs["plain"](self.params, obs, rng))  # warm-up: allocations
-            if self.supports_rtc:
+            if self.supports_rtc and guided:
                 prefix = np.zeros((size, *self.action_shape), np.float32)
                 weights = np.zeros((size, self.action_horizon), np.float32)
                 programs["guided"] = self._sample_rtc.lower(
@@ -278,6 +319,7 @@ class Policy:
             self._compiled
             and set(obs) == set(self.model_observation_spec)
             and max_guidance == DEFAULT_MAX_GUIDANCE
+            and all(kind in programs for programs in self._compiled.values())
         )
         if not aot:
             if kind == "plain":
@@ -339,6 +381,14 @@ class Policy:
             if key.startswith(schema.IMAGE_MASK_PREFIX):
                 obs[key] = np.asarray(value, bool)
         return obs
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _cast_float_params(params, dtype):
+    """Every floating leaf cast to `dtype` (one compiled program for the whole tree)."""
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
+    )
 
 
 def _as_key(rng) -> jax.Array:

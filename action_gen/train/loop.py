@@ -12,6 +12,7 @@ import tqdm
 from action_gen import checkpoint
 from action_gen.data import normalize, pipeline, rlds, sources, spec, transforms, validate
 from action_gen.train import distributed, sharding
+from action_gen.train import lora as train_lora
 from action_gen.train import teacher as teacher_lib
 from action_gen.train.metrics_writer import MetricWriter
 from action_gen.train.program import build_train_program
@@ -157,7 +158,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         logging.info("Resumed from %s at step %d", manager.directory, int(state.step))
         start_step = int(data_state["batches_consumed"])
     else:
-        state = program.init_fn(init_rng)
+        init_from = config.train.get("init_from") or ""
+        if init_from:  # fine-tuning: pretrained model parameters (any layout, merged)
+            pretrained = train_lora.restore_pretrained_params(
+                init_from, config, program.abstract_model_params
+            )
+            state = program.init_from_fn(pretrained, init_rng)
+            logging.info("Initialised from %s", init_from)
+        else:
+            state = program.init_fn(init_rng)
         if loaded_teacher is not None and config.train.get("init_from_teacher", False):
             state = teacher_lib.init_from_teacher(state, loaded_teacher, state_shardings)
         start_step = 0

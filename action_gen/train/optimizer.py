@@ -1,7 +1,13 @@
-"""The optimizer: AdamW with linear warm-up then cosine decay, after global-norm clipping."""
+"""The optimizer: AdamW with linear warm-up then cosine decay, after global-norm clipping;
+with a trainable mask (frozen leaves, LoRA), only the trainable leaves carry its state."""
 
+from typing import Any
+
+import jax
 import ml_collections
 import optax
+
+TRAINABLE, FROZEN = "trainable", "frozen"
 
 
 def create_learning_rate_schedule(config: ml_collections.ConfigDict, num_train_steps: int):
@@ -17,8 +23,16 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict, num_train_s
     )
 
 
-def create_optimizer(config: ml_collections.ConfigDict, num_train_steps: int):
+def create_optimizer(
+    config: ml_collections.ConfigDict, num_train_steps: int, trainable: Any = None
+):
     """Returns `(tx, lr_schedule)`.
+
+    `trainable`: None (every leaf trains), or a tree of Python bools over the parameters
+    (`models.lora.trainable_mask`): the optimizer is then `optax.multi_transform` of the
+    chain below on the trainable leaves and `optax.set_to_zero` on the frozen ones, so
+    Adam's moments exist for trainable leaves only (masked leaves hold `optax.MaskedNode`,
+    no array) and gradient clipping sees only trainable gradients.
 
     `config` fields: lr, warmup_steps, b1, b2, eps, weight_decay, grad_clip_norm
     (<= 0 disables clipping), final_lr_fraction (optional), flatten (optional, default
@@ -42,4 +56,7 @@ def create_optimizer(config: ml_collections.ConfigDict, num_train_steps: int):
     tx = optax.chain(*transforms)
     if config.get("flatten", False):
         tx = optax.flatten(tx)
+    if trainable is not None:
+        labels = jax.tree.map(lambda t: TRAINABLE if t else FROZEN, trainable)
+        tx = optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels)
     return tx, schedule

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from action_gen.models import lora
+
 
 class TrainState(struct.PyTreeNode):
     """Everything a training run carries from step to step; a pure pytree.
@@ -14,7 +16,8 @@ class TrainState(struct.PyTreeNode):
     Attributes:
       step: int32 scalar, number of optimizer updates applied so far.
       params: the model parameters being optimized.
-      ema_params: exponential moving average of `params` (what a policy serves).
+      ema_params: exponential moving average of `params` (what a policy serves); of its
+        trainable leaves only when some are frozen (`create_train_state`).
       opt_state: the optax optimizer state.
     """
 
@@ -24,12 +27,20 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
 
 
-def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
-    """A fresh state at step 0; the EMA starts equal to the initial parameters."""
+def create_train_state(
+    params: Any, tx: optax.GradientTransformation, trainable: Any = None
+) -> TrainState:
+    """A fresh state at step 0; the EMA starts equal to the initial parameters.
+
+    `trainable`: None, or a tree of Python bools over `params` (`models.lora.
+    trainable_mask`): the EMA then holds only the trainable leaves
+    (`lora.trainable_subset`); a frozen leaf's average is the leaf itself.
+    """
+    ema = params if trainable is None else lora.trainable_subset(params, trainable)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        ema_params=jax.tree.map(jnp.copy, params),
+        ema_params=jax.tree.map(jnp.copy, ema),
         opt_state=tx.init(params),
     )
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from action_gen import models
+from action_gen.models import lora
 from action_gen.train.state import TrainState, ema_decay, update_ema
 
 REMAT_POLICIES = {
@@ -103,6 +104,7 @@ def train_step(
     compute_dtype: str | None = None,
     remat: str = "none",
     pass_ema_params: bool = False,
+    trainable: Any = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """One optimizer update and EMA update; objective and model are bound by the caller.
 
@@ -120,29 +122,42 @@ def train_step(
       remat: "none" | "full" | "dots", see `wrap_apply_fn`.
       pass_ema_params: call `loss_fn(..., ema_params=state.ema_params)` (a distillation
         target; `objectives.Objective.uses_ema_params`). The EMA is not differentiated.
+      trainable: None (every leaf trains), or a tree of Python bools over `state.params`
+        (`models.lora.trainable_mask`): gradients are taken for the trainable leaves only
+        (frozen leaves are constants of the loss: no gradient memory), the optimizer
+        updates those (`tx` masks the rest), and the EMA covers them
+        (`state.ema_params` is `lora.trainable_subset(params)`).
     Returns:
       (new state, metrics dict of scalars).
     """
     step_rng = jax.random.fold_in(rng, state.step)
     model_fn = wrap_apply_fn(apply_fn, compute_dtype=compute_dtype, remat=remat)
     extra = {"ema_params": state.ema_params} if pass_ema_params else {}
+    if trainable is None:
+        train_params, frozen = state.params, None
+    else:
+        train_params, frozen = lora.split_trainable(state.params, trainable)
+
+    def full(params):
+        return params if frozen is None else lora.combine(params, frozen)
+
     grad_fn = jax.value_and_grad(
-        lambda params, b, key: loss_fn(model_fn, params, b, key, **extra), has_aux=True
+        lambda params, b, key: loss_fn(model_fn, full(params), b, key, **extra), has_aux=True
     )
 
     if grad_accum_steps == 1:
-        (loss, aux), grads = grad_fn(state.params, batch, step_rng)
+        (loss, aux), grads = grad_fn(train_params, batch, step_rng)
     else:
         micro = split_micro_batches(batch, grad_accum_steps)
 
         def accumulate(grad_sum, inputs):
             index, micro_batch = inputs
             (value, aux), g = grad_fn(
-                state.params, micro_batch, jax.random.fold_in(step_rng, index)
+                train_params, micro_batch, jax.random.fold_in(step_rng, index)
             )
             return jax.tree.map(jnp.add, grad_sum, g), (value, aux)
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        zeros = jax.tree.map(jnp.zeros_like, train_params)
         grad_sum, (losses, auxes) = jax.lax.scan(
             accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
         )
@@ -150,13 +165,23 @@ def train_step(
         loss = jnp.mean(losses)
         aux = jax.tree.map(lambda a: jnp.mean(a, axis=0), auxes)
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if frozen is None:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_target = params
+    else:
+        # The masked optimizer takes the whole tree; the frozen leaves' zero "gradients"
+        # are ignored by its set_to_zero branch (dead code for XLA).
+        all_grads = lora.combine(grads, jax.tree.map(jnp.zeros_like, frozen))
+        updates, opt_state = tx.update(all_grads, state.opt_state, state.params)
+        updates = lora.trainable_subset(updates, trainable)
+        ema_target = optax.apply_updates(train_params, updates)
+        params = lora.combine(ema_target, frozen)
     decay = ema_decay(state.step, power=ema_power, max_decay=ema_max_decay)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
-        ema_params=update_ema(state.ema_params, params, decay),
+        ema_params=update_ema(state.ema_params, ema_target, decay),
         opt_state=opt_state,
     )
     metrics = {
