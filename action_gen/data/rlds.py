@@ -48,7 +48,8 @@ FEATURES = "features.json"
 EPISODE_METADATA = "episode_metadata"
 _SPLIT = "train"
 _FILE_FORMAT = "tfrecord"
-# Images are stored PNG-encoded (lossless, so a round trip is exact).
+# Images are stored PNG-encoded by default (lossless, so a round trip is exact); "jpeg"
+# (what Open X-Embodiment datasets hold) is smaller and lossy.
 _IMAGE_ENCODING = "png"
 # Episodes per writer above which a progress bar is shown.
 _PROGRESS_MIN_EPISODES = 50
@@ -57,7 +58,9 @@ _PROGRESS_MIN_EPISODES = 50
 # ----------------------------------------------------------------------------- writing
 
 
-def _tensor_feature(value: np.ndarray, *, per_step: bool) -> tfds.features.FeatureConnector:
+def _tensor_feature(
+    value: np.ndarray, *, per_step: bool, image_encoding: str = _IMAGE_ENCODING
+) -> tfds.features.FeatureConnector:
     """Feature of one field; ``per_step`` strips the leading time axis L."""
     shape = value.shape[1:] if per_step else value.shape
     if value.dtype.kind in "US" or value.dtype == object:
@@ -65,13 +68,15 @@ def _tensor_feature(value: np.ndarray, *, per_step: bool) -> tfds.features.Featu
             raise ValueError(f"only scalar strings are supported, got shape {shape}")
         return tfds.features.Text()
     if value.dtype == np.uint8 and len(shape) == 3 and shape[-1] in (1, 3):
-        return tfds.features.Image(shape=shape, encoding_format=_IMAGE_ENCODING)
+        return tfds.features.Image(shape=shape, encoding_format=image_encoding)
     if not shape:
         return tfds.features.Scalar(dtype=value.dtype)
     return tfds.features.Tensor(shape=shape, dtype=value.dtype)
 
 
-def _infer_features(episode: Mapping) -> tfds.features.FeaturesDict:
+def _infer_features(
+    episode: Mapping, image_encoding: str = _IMAGE_ENCODING
+) -> tfds.features.FeaturesDict:
     """TFDS feature spec of the RLDS record, from the shapes/dtypes of one episode."""
     observation = episode[schema.RLDS_OBSERVATION]
     if not isinstance(observation, Mapping):
@@ -79,7 +84,10 @@ def _infer_features(episode: Mapping) -> tfds.features.FeaturesDict:
     action = np.asarray(episode[schema.RLDS_ACTION])
     steps = {
         schema.RLDS_OBSERVATION: tfds.features.FeaturesDict(
-            {k: _tensor_feature(np.asarray(v), per_step=True) for k, v in observation.items()}
+            {
+                k: _tensor_feature(np.asarray(v), per_step=True, image_encoding=image_encoding)
+                for k, v in observation.items()
+            }
         ),
         schema.RLDS_ACTION: _tensor_feature(action, per_step=True),
         "reward": tfds.features.Scalar(dtype=np.float32),
@@ -144,6 +152,7 @@ def write_rlds_dataset(
     version: str = "1.0.0",
     description: str = "",
     shard_size: int = 256,
+    image_encoding: str = _IMAGE_ENCODING,
 ) -> str:
     """Writes episodes as an RLDS dataset in TFDS format.
 
@@ -159,6 +168,7 @@ def write_rlds_dataset(
       version: dataset version "x.y.z".
       description: stored in dataset_info.json.
       shard_size: episodes per tfrecord shard.
+      image_encoding: "png" (lossless) or "jpeg" for the image fields.
 
     Returns:
       The dataset directory ``<data_dir>/<name>/<version>``.
@@ -169,13 +179,17 @@ def write_rlds_dataset(
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if image_encoding not in ("png", "jpeg"):
+        raise ValueError(f"image_encoding must be 'png' or 'jpeg', got {image_encoding!r}")
     final_dir = epath.Path(data_dir) / name / version
     if final_dir.exists():
         raise FileExistsError(f"RLDS dataset directory already exists: {final_dir}")
     staging = final_dir.parent / f"{version}.incomplete-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        shard_lengths, num_bytes, features = _write_shards(episodes, staging, name, shard_size)
+        shard_lengths, num_bytes, features = _write_shards(
+            episodes, staging, name, shard_size, image_encoding
+        )
         template = tfds.core.ShardedFileTemplate(
             data_dir=staging, dataset_name=name, split=_SPLIT, filetype_suffix=_FILE_FORMAT
         )
@@ -203,7 +217,7 @@ def write_rlds_dataset(
     return os.fspath(final_dir)
 
 
-def _write_shards(episodes, out_dir: epath.Path, name: str, shard_size: int):
+def _write_shards(episodes, out_dir: epath.Path, name: str, shard_size: int, image_encoding):
     """Streams serialized episodes into ``shard-XXXXX.tmp`` files (renamed by the caller)."""
     from tqdm.auto import tqdm
 
@@ -222,7 +236,7 @@ def _write_shards(episodes, out_dir: epath.Path, name: str, shard_size: int):
     try:
         for index, episode in enumerate(progress):
             if features is None:
-                features = _infer_features(episode)
+                features = _infer_features(episode, image_encoding)
             record = _to_record(episode, index)
             try:
                 serialized = features.serialize_example(record)
