@@ -139,8 +139,8 @@ def _dir_mb(path) -> float:
 def run_section(name: str, args, root: str) -> dict:
     from action_gen.data import lerobot, lerobot_write, rlds
 
-    windows = dict(batches=args.batches, warmup=args.warmup)
     if name == "lowdim":
+        windows = dict(batches=args.batches, warmup=args.warmup)
         episodes = lowdim_episodes(args.episodes, args.length, args.state_dim, args.action_dim)
         path = rlds.write_rlds_dataset(episodes, root, name="lowdim")
         out = measure_stream(
@@ -158,6 +158,7 @@ def run_section(name: str, args, root: str) -> dict:
         "episode_length": args.length,
     }
     stream = dict(batch_size=args.image_batch_size, shuffle_buffer=args.image_shuffle_buffer)
+    windows = dict(batches=args.image_batches, warmup=args.image_warmup)
     if name in ("png", "jpeg"):
         path = rlds.write_rlds_dataset(episodes, root, name=name, image_encoding=name)
         return {**common, "rlds_mb": _dir_mb(path), **measure_stream(path, **stream, **windows)}
@@ -192,6 +193,9 @@ def machine() -> dict:
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
+        # Other processes on a shared host slow every figure: the 1-minute load average
+        # at the end of the run (2 cores: > 2 means contention).
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -202,6 +206,8 @@ QUICK = dict(
     image_size=32,
     batches=3,
     warmup=1,
+    image_batches=3,
+    image_warmup=1,
     batch_size=32,
     shuffle_buffer=64,
     image_batch_size=8,
@@ -219,12 +225,14 @@ def main(argv=None) -> int:
     parser.add_argument("--action_dim", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=256, help="low-dim batch")
     parser.add_argument("--shuffle_buffer", type=int, default=20_000, help="low-dim windows")
-    parser.add_argument("--image_episodes", type=int, default=16)
+    parser.add_argument("--image_episodes", type=int, default=8)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--image_batch_size", type=int, default=64)
     parser.add_argument("--image_shuffle_buffer", type=int, default=1_000)
     parser.add_argument("--warmup", type=int, default=20, help="untimed batches")
     parser.add_argument("--batches", type=int, default=200, help="timed batches")
+    parser.add_argument("--image_warmup", type=int, default=5, help="untimed image batches")
+    parser.add_argument("--image_batches", type=int, default=30, help="timed image batches")
     parser.add_argument("--workdir", default=None, help="where the data goes (default: temp)")
     args = parser.parse_args(argv)
     if args.quick:

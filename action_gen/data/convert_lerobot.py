@@ -1,6 +1,7 @@
 """Converts a LeRobot dataset directory (v3.0 or v2.1) into an RLDS dataset we train on.
 
     python -m action_gen.data.convert_lerobot SRC DST [--name NAME] [--fps_tolerance 0.5]
+        [--image_encoding png|jpeg]
 
 SRC is the LeRobot dataset directory (holding meta/info.json, e.g. what
 ``huggingface-cli download --repo-type dataset lerobot/aloha_sim_insertion_human
@@ -30,6 +31,12 @@ def main(argv=None) -> int:
         default=0.5,
         help="timestamp tolerance in frame periods (default 0.5 = 1/(2 fps))",
     )
+    parser.add_argument(
+        "--image_encoding",
+        choices=("png", "jpeg"),
+        default="png",
+        help="frames in the RLDS: png (exact decoded frames) or jpeg (faster, smaller)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
@@ -40,7 +47,11 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         out = lerobot.convert_lerobot_dataset(
-            args.src, args.dst, fps_tolerance=args.fps_tolerance, name=args.name
+            args.src,
+            args.dst,
+            fps_tolerance=args.fps_tolerance,
+            name=args.name,
+            image_encoding=args.image_encoding,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -161,9 +161,13 @@ def test_convert_v21_video_and_png_camera(v21, tmp_path):
 
 def test_cli_is_idempotent_and_refuses_other_sources(v21, v30, tmp_path, capsys):
     dst = tmp_path / "out"
-    assert convert_lerobot.main([os.fspath(v21), os.fspath(dst), "--name", "arm"]) == 0
+    args = [os.fspath(v21), os.fspath(dst), "--name", "arm", "--image_encoding", "jpeg"]
+    assert convert_lerobot.main(args) == 0
     first = capsys.readouterr().out.strip().splitlines()[-1]
     assert first == os.fspath(dst / "arm" / "1.0.0")
+    features = json.loads((pathlib.Path(first) / "features.json").read_text())
+    assert json.dumps(features).count('"encodingFormat": "jpeg"') == 2  # both cameras
+    _check_converted(first)  # frames within codec tolerance of the source
     mtime = os.stat(pathlib.Path(first) / "dataset_info.json").st_mtime_ns
     assert convert_lerobot.main([os.fspath(v21), os.fspath(dst), "--name", "arm"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == first
