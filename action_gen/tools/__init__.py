@@ -1,0 +1,1 @@
+"""Command-line tools at the edge of the package (formats from other projects)."""
