@@ -42,6 +42,9 @@ ALLOWED = {
     "sample": {"checkpoint", "data", "models", "objectives"},
     "eval": {"checkpoint", "data", "envs", "models", "objectives", "sample"},
     "serve": {"checkpoint", "data", "models", "objectives", "sample"},
+    # Command-line converters of other projects' formats (openpi checkpoints): they write
+    # our checkpoint format and check it through the served policy.
+    "tools": {"checkpoint", "data", "models", "objectives", "sample", "train"},
     # The command-line entry point dispatches to every mode.
     "main": {
         "checkpoint",
