@@ -239,3 +239,35 @@ def test_openpi_client_is_served_the_imported_checkpoint(policy):
         assert reply["actions"].shape == (H, ACTION_DIM) and np.isfinite(reply["actions"]).all()
     finally:
         srv.stop()
+
+
+def test_openpi_time_convention_follows_openpis_loop():
+    """flow's "noise_at_1" sampler = openpi's `sample_actions` loop (time from 1.0 by repeated
+    float32 addition of -1/N while time >= -dt/2, x += dt * v), bit for bit, on a toy field."""
+    from action_gen.objectives import flow
+
+    grid, dt = flow.time_grid(10, "noise_at_1")
+    assert grid[:3].tolist() == [1.0, np.float32(0.9), np.float32(0.79999995)] and dt == -0.1
+
+    def field(params, obs, x, time):  # any smooth v(x, τ); time = τ (time_scale 1)
+        return jnp.sin(x * time[:, None, None]) + 0.3 * time[:, None, None]
+
+    noise = jax.random.normal(jax.random.key(0), (2, H, 3))
+    obs = {schema.OBS_STATE: jnp.zeros((2, 1, 1))}
+    ours = jax.jit(
+        lambda n: flow.sample_from_noise(
+            field, None, obs, None, 10, n, action_shape=(H, 3), time_scale=1.0,
+            clip_sample=False, time_convention="noise_at_1",
+        )
+    )(noise)  # fmt: skip
+
+    def openpi_loop(x):
+        step = -1.0 / 10
+
+        def body(carry):
+            x, time = carry
+            return x + step * field(None, obs, x, jnp.broadcast_to(time, (2,))), time + step
+
+        return jax.lax.while_loop(lambda c: c[1] >= -step / 2, body, (x, 1.0))[0]
+
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(jax.jit(openpi_loop)(noise)))
