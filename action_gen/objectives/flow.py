@@ -50,9 +50,7 @@ def _check(
     time_convention: str = "noise_at_0",
 ) -> None:
     if time_convention not in TIME_CONVENTIONS:
-        raise ValueError(
-            f"unknown time_convention {time_convention!r}; known: {TIME_CONVENTIONS}"
-        )
+        raise ValueError(f"unknown time_convention {time_convention!r}; known: {TIME_CONVENTIONS}")
     if time_distribution is not None and time_distribution not in TIME_DISTRIBUTIONS:
         raise ValueError(
             f"unknown time_distribution {time_distribution!r}; known: {TIME_DISTRIBUTIONS}"
@@ -231,9 +229,7 @@ def sample_from_noise(
         time = jnp.full((batch_size,), t * time_scale, jnp.float32)
         return step_fn(params, context, x, time).astype(jnp.float32)
 
-    return _integrate(
-        velocity, x, num_steps, integrator, clip_sample, scan_unroll, time_convention
-    )
+    return _integrate(velocity, x, num_steps, integrator, clip_sample, scan_unroll, time_convention)
 
 
 def time_grid(num_steps: int, time_convention: str = "noise_at_0") -> tuple[np.ndarray, float]:
