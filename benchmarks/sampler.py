@@ -6,7 +6,9 @@ Scanned: the objective's `sample` under one `jax.jit` (the whole chain is one XL
 Loop: what PyTorch-style code does: one jitted denoising step (model + DDIM/DDPM/Euler
 update) called from Python num_steps times, the per-step constants passed in as
 arguments, and a single `block_until_ready` at the end (dispatch stays asynchronous).
-Samplers: DDIM-10 and DDPM-100 (diffusion, K = 100) and flow-10 (Euler).
+Samplers: DDIM-10 and DDPM-100 (diffusion, K = 100) and flow-10 (Euler). Few-step
+samplers ("few_step" of each model, scanned only): consistency (flow parameterization,
+N = 20 grid) and shortcut (the U-Net with its step-size input) at 1, 2 and 4 steps.
 Models (MODELS): DP's Push-T low-dim U-Net (`dp`: down_dims (256, 512, 1024), kernel 5,
 embed 256, obs T=2 x S=20, H=16, A=2), DP's image U-Net (`image`: ResNet18-GN on one
 96 px camera cropped to 84, down_dims (512, 1024, 2048), embed 128, state S=2) and tiny
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from timing import device_report, median_ms  # benchmarks/timing.py
 
-from action_gen import models
+from action_gen import models, objectives
 from action_gen.data import schema
 from action_gen.objectives import diffusion, flow
 from action_gen.train.step import cast_floats, wrap_apply_fn
@@ -339,6 +341,41 @@ def kernel_counts(hlo_text: str) -> dict:
     }
 
 
+# The few-step objectives' samplers: (method, steps), and each method's objective config.
+FEW_STEP = tuple((m, n) for m in ("consistency", "shortcut") for n in (1, 2, 4))
+FEW_STEP_OBJECTIVES = {
+    "consistency": {"name": "consistency", "parameterization": "flow", "num_teacher_steps": 20},
+    "shortcut": {"name": "shortcut"},
+}
+
+
+def few_step(model_name: str, batch: int, runs: int, samplers=FEW_STEP) -> dict:
+    """Median ms per chunk of each few-step sampler (one scanned program each), with the
+    model of `MODELS[model_name]` (shortcut: plus its step-size input)."""
+    workload = MODELS[model_name]
+    obs = observation(workload, batch)
+    results = {}
+    for method, num_steps in samplers:
+        config = {**workload.config, "step_input": method == "shortcut"}
+        model = models.create_model(config)
+        params = models.init_params(model, jax.random.key(0), obs, (H, A))
+        objective = objectives.create_objective(FEW_STEP_OBJECTIVES[method], (H, A))
+        fn = jax.jit(
+            functools.partial(objective.sample, models.make_apply_fn(model), num_steps=num_steps)
+        )
+        tic = time.perf_counter()
+        compiled = fn.lower(params, obs, jax.random.key(0)).compile()
+        compile_s = time.perf_counter() - tic
+        ms = median_ms(lambda i, c=compiled, p=params: c(p, obs, jax.random.key(i)), runs)
+        results[f"{method}{num_steps}"] = {
+            "scan_ms": round(ms, 3),
+            "scan_ms_per_step": round(ms / num_steps, 3),
+            "compile_s": round(compile_s, 2),
+            **{k: v for k, v in kernel_counts(compiled.as_text()).items() if k != "hlo"},
+        }
+    return results
+
+
 def benchmark(model_name: str, batch: int, runs: int, samplers=SAMPLERS) -> dict:
     """Forward pass, then scanned vs loop latency of each sampler, for one model."""
     setup = build(model_name, batch)
@@ -347,6 +384,7 @@ def benchmark(model_name: str, batch: int, runs: int, samplers=SAMPLERS) -> dict
         scan = time_scan(setup, method, num_steps, runs)
         loop_ms = time_loop(setup, method, num_steps, runs)
         results[f"{method}{num_steps}"] = summarize(scan, loop_ms, num_steps)
+    results["few_step"] = few_step(model_name, batch, runs)
     return results
 
 

@@ -128,9 +128,10 @@ def init_from_teacher(state, loaded: LoadedTeacher, state_shardings):
     like the state's (the optimizer state is unchanged: its init does not depend on the
     values). The student's model config equals the teacher's (`check_student_config`)."""
     params = loaded.teacher.params
-    if jax.tree.structure(params) != jax.tree.structure(state.params) or any(
-        a.shape != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params))
-    ):
+    shapes = [x.shape for x in jax.tree.leaves(params)]
+    if jax.tree.structure(params) != jax.tree.structure(state.params) or shapes != [
+        x.shape for x in jax.tree.leaves(state.params)
+    ]:
         raise ValueError(
             f"train.init_from_teacher: the teacher's parameters in {loaded.directory} do not "
             "match the student's model (tree or shapes differ)"

@@ -1,0 +1,193 @@
+"""Consistency distillation: the grid, the skip-scaling's boundary condition, the loss's
+fixed point, the EMA target, multistep sampling, and the whole chain (teacher → student
+→ 1-step evaluation) through `main.run` at toy size."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from action_gen import checkpoint, main, models, objectives
+from action_gen.data import schema
+from action_gen.objectives import consistency, diffusion
+from action_gen.train import teacher as teacher_lib
+from configs import consistency_unet_obstacle
+
+B, T, S, H, A = 3, 2, 5, 8, 2
+UNET = {"name": "unet1d", "down_dims": (8, 16), "time_embed_dim": 8, "n_groups": 4}
+
+
+def _obs():
+    rng = np.random.default_rng(0)
+    return {
+        schema.OBS_STATE: jnp.asarray(rng.normal(size=(B, T, S)), jnp.float32),
+        schema.OBS_PAD_MASK: jnp.ones((B, T), bool),
+    }
+
+
+@pytest.fixture(scope="module")
+def unet():
+    model = models.create_model(ml_collections.ConfigDict(UNET))
+    params = models.init_params(model, jax.random.key(0), _obs(), (H, A))
+    return models.make_apply_fn(model), params
+
+
+def _batch():
+    rng = np.random.default_rng(1)
+    return {**_obs(), schema.ACTIONS: jnp.asarray(rng.uniform(-1, 1, (B, H, A)), jnp.float32)}
+
+
+def test_grid_is_the_teachers_sampler_chain():
+    """Diffusion: the DDIM chain's steps and ᾱ, then the data end; flow: t_i = i / N."""
+    grid = consistency.make_grid("diffusion", 10, num_train_steps=100)
+    ks, alpha_bar, alpha_bar_prev = diffusion.sampler_constants(100, 10)
+    np.testing.assert_array_equal(grid.model_time[:-1], ks)
+    np.testing.assert_allclose(grid.alpha_bar[:-1], alpha_bar)
+    np.testing.assert_allclose(grid.alpha_bar[1:], alpha_bar_prev)
+    assert grid.signal[-1] == 1.0 and grid.noise[-1] == 0.0
+    flow_grid = consistency.make_grid("flow", 4, time_scale=100.0)
+    np.testing.assert_allclose(flow_grid.signal, [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(flow_grid.model_time, [0, 25, 50, 75, 100])
+    np.testing.assert_array_equal(consistency.sample_positions(20, 4), [0, 5, 10, 15])
+    with pytest.raises(ValueError, match="num_steps"):
+        consistency.sample_positions(4, 8)
+
+
+@pytest.mark.parametrize("parameterization", ["flow", "diffusion"])
+def test_skip_scaling_boundary_conditions(unet, parameterization):
+    """f(x, N) = x exactly at the data end, whatever the network; at flow's noise end
+    (a = 0) f is the network's data estimate alone."""
+    apply_fn, params = unet
+    family = consistency._family(
+        parameterization, 4, 100.0, 20, "squaredcos_cap_v2", "epsilon", 1e-4, 0.02
+    )
+    x = jax.random.normal(jax.random.key(1), (B, H, A))
+    step_fn, context = models.split_apply_fn(apply_fn, params, _obs())
+    at_data = consistency.consistency_fn(
+        step_fn, params, context, x, jnp.full((B,), 4), family, 0.5
+    )
+    np.testing.assert_allclose(at_data, x, atol=1e-6)
+    if parameterization == "flow":
+        at_noise = consistency.consistency_fn(
+            step_fn, params, context, x, jnp.zeros((B,), jnp.int32), family, 0.5
+        )
+        velocity = apply_fn(params, _obs(), x, jnp.zeros((B,)))
+        np.testing.assert_allclose(at_noise, x + velocity, atol=1e-5)
+
+
+def test_student_equal_to_its_teacher_on_one_bin_has_zero_loss(unet):
+    """N = 1 (flow): the target is the teacher's one Euler step, x + v_T(x, 0), and the
+    student's f(x, 0) = x + v_θ(x, 0): zero when θ = the teacher's weights; any other
+    weights give a positive loss."""
+    apply_fn, params = unet
+    kwargs = dict(teacher_apply_fn=apply_fn, teacher_params=params, num_teacher_steps=1)
+    value, _ = consistency.loss(apply_fn, params, _batch(), jax.random.key(2), **kwargs)
+    assert float(value) < 1e-10
+    other = jax.tree.map(lambda p: p * 1.1, params)
+    moved, _ = consistency.loss(apply_fn, other, _batch(), jax.random.key(2), **kwargs)
+    assert float(moved) > 1e-6
+
+
+def test_target_network_is_the_ema_unless_online(unet):
+    apply_fn, params = unet
+    ema = jax.tree.map(lambda p: p * 0.9, params)
+    args = (apply_fn, params, _batch(), jax.random.key(3))
+    kwargs = dict(teacher_apply_fn=apply_fn, teacher_params=params, num_teacher_steps=4)
+    plain = consistency.loss(*args, **kwargs)[0]
+    with_ema = consistency.loss(*args, ema_params=ema, **kwargs)[0]
+    online = consistency.loss(*args, ema_params=ema, target="online", **kwargs)[0]
+    assert not np.isclose(plain, with_ema)
+    np.testing.assert_allclose(online, plain, rtol=1e-6)
+    # The gradient flows into θ only (the EMA target is a constant).
+    grads = jax.grad(lambda e: consistency.loss(*args, ema_params=e, **kwargs)[0])(ema)
+    assert all(np.all(g == 0) for g in jax.tree.leaves(grads))
+
+
+def test_one_step_sample_is_the_consistency_function_of_the_noise(unet):
+    """S = 1 is one model call on the noise (no re-noising: the key is irrelevant);
+    S = 2 re-noises in between, so its key matters."""
+    apply_fn, params = unet
+    objective = objectives.create_objective(
+        {"name": "consistency", "parameterization": "flow", "num_teacher_steps": 4}, (H, A)
+    )
+    noise = jax.random.normal(jax.random.key(4), (B, H, A))
+    one = objective.sample_from_noise(apply_fn, params, _obs(), jax.random.key(0), 1, noise)
+    velocity = apply_fn(params, _obs(), noise, jnp.zeros((B,)))
+    np.testing.assert_allclose(one, jnp.clip(noise + velocity, -1, 1), atol=1e-5)
+    again = objective.sample_from_noise(apply_fn, params, _obs(), jax.random.key(9), 1, noise)
+    np.testing.assert_array_equal(one, again)
+    two = [
+        objective.sample_from_noise(apply_fn, params, _obs(), jax.random.key(k), 2, noise)
+        for k in (0, 9)
+    ]
+    assert not np.allclose(two[0], two[1])
+    # Sampling needs no teacher; the loss does, and says so.
+    assert objective.teacher_params is None and objective.uses_ema_params
+    with pytest.raises(ValueError, match="needs its teacher"):
+        objective.loss(apply_fn, params, _batch(), jax.random.key(0))
+    with pytest.raises(ValueError, match="does not learn from a teacher"):
+        objectives.create_objective({"name": "flow", "teacher_workdir": "t"}, (H, A))
+
+
+def test_student_must_keep_the_teachers_horizons_and_settings():
+    teacher = checkpoint.config_to_json_dict(consistency_unet_obstacle.get_config("tiny").teacher)
+    student = checkpoint.config_to_json_dict(consistency_unet_obstacle.get_config("tiny"))
+    teacher_lib.check_student_config(teacher, student, "here")  # as built: compatible
+    student["data"]["action_horizon"] = 8
+    student["objective"]["time_scale"] = 1.0
+    student["model"]["down_dims"] = [8, 16]
+    with pytest.raises(ValueError) as error:
+        teacher_lib.check_student_config(teacher, student, "here")
+    for field in ("data.action_horizon", "objective.time_scale", "model.down_dims"):
+        assert field in str(error.value)
+    student = checkpoint.config_to_json_dict(consistency_unet_obstacle.get_config("tiny"))
+    student["objective"]["parameterization"] = "diffusion"
+    with pytest.raises(ValueError, match="objective.parameterization"):
+        teacher_lib.check_student_config(teacher, student, "here")
+
+
+def _tiny_chain_config():
+    config = consistency_unet_obstacle.get_config("tiny")
+    for run in (config, config.teacher):
+        run.train.num_steps = 2
+        run.data.num_demo_episodes = 4
+        run.model.down_dims = (8, 16)
+        run.model.time_embed_dim = 8
+        run.model.n_groups = 4
+    config.eval.num_episodes = 2
+    config.eval.plot = False
+    return config
+
+
+def test_distillation_chain_teacher_student_one_step_eval(tmp_path):
+    """`--mode=train_and_eval` on a distillation config: the teacher is trained in
+    W/teacher on the student's data, the student in W starts from the teacher's EMA
+    weights and keeps its norm stats, and the student is evaluated at 1 step. A second
+    run reuses both (nothing retrained)."""
+    config = _tiny_chain_config()
+    workdir = str(tmp_path / "w")
+    summary = main.run(config, workdir, "train_and_eval")
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    assert results == summary
+    assert results["num_sample_steps"] == 1 and results["objective"] == "consistency"
+    for key in ("success_rate", "collision_rate", "mode_left_fraction"):
+        assert 0.0 <= results[key] <= 1.0
+    assert not os.path.exists(os.path.join(workdir, "teacher", "dataset"))  # shared data
+
+    def metadata(path):
+        manager = checkpoint.create_checkpoint_manager(path, read_only=True)
+        return manager.all_steps(), checkpoint.restore_metadata(manager)
+
+    teacher_steps, (teacher_config, teacher_stats) = metadata(f"{workdir}/teacher/checkpoints")
+    student_steps, (student_config, student_stats) = metadata(f"{workdir}/checkpoints")
+    assert student_stats == teacher_stats
+    assert teacher_config["objective"]["name"] == "flow"
+    assert student_config["objective"]["teacher_workdir"] == "teacher"
+    main.run(config, workdir, "train")
+    assert metadata(f"{workdir}/teacher/checkpoints")[0] == teacher_steps
+    assert metadata(f"{workdir}/checkpoints")[0] == student_steps
