@@ -15,8 +15,12 @@ Variants (the arg after ':', comma-separated; key=value pairs too):
   pi05       π0.5 (adaRMSNorm time conditioning, state only in the prompt; quantile norm).
   variant=   a key of models/pi0.py SIZES ("pi0" real size, "openpi_dummy", "tiny", ...).
   horizon=   the action horizon H (openpi: 50).       norm=  meanstd | quantile.
-  tokenizer= a SentencePiece model (PaliGemma's), or "bytes".
+  tokenizer= a SentencePiece model (PaliGemma's `paligemma_tokenizer.model`), or "bytes"
+             (ids that mean nothing to a real checkpoint: only for synthetic ones).
   max_token_len=  the padded prompt length (openpi: 48 for π0, 200 for π0.5).
+  prompt_format=  openpi_pi0 (π0's default: cleaned text + "\\n") | openpi_pi05 (π0.5's
+             default: "Task: ..., State: <256-bin normalized state>;\\nAction: ") | plain;
+             a π0.5 trained with openpi's discrete_state_input=False takes openpi_pi0.
 """
 
 import ml_collections
@@ -42,6 +46,7 @@ def get_config(arg=None):
     config.data.cameras = {name: (224, 224) for name in CAMERAS}
     config.data.prompt_max_len = int(values.get("max_token_len", 200 if pi05 else 48))
     config.data.tokenizer = values.get("tokenizer", "bytes")
+    config.data.prompt_format = values.get("prompt_format", "openpi_pi05" if pi05 else "openpi_pi0")
     norm = values.get("norm", "quantile" if pi05 else "meanstd")
     config.data.state_norm = norm
     config.data.action_norm = norm

@@ -73,7 +73,11 @@ class Policy:
         self.num_sample_steps = int(num_sample_steps or config.objective.num_sample_steps)
         self.model_observation_spec = spec.observation_spec(config.data, self.state_dim)
         self.observation_spec = _client_spec(self.model_observation_spec)
-        self._prepare_observation = transforms.make_observation_preparer(config)
+        # Stats for prompt formats that write the normalized state (openpi_pi05); the state
+        # the model gets stays raw here and is normalized inside the jitted sampler.
+        self._prepare_observation = transforms.make_observation_preparer(
+            config, state_stats=norm_stats["state"]
+        )
         self.model = models.create_model(config.model)
         self.objective = objectives.create_objective(
             config.objective, (self.action_horizon, self.model_action_dim)

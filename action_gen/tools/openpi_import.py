@@ -17,6 +17,14 @@ so our `meanstd` / `quantile` maps are openpi's z-score / quantile maps exactly;
 (which openpi does not keep) are set to q01 / q99. π0 normalizes with z-scores, π0.5 with
 quantiles (openpi's defaults; `--norm` overrides).
 
+Prompts. The config gets openpi's prompt format (`data.prompt_format`, data/tokenizer.py):
+"openpi_pi0" for π0 (BOS + cleaned text + "\\n", 48 tokens), "openpi_pi05" for π0.5 ("Task:
+..., State: <256-bin normalized state>;\\nAction: ", 200 tokens); `--prompt_format` overrides
+(openpi_pi0 for a π0.5 trained with discrete_state_input=False). The ids are PaliGemma's only
+with `--tokenizer=PATH/paligemma_tokenizer.model` (openpi's gs://big_vision file; nothing is
+downloaded here; its absolute path is stored); without it prompts are byte ids, which only a
+synthetic checkpoint can read (the summary then carries a warning).
+
 DST receives `checkpoints/0/` with the config of `configs/flow_pi0_openpi.py` for the
 detected model (every convention as a model / objective option), the parameters (as
 `params` and `ema_params`; no optimizer state: fine-tune into a new workdir with
@@ -426,6 +434,7 @@ def import_checkpoint(
     tokenizer: str = "bytes",
     max_token_len: int | None = None,
     lora_scale: float = 1.0,
+    prompt_format: str | None = None,
 ) -> dict:
     """Writes SRC's parameters and norm stats as our checkpoint in `workdir` (module
     docstring); returns a summary (model variant, config arg, counts)."""
@@ -433,7 +442,7 @@ def import_checkpoint(
     from flax import traverse_util  # noqa: PLC0415
 
     from action_gen import checkpoint, models  # noqa: PLC0415
-    from action_gen.data import normalize, spec  # noqa: PLC0415
+    from action_gen.data import normalize, spec, transforms  # noqa: PLC0415
     from action_gen.train.state import TrainState  # noqa: PLC0415
     from configs import flow_pi0_openpi  # noqa: PLC0415
 
@@ -447,9 +456,19 @@ def import_checkpoint(
     normalize.validate_norm_stats(norm_stats, source=f"{assets_dir}/{asset_id}")
     arg = [("pi05" if pi05 else "pi0"), f"variant={variant}", f"horizon={action_horizon}"]
     arg += [f"norm={norm}"] if norm else []
-    arg += [f"tokenizer={tokenizer}"] if tokenizer != "bytes" else []
+    if tokenizer not in ("", "bytes"):
+        tokenizer = os.path.abspath(tokenizer)
+        if "," in tokenizer:
+            raise ValueError(f"--tokenizer path must not contain ',': {tokenizer}")
+        arg += [f"tokenizer={tokenizer}"]
     arg += [f"max_token_len={max_token_len}"] if max_token_len else []
+    arg += [f"prompt_format={prompt_format}"] if prompt_format else []
     config = flow_pi0_openpi.get_config(",".join(arg))
+    tok = transforms.create_prompt_tokenizer(config)  # the file loads; the format is known
+    transforms.prompt_format(config)
+    vocab = size.vocab_size  # the embedding table read off the checkpoint
+    if tok.vocab_size > vocab:
+        raise ValueError(f"--tokenizer={tokenizer} has {tok.vocab_size} ids; the model {vocab}")
     if action_dim != config.model.action_dim:
         raise ValueError(
             f"action_in_proj takes {action_dim} dims; expected {config.model.action_dim}"
@@ -508,6 +527,14 @@ def import_checkpoint(
         "config": f"configs/flow_pi0_openpi.py:{','.join(arg)}",
         "num_params": int(sum(v.size for v in jax.tree.leaves(params))),
         "state_norm": config.data.state_norm,
+        "prompt_format": config.data.prompt_format,
+        "prompt_max_len": config.data.prompt_max_len,
+        "tokenizer": config.data.tokenizer,
+        **(
+            {"warning": "no --tokenizer: prompts are byte ids, not PaliGemma's"}
+            if tok.name == "bytes"
+            else {}
+        ),
     }
 
 
@@ -607,6 +634,9 @@ _NORM = flags.DEFINE_enum("norm", None, ["meanstd", "quantile"], "Override the n
 _TOKENIZER = flags.DEFINE_string("tokenizer", "bytes", "PaliGemma SentencePiece model file.")
 _MAX_TOKENS = flags.DEFINE_integer("max_token_len", None, "Prompt length (48 π0, 200 π0.5).")
 _LORA_SCALE = flags.DEFINE_float("lora_scale", 1.0, "alpha / rank of merged LoRA leaves.")
+_PROMPT_FORMAT = flags.DEFINE_enum(
+    "prompt_format", None, ["openpi_pi0", "openpi_pi05", "plain"], "Override the prompt format."
+)
 
 
 def main(argv):
@@ -627,6 +657,7 @@ def main(argv):
         tokenizer=_TOKENIZER.value,
         max_token_len=_MAX_TOKENS.value,
         lora_scale=_LORA_SCALE.value,
+        prompt_format=_PROMPT_FORMAT.value,
     )
     print(json.dumps(result), flush=True)
 
