@@ -26,6 +26,12 @@ _MODE = flags.DEFINE_enum(
 )
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: bind address (0.0.0.0 to expose).")
 _PORT = flags.DEFINE_integer("port", 8000, "serve: websocket port (0 picks a free one).")
+_DATASET = flags.DEFINE_string(
+    "dataset",
+    None,
+    "serve: for a run over several datasets (robots), the one whose robot is served (its "
+    "norm stats, state / action dims and cameras).",
+)
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "serve: most requests per sampler call.")
 _MAX_WAIT_MS = flags.DEFINE_float(
     "max_wait_ms", 2.0, "serve: longest a request waits for others to join its batch."
@@ -44,7 +50,7 @@ def serve(workdir: str) -> None:
     from action_gen.sample.policy import Policy
     from action_gen.serve.server import PolicyServer
 
-    policy = Policy.from_checkpoint(os.path.abspath(workdir))
+    policy = Policy.from_checkpoint(os.path.abspath(workdir), dataset=_DATASET.value)
     PolicyServer(
         policy,
         host=_HOST.value,
@@ -56,14 +62,22 @@ def serve(workdir: str) -> None:
 
 
 def collect_data(config, workdir: str) -> list[str]:
-    """The data step: writes the built-in task's demos where the run reads them (process 0
-    first; the other processes then find them on disk). External data is left as it is."""
+    """The data step: writes the built-in task's demos where the run reads them, and converts
+    each LeRobot dataset of `data.dataset_names` once into RLDS under
+    `<workdir>/dataset/lerobot_<dir>` (process 0 first; the other processes then find them
+    on disk). Other external data is left as it is."""
+    from action_gen.data import sources
     from action_gen.envs import collect
     from action_gen.train import distributed
 
-    return distributed.process_zero_first(
-        lambda: collect.collect_builtin_datasets(config.data, workdir), "dataset"
-    )
+    def step():
+        for src, dst in sources.lerobot_conversions(config.data, workdir):
+            from action_gen.data import lerobot
+
+            lerobot.convert_lerobot_dataset(src, dst)
+        return collect.collect_builtin_datasets(config.data, workdir)
+
+    return distributed.process_zero_first(step, "dataset")
 
 
 def train_teacher(config, workdir: str) -> bool:

@@ -280,3 +280,86 @@ def load_norm_stats(path: str | os.PathLike, *, required: Iterable[str] = (STATE
 def feature_dims(stats: dict) -> tuple[int, int]:
     """(state dim S, action dim A) read off a dataset's normalization statistics."""
     return len(stats["state"]["min"]), len(stats["actions"]["min"])
+
+
+# ------------------------------------------------------------------ per-dataset statistics
+#
+# A run over several datasets of different robots normalizes each window with its own
+# dataset's stats. The checkpoint then holds, besides the top-level "state" / "actions"
+# (the model's dims: every dataset's dims padded to the largest), each dataset's own stats
+# under DATASETS, keyed by dataset name, in the run's dataset order:
+#
+#     {"state": {... [S_max]}, "actions": {... [A_max]},
+#      "_datasets": {"bridge": {"state": {... [S_b]}, "actions": {... [A_b]}}, ...}}
+#
+# The top-level entries are the first dataset's stats zero-padded (padded dims are
+# constant 0: they normalize to 0), which is exactly that dataset's stats for a
+# one-dataset run.
+
+DATASETS = "_datasets"
+# In a dataset's entry: the camera slots it has (a policy for its robot asks only for
+# these; the others are black with image_mask False, as in training).
+CAMERAS = "_cameras"
+
+
+def affine_params(stats: Mapping, mode: str, *, inverse: bool = False):
+    """float32 (scale [D], offset [D]) with normalize(x) = x * scale + offset (or of
+    unnormalize with ``inverse``); mode "none" is (1, 0)."""
+    if mode == "none":
+        dim = len(stats["min"])
+        return np.ones(dim, np.float32), np.zeros(dim, np.float32)
+    return _affine(stats, mode, inverse=inverse)
+
+
+def pad_stats(stats: Mapping, dim: int) -> dict:
+    """One feature's stats [D] zero-padded to [dim]: padded dims are the constant 0."""
+    width = len(stats["min"])
+    if width > dim:
+        raise ValueError(f"cannot pad stats of {width} dims to {dim}")
+    out = {k: list(stats[k]) + [0.0] * (dim - width) for k in STAT_KEYS if k != "count"}
+    out["count"] = stats["count"]
+    return out
+
+
+def combine_dataset_stats(per_dataset: Mapping[str, Mapping]) -> dict:
+    """{name: {"state", "actions", ...}} (in the run's order) -> the checkpoint layout above."""
+    if not per_dataset:
+        raise ValueError("combine_dataset_stats needs at least one dataset")
+    names = list(per_dataset)
+    state_dim = max(feature_dims(per_dataset[n])[0] for n in names)
+    action_dim = max(feature_dims(per_dataset[n])[1] for n in names)
+    first = per_dataset[names[0]]
+    return {
+        STATE: pad_stats(first[STATE], state_dim),
+        ACTIONS: pad_stats(first[ACTIONS], action_dim),
+        DATASETS: {n: dict(per_dataset[n]) for n in names},
+    }
+
+
+def dataset_names(stats: Mapping) -> list[str]:
+    """The datasets with stats of their own in `stats` (empty for a one-layout run)."""
+    return list(stats.get(DATASETS, {}))
+
+
+def dataset_stats(stats: Mapping, name: str | None) -> dict:
+    """Dataset `name`'s own stats from checkpoint-layout `stats`.
+
+    Without per-dataset stats (one native dataset, or a jointly normalized mixture) the
+    top-level stats are every dataset's; `name` is then ignored.
+
+    Raises:
+      ValueError: `name` is None or unknown while several datasets have stats.
+    """
+    named = stats.get(DATASETS)
+    if not named:
+        return {STATE: stats[STATE], ACTIONS: stats[ACTIONS]}
+    if name is None:
+        if len(named) == 1:
+            return dict(next(iter(named.values())))
+        raise ValueError(
+            f"these norm stats cover several datasets {list(named)}: say which one's to use "
+            "(Policy.from_checkpoint(..., dataset=NAME), serve --dataset=NAME)"
+        )
+    if name not in named:
+        raise ValueError(f"no norm stats for dataset {name!r}; the run had {list(named)}")
+    return dict(named[name])

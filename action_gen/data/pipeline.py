@@ -1,17 +1,30 @@
 """The training input stream: RLDS episodes -> windows -> shuffled, normalized batches.
 
-Order of operations (per process)::
+Per dataset (this process's share of its episodes), the stream is a sequence of *blocks*:
 
-    episodes (file order, this process's shard)
-      -> shuffle episodes          (seeded; decorrelates neighbouring episodes)
-      -> windows, one per step     (windows.window_trajectory)
-      -> shuffle windows           (seeded, reshuffled every epoch)
-      -> repeat forever -> batch (drop remainder) -> normalize -> prefetch
+    block j = the episodes at positions [jE, (j+1)E) of the infinite episode sequence
+              (epoch e = a seeded permutation of all N episodes, stateless in (seed, e))
+      -> read by byte offset (rlds.episode_index / read_episodes: no earlier episode read)
+      -> standardized (data/standardize.py; foreign layouts only), filtered
+      -> windows, one per step (windows.make_windows), padded to the run's state / action
+         dims, tagged with the dataset's index
+      -> shuffled (buffer `shuffle_buffer`, seed (seed, j)), repeated / cut to exactly M
+         windows, M = round(E * mean episode length)
 
-Every random op has a fixed seed and the tf.data options ask for deterministic order, so
-the stream is a pure function of (dataset, seed, shard). Resuming at batch k is then
-``dataset.skip(k)``: it recomputes and drops k batches, which costs time proportional
-to k but reproduces the uninterrupted stream exactly.
+Several datasets are mixed window by window: in every run of Q consecutive windows
+dataset d contributes exactly q_d = round(Q w_d / sum w) of them (largest remainder), in
+an order permuted by (seed, run index). Then: batch (drop remainder) -> per-window
+normalization with the window's own dataset's stats (`normalize.DATASETS`), camera crop
+-> prefetch.
+
+Every position is a closed-form function of (seed, window index), so resuming at batch k
+does not replay the stream: window n = k * B is block n // M at offset n % M (mixtures:
+each dataset's window count at n, from the mixing permutation of one run of Q windows).
+Only the current block's first n % M windows are recomputed. The resumed stream is the
+uninterrupted one, bit for bit, at any k; its cost is one header read per episode (the
+shard check already does it) plus at most one block per dataset, independent of k.
+Not exact: a block in which every episode is filtered out (standardize's filters) yields
+no windows, which shifts the later positions of that dataset's stream.
 """
 
 import hashlib
@@ -22,15 +35,18 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from action_gen.data import augment, rlds, schema, windows
+from action_gen.data import augment, rlds, schema, sources, standardize, windows
 from action_gen.data import normalize as norm
 
 log = logging.getLogger(__name__)
 
 NORM_STATS_FILE = "action_gen_norm_stats.json"
 _FINGERPRINT = "_fingerprint"
-# Episodes held in the episode shuffle buffer (whole episodes, so keep it modest).
-_EPISODE_SHUFFLE_BUFFER = 64
+_EPISODES = "_episodes"
+# Defaults of the block stream (module docstring): episodes per block E, and Q, the run of
+# windows over which a mixture's quotas are exact.
+EPISODES_PER_BLOCK = 64
+MIXTURE_BLOCK = 1000
 
 
 def dataset_fingerprint(data_dir) -> str:
@@ -39,33 +55,50 @@ def dataset_fingerprint(data_dir) -> str:
     return hashlib.sha256((path / rlds.DATASET_INFO).read_bytes()).hexdigest()
 
 
-def _accumulate_norm_stats(path, state_acc, action_acc) -> None:
+def _accumulate_norm_stats(path, state_acc, action_acc, mapping=None) -> int:
     """Feeds every episode's states and actions of the RLDS dataset at `path` (images not
-    decoded) into the two accumulators."""
+    decoded; standardized by `mapping` when given) into the two accumulators; returns the
+    number of episodes fed (after the mapping's filters)."""
     episodes = rlds.load_rlds_episodes(path, decode_images=False)
+    if mapping is not None:
+        described = standardize.describe_features(rlds.load_builder(path).info.features)
+        standardize.check_against_features(mapping, described, os.fspath(path), "dataset")
+        fn, keep = standardize.make_standardizer(mapping, described, images=False)
+        episodes = episodes.map(fn, num_parallel_calls=tf.data.AUTOTUNE).filter(keep)
     episodes = episodes.map(
         lambda tr: (tr[schema.RLDS_OBSERVATION][schema.RLDS_STATE], tr[schema.RLDS_ACTION])
     )
-    for state, action in episodes.as_numpy_iterator():
+    count = 0
+    for state, action in _reraise_data_loss(episodes.as_numpy_iterator()):
         state_acc.update(state.reshape(state.shape[0], -1))
         action_acc.update(action.reshape(action.shape[0], -1))
+        count += 1
+    return count
 
 
-def compute_dataset_norm_stats(data_dir, cache: bool = True) -> dict:
+def compute_dataset_norm_stats(data_dir, cache: bool = True, *, mapping=None, name=None) -> dict:
     """Normalization stats of observation/state and action over a whole RLDS dataset.
 
-    One streaming pass over the episodes (images are not decoded). With ``cache``, the
-    result is stored as ``<dataset dir>/action_gen_norm_stats.json`` together with a
+    One streaming pass over the episodes (images are not decoded); with `mapping` (a
+    foreign layout, data/standardize.py) over the standardized states and actions. With
+    ``cache``, the result is stored beside the dataset as ``action_gen_norm_stats.json``
+    (``action_gen_norm_stats_<name>_<mapping hash>.json`` for a mapping) together with a
     fingerprint of dataset_info.json; a cache whose fingerprint no longer matches (the
     dataset was rewritten) is recomputed. A read-only dataset directory only loses the
     cache (with a warning).
 
     Returns:
-      ``{"state": stats, "actions": stats, "_fingerprint": str}`` (see normalize.py).
+      ``{"state": stats, "actions": stats, "_fingerprint": str, "_episodes": int}``
+      (see normalize.py; ``_episodes``: episodes kept, for the stream's block size).
     """
     path = rlds.resolve_dataset_dir(data_dir)
     fingerprint = dataset_fingerprint(path)
     cache_file = path / NORM_STATS_FILE
+    if mapping is not None:
+        slug = sources.task_slug(name or "mapped")
+        cache_file = (
+            path / f"action_gen_norm_stats_{slug}_{standardize.mapping_fingerprint(mapping)}.json"
+        )
     if cache and cache_file.exists():
         try:
             stats = norm.load_norm_stats(cache_file)
@@ -78,11 +111,14 @@ def compute_dataset_norm_stats(data_dir, cache: bool = True) -> dict:
 
     state_acc = norm.NormStatsAccumulator()
     action_acc = norm.NormStatsAccumulator()
-    _accumulate_norm_stats(path, state_acc, action_acc)
+    episodes = _accumulate_norm_stats(path, state_acc, action_acc, mapping)
+    if not episodes:
+        raise ValueError(f"RLDS dataset {path}: no episode left after the mapping's filters")
     stats = {
         norm.STATE: state_acc.finalize(),
         norm.ACTIONS: action_acc.finalize(),
         _FINGERPRINT: fingerprint,
+        _EPISODES: episodes,
     }
     if cache:
         try:
@@ -108,65 +144,143 @@ def create_train_dataset(
     split: str = "train",
     weights: Sequence[float] | None = None,
     image_crop: Sequence[int] | None = None,
+    mappings: Sequence[Mapping | None] | None = None,
+    dataset_names: Sequence[str] | None = None,
+    cameras: Mapping[str, Sequence[int]] | None = None,
+    start_batch: int = 0,
+    episodes_per_block: int = EPISODES_PER_BLOCK,
+    mixture_block: int = MIXTURE_BLOCK,
 ) -> tf.data.Dataset:
-    """Infinite, deterministic stream of normalized training batches.
+    """Infinite, deterministic stream of normalized training batches (module docstring).
 
     Args:
       data_dir: RLDS dataset directory (see ``rlds.load_rlds_episodes``), or a list of
-        them: a mixture, each window drawn from dataset i with probability
-        ``weights[i] / sum(weights)`` (``tf.data.Dataset.sample_from_datasets``; every
-        dataset repeats on its own, so a small one is revisited, not exhausted). All must
-        have the same fields and shapes; ``norm_stats`` should cover all of them
-        (``compute_mixture_norm_stats``).
-      weights: per-dataset sampling weights of a mixture (default: equal).
-      image_crop: (h, w) random crop of every camera's frames (``augment.py``; training
-        only, the model center-crops at inference); None: frames as stored.
+        them: a mixture, with weights ``weights[i] / sum(weights)``.
       obs_horizon: T, observations per window.
       action_horizon: H, actions per window.
       batch_size: B per process.
-      norm_stats: ``{"state": ..., "actions": ...}`` (``compute_dataset_norm_stats``).
+      norm_stats: ``{"state": ..., "actions": ...}`` (``compute_dataset_norm_stats``) used
+        for every dataset, or with per-dataset stats under ``normalize.DATASETS`` (keyed by
+        ``dataset_names``): each window is normalized with its own dataset's.
       state_norm, action_norm: normalization modes (``normalize.MODES``).
-      shuffle_buffer: windows in the shuffle buffer.
-      seed: seed of every shuffle.
+      shuffle_buffer: windows in the shuffle buffer (per block).
+      seed: seed of every permutation and shuffle.
       shard_index, num_shards: this process's share of the episodes.
-      split: split (or TFDS slice) to read.
+      split: split (or TFDS slice) to read ("train", "test", "val", "train[:90%]").
+      weights: per-dataset sampling weights of a mixture (default: equal).
+      image_crop: (h, w) random crop of every camera's frames (``augment.py``; training
+        only, the model center-crops at inference); None: frames as stored.
+      mappings: per dataset, a foreign layout's mapping (data/standardize.py) or None for
+        our own layout. Mapped datasets have their state / action dims padded to the
+        largest (``ACTION_DIM_MASK`` marks each window's real action dims when they
+        differ) and their cameras put in the slots of ``cameras``.
+      dataset_names: per dataset, its name (the key of its stats; error messages).
+      cameras: {slot: (h, w)} the model's camera slots; images are resized (aspect kept,
+        black padding) to it. A slot a dataset lacks is black with ``image_mask/<slot>``
+        False (emitted whenever some dataset lacks a slot or masks one).
+      start_batch: the first batch of the stream to produce (resume; no replay).
+      episodes_per_block, mixture_block: E and Q of the module docstring.
 
     Returns:
       Batches ``OBS_STATE`` [B, T, S] float32, ``OBS_PAD_MASK`` [B, T] bool, ``ACTIONS``
-      [B, H, A] float32, ``ACTION_PAD_MASK`` [B, H] bool, ``PROMPT`` [B] string, and
-      ``image_key(cam)`` [B, T, h, w, 3] uint8 per camera.
+      [B, H, A] float32, ``ACTION_PAD_MASK`` [B, H] bool, ``PROMPT`` [B] string,
+      ``image_key(cam)`` [B, T, h, w, 3] uint8 per camera, optional
+      ``image_mask_key(cam)`` [B] bool and ``ACTION_DIM_MASK`` [B, A] bool.
     """
     for mode in (state_norm, action_norm):
         if mode not in norm.MODES:
             raise ValueError(f"unknown normalization mode {mode!r}; expected one of {norm.MODES}")
     norm.validate_norm_stats(norm_stats, source="norm_stats")
-    state_stats, action_stats = norm_stats[norm.STATE], norm_stats[norm.ACTIONS]
-
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
     data_dirs = [data_dir] if isinstance(data_dir, str | os.PathLike) else list(data_dir)
-    if weights is not None and len(weights) != len(data_dirs):
-        raise ValueError(f"{len(weights)} mixture weights for {len(data_dirs)} datasets")
+    count = len(data_dirs)
+    if weights is not None and len(weights) != count:
+        raise ValueError(f"{len(weights)} mixture weights for {count} datasets")
+    mappings = list(mappings) if mappings is not None else [None] * count
+    names = list(dataset_names) if dataset_names else [os.fspath(d) for d in data_dirs]
+    if len(mappings) != count or len(names) != count:
+        raise ValueError(f"{len(mappings)} mappings / {len(names)} names for {count} datasets")
+
+    # Per-dataset stats (each dataset's own dims), padded to the run's dims in tables.
+    own = [
+        norm.dataset_stats(norm_stats, n if norm.DATASETS in norm_stats else None) for n in names
+    ]
+    state_dim, action_dim = norm.feature_dims(norm_stats)
+    dims = [norm.feature_dims(s) for s in own]
+    tables = _normalization_tables(own, state_dim, action_dim, state_norm, action_norm)
+    heterogeneous = len({a for _, a in dims}) > 1
+
+    cameras = {str(k): tuple(int(x) for x in v) for k, v in (cameras or {}).items()}
+    checked = [
+        None if m is None else standardize.check_mapping(m, n)
+        for m, n in zip(mappings, names, strict=True)
+    ]
+    masks_needed = any(
+        m is not None and (set(cameras) - set(m["cameras"]) or m["camera_masks"]) for m in checked
+    )
+    mixing = _mixing_quotas(count, weights, mixture_block)
+    starts = _mixture_counts(mixing, start_batch * batch_size, seed)
     streams = []
     for i, path in enumerate(data_dirs):
-        episodes = rlds.load_rlds_episodes(
+        index = rlds.episode_index(
             path, split=split, shard_index=shard_index, num_shards=num_shards
         )
-        # Dataset 0 keeps the single-dataset seeds, so a one-element mixture is identical.
-        base = seed + 1000 * i
-        ds = episodes.shuffle(_EPISODE_SHUFFLE_BUFFER, seed=base, reshuffle_each_iteration=True)
-        ds = ds.flat_map(lambda tr: windows.window_trajectory(tr, obs_horizon, action_horizon))
-        ds = ds.shuffle(shuffle_buffer, seed=base + 1, reshuffle_each_iteration=True)
-        streams.append(ds.repeat())
-    ds = streams[0] if len(streams) == 1 else _mix(streams, data_dirs, weights, seed)
+        if not len(index):
+            raise ValueError(
+                f"RLDS dataset {index.path}: this process's share of {split!r} is empty"
+            )
+        to_windows = _window_fn(
+            index,
+            checked[i],
+            names[i],
+            i,
+            cameras,
+            masks_needed,
+            obs_horizon,
+            action_horizon,
+            state_dim,
+            action_dim,
+        )
+        total_episodes = own[i].get(_EPISODES) or norm_stats.get(_EPISODES)
+        if not total_episodes:
+            total_episodes = index.builder.info.splits[split.split("[")[0]].num_examples
+        mean_length = own[i][norm.ACTIONS]["count"] / max(1, int(total_episodes))
+        streams.append(
+            _block_stream(
+                index,
+                to_windows,
+                seed=seed + 1000 * i,
+                start_window=starts[i],
+                episodes_per_block=episodes_per_block,
+                mean_length=mean_length,
+                shuffle_buffer=shuffle_buffer,
+            )
+        )
+    _check_same_fields(streams, data_dirs)
+    ds = streams[0] if count == 1 else _mix(streams, mixing, seed, start_batch * batch_size)
     ds = ds.batch(batch_size, drop_remainder=True)
     # The batch index seeds the crop offsets: the stream stays a function of the seed.
-    ds = ds.enumerate()
+    ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, 2**62), ds)
+    state_scale, state_offset, action_scale, action_offset, dim_masks = (
+        tf.constant(t) for t in tables
+    )
 
     def normalize_batch(index, batch):
         batch = dict(batch)
+        which = batch.pop(_DATASET)
         if image_crop:
             batch = augment.crop_batch_images(batch, image_crop, seed, index)
-        batch[schema.OBS_STATE] = norm.normalize(batch[schema.OBS_STATE], state_stats, state_norm)
-        batch[schema.ACTIONS] = norm.normalize(batch[schema.ACTIONS], action_stats, action_norm)
+        batch[schema.OBS_STATE] = (
+            batch[schema.OBS_STATE] * tf.gather(state_scale, which)[:, None, :]
+            + tf.gather(state_offset, which)[:, None, :]
+        )
+        batch[schema.ACTIONS] = (
+            batch[schema.ACTIONS] * tf.gather(action_scale, which)[:, None, :]
+            + tf.gather(action_offset, which)[:, None, :]
+        )
+        if heterogeneous:
+            batch[schema.ACTION_DIM_MASK] = tf.gather(dim_masks, which)
         return batch
 
     ds = ds.map(normalize_batch, num_parallel_calls=tf.data.AUTOTUNE)
@@ -176,38 +290,192 @@ def create_train_dataset(
     return ds.with_options(options)
 
 
-def _mix(streams, data_dirs, weights, seed: int) -> tf.data.Dataset:
-    """Weighted sampling of windows from several infinite streams (seeded)."""
+# Window key of the dataset a window comes from (int32; consumed by normalize_batch).
+_DATASET = "_dataset"
+
+
+def _normalization_tables(own, state_dim, action_dim, state_norm, action_norm):
+    """float32 tables [D, S] / [D, A] of each dataset's (scale, offset), padded dims 0,
+    and the action-dim masks [D, A] (True on each dataset's own dims)."""
+    tables = [np.zeros((len(own), state_dim), np.float32) for _ in range(2)]
+    tables += [np.zeros((len(own), action_dim), np.float32) for _ in range(2)]
+    dim_masks = np.zeros((len(own), action_dim), bool)
+    for i, stats in enumerate(own):
+        s, a = norm.feature_dims(stats)
+        if s > state_dim or a > action_dim:
+            raise ValueError(
+                f"dataset {i} has (state, action) dims {(s, a)}, more than the run's "
+                f"{(state_dim, action_dim)} (norm_stats' top-level dims)"
+            )
+        tables[0][i, :s], tables[1][i, :s] = norm.affine_params(stats[norm.STATE], state_norm)
+        tables[2][i, :a], tables[3][i, :a] = norm.affine_params(stats[norm.ACTIONS], action_norm)
+        dim_masks[i, :a] = True
+    return (*tables, dim_masks)
+
+
+def _window_fn(
+    index,
+    mapping,
+    name,
+    which,
+    cameras,
+    masks_needed,
+    obs_horizon,
+    action_horizon,
+    state_dim,
+    action_dim,
+):
+    """trajectory (as read) -> dataset of its windows, in the run's common element spec."""
+    standardizer = keep = None
+    if mapping is not None:
+        described = standardize.describe_features(index.builder.info.features)
+        standardize.check_against_features(mapping, described, index.path, name)
+        standardizer, keep = standardize.make_standardizer(
+            mapping, described, cameras=cameras or None, image_masks=masks_needed
+        )
+    slots = sorted(cameras) if mapping is not None else []
+
+    def to_windows(traj):
+        observation = dict(traj[schema.RLDS_OBSERVATION])
+        state = tf.cast(observation[schema.RLDS_STATE], tf.float32)
+        state = tf.reshape(state, [tf.shape(state)[0], -1])
+        observation[schema.RLDS_STATE] = _pad_last(state, state_dim)
+        action = tf.cast(traj[schema.RLDS_ACTION], tf.float32)
+        action = _pad_last(tf.reshape(action, [tf.shape(action)[0], -1]), action_dim)
+        traj = dict(traj, **{schema.RLDS_OBSERVATION: observation, schema.RLDS_ACTION: action})
+        out = windows.make_windows(traj, obs_horizon, action_horizon)
+        length = tf.shape(action)[0]
+        out[_DATASET] = tf.fill([length], tf.constant(which, tf.int32))
+        if masks_needed:
+            for slot in slots:
+                out[schema.image_mask_key(slot)] = traj["image_mask"][slot]
+        return tf.data.Dataset.from_tensor_slices(out)
+
+    def episodes(ds):
+        if standardizer is not None:
+            ds = ds.map(standardizer, num_parallel_calls=2, deterministic=True).filter(keep)
+        return ds.flat_map(to_windows)
+
+    return episodes
+
+
+def _pad_last(x, dim: int):
+    """[L, d] -> [L, dim] zero-padded (d <= dim)."""
+    return tf.ensure_shape(tf.pad(x, [[0, 0], [0, dim - tf.shape(x)[-1]]]), [None, dim])
+
+
+def _block_stream(
+    index,
+    episodes_to_windows,
+    *,
+    seed,
+    start_window,
+    episodes_per_block,
+    mean_length,
+    shuffle_buffer,
+) -> tf.data.Dataset:
+    """One dataset's infinite window stream from window `start_window` on (docstring)."""
+    num = len(index)
+    per_block = min(int(episodes_per_block), num)
+    windows_per_block = max(1, int(round(per_block * mean_length)))
+    first_block, offset = divmod(int(start_window), windows_per_block)
+
+    def block(j):
+        positions = tf.range(j * per_block, (j + 1) * per_block, dtype=tf.int64)
+        epoch0 = (j * per_block) // num
+        ids = tf.range(num, dtype=tf.int64)
+        perm0 = tf.random.experimental.stateless_shuffle(ids, seed=tf.stack([seed, epoch0]))
+        perm1 = tf.random.experimental.stateless_shuffle(ids, seed=tf.stack([seed, epoch0 + 1]))
+        episode_ids = tf.where(
+            positions // num == epoch0,
+            tf.gather(perm0, positions % num),
+            tf.gather(perm1, positions % num),
+        )
+        eps = rlds.read_episodes(index, tf.data.Dataset.from_tensor_slices(episode_ids))
+        win = episodes_to_windows(eps)
+        win = win.shuffle(shuffle_buffer, seed=seed * 1_000_003 + j, reshuffle_each_iteration=False)
+        win = win.repeat().take(windows_per_block)
+        return win.skip(tf.where(j == first_block, tf.constant(offset, tf.int64), 0))
+
+    return tf.data.Dataset.range(first_block, 2**62).interleave(
+        block,
+        cycle_length=2,  # the next block is read while this one is consumed
+        block_length=windows_per_block,
+        num_parallel_calls=2,
+        deterministic=True,
+    )
+
+
+def _mixing_quotas(count: int, weights, mixture_block: int) -> np.ndarray:
+    """q [D] int: windows of each dataset per run of Q = sum(q) windows (largest remainder)."""
+    weights = [1.0] * count if weights is None else [float(w) for w in weights]
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {weights}")
+    if count == 1:
+        return np.ones(1, np.int64)
+    exact = np.asarray(weights) / sum(weights) * mixture_block
+    quotas = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - quotas), kind="stable")
+    quotas[order[: mixture_block - quotas.sum()]] += 1
+    return quotas
+
+
+def _mixing_order(quotas: np.ndarray, seed: int, run):
+    """The dataset index of each window in mixing run `run` [Q] int64 (stateless)."""
+    base = tf.constant(np.repeat(np.arange(len(quotas)), quotas), tf.int64)
+    return tf.random.experimental.stateless_shuffle(
+        base, seed=tf.stack([tf.constant(seed + 2, tf.int64), tf.cast(run, tf.int64)])
+    )
+
+
+def _mixture_counts(quotas: np.ndarray, start: int, seed: int) -> list[int]:
+    """Windows each dataset has given to the mixture before global window `start`."""
+    if len(quotas) == 1:
+        return [int(start)]
+    run, offset = divmod(int(start), int(quotas.sum()))
+    head = _mixing_order(quotas, seed, run).numpy()[:offset]
+    return [int(run * q + np.sum(head == d)) for d, q in enumerate(quotas)]
+
+
+def _mix(streams, quotas, seed: int, start: int) -> tf.data.Dataset:
+    """The windows of `streams` in the mixing order, from global window `start` on."""
+    run, offset = divmod(int(start), int(quotas.sum()))
+    choice = tf.data.Dataset.range(run, 2**62).flat_map(
+        lambda r: tf.data.Dataset.from_tensor_slices(_mixing_order(quotas, seed, r))
+    )
+    return tf.data.Dataset.choose_from_datasets(streams, choice.skip(offset))
+
+
+def _check_same_fields(streams, data_dirs) -> None:
     specs = [s.element_spec for s in streams]
     for path, spec in zip(data_dirs[1:], specs[1:], strict=True):
         if spec != specs[0]:
             raise ValueError(
                 f"cannot mix RLDS datasets with different fields: {data_dirs[0]} gives "
-                f"{specs[0]}, {path} gives {spec}"
+                f"{specs[0]}, {path} gives {spec} (foreign layouts: give each a mapping, "
+                "data.dataset_names, so they are standardized into the same slots)"
             )
-    weights = [1.0] * len(streams) if weights is None else [float(w) for w in weights]
-    if min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {weights}")
-    total = sum(weights)
-    return tf.data.Dataset.sample_from_datasets(
-        streams, weights=[w / total for w in weights], seed=seed + 2
-    )
 
 
 def compute_mixture_norm_stats(data_dirs: Sequence) -> dict:
     """Normalization stats over the union of several RLDS datasets (one pass each, not
-    cached), for a mixture: every dataset is normalized the same way."""
+    cached), for a mixture of one layout: every dataset is normalized the same way."""
     state_acc = norm.NormStatsAccumulator()
     action_acc = norm.NormStatsAccumulator()
-    for path in data_dirs:
-        _accumulate_norm_stats(path, state_acc, action_acc)
-    return {norm.STATE: state_acc.finalize(), norm.ACTIONS: action_acc.finalize()}
+    episodes = sum(_accumulate_norm_stats(path, state_acc, action_acc) for path in data_dirs)
+    return {
+        norm.STATE: state_acc.finalize(),
+        norm.ACTIONS: action_acc.finalize(),
+        _EPISODES: episodes,
+    }
 
 
 def iterate_numpy_batches(
     dataset: tf.data.Dataset, *, start_batch: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Numpy batches of ``dataset`` from batch ``start_batch`` on (exact resume).
+    """Numpy batches of ``dataset`` from batch ``start_batch`` on, by replay (k batches
+    recomputed; the trainer instead builds the stream at its position with
+    ``create_train_dataset(start_batch=k)``, which costs the same at any k).
 
     ``PROMPT`` comes back as a numpy object array of bytes [B].
     """

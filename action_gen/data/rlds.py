@@ -19,9 +19,11 @@ dataset. Everything is written into a staging directory that is renamed into pla
 the end, so a crash never leaves a directory that looks complete.
 """
 
+import dataclasses
 import json
 import logging
 import os
+import re
 import struct
 import uuid
 from collections.abc import Iterable, Mapping
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 DATASET_INFO = "dataset_info.json"
 FEATURES = "features.json"
 EPISODE_METADATA = "episode_metadata"
+# Extra step-level fields of an episode to write ({key: [L, ...] or a dict of them}), for
+# layouts other than ours (DROID's action_dict, a second instruction).
+STEP_FIELDS = "step_fields"
 _SPLIT = "train"
 _FILE_FORMAT = "tfrecord"
 # Images are stored PNG-encoded by default (lossless, so a round trip is exact); "jpeg"
@@ -74,6 +79,22 @@ def _tensor_feature(
     return tfds.features.Tensor(shape=shape, dtype=value.dtype)
 
 
+def _feature_tree(value, *, per_step: bool) -> tfds.features.FeatureConnector:
+    """`_tensor_feature`, or a FeaturesDict of them for a (nested) dict of arrays (the
+    dict actions and extra step fields of other layouts)."""
+    if isinstance(value, Mapping):
+        return tfds.features.FeaturesDict(
+            {k: _feature_tree(v, per_step=per_step) for k, v in value.items()}
+        )
+    return _tensor_feature(np.asarray(value), per_step=per_step)
+
+
+def _first_leaf(value) -> np.ndarray:
+    while isinstance(value, Mapping):
+        value = next(iter(value.values()))
+    return np.asarray(value)
+
+
 def _infer_features(
     episode: Mapping, image_encoding: str = _IMAGE_ENCODING
 ) -> tfds.features.FeaturesDict:
@@ -81,7 +102,6 @@ def _infer_features(
     observation = episode[schema.RLDS_OBSERVATION]
     if not isinstance(observation, Mapping):
         raise ValueError("episode['observation'] must be a dict of [L, ...] arrays")
-    action = np.asarray(episode[schema.RLDS_ACTION])
     steps = {
         schema.RLDS_OBSERVATION: tfds.features.FeaturesDict(
             {
@@ -89,7 +109,7 @@ def _infer_features(
                 for k, v in observation.items()
             }
         ),
-        schema.RLDS_ACTION: _tensor_feature(action, per_step=True),
+        schema.RLDS_ACTION: _feature_tree(episode[schema.RLDS_ACTION], per_step=True),
         "reward": tfds.features.Scalar(dtype=np.float32),
         "discount": tfds.features.Scalar(dtype=np.float32),
         "is_first": tfds.features.Scalar(dtype=np.bool_),
@@ -97,6 +117,8 @@ def _infer_features(
         "is_terminal": tfds.features.Scalar(dtype=np.bool_),
         schema.RLDS_LANGUAGE: tfds.features.Text(),
     }
+    for key, value in episode.get(STEP_FIELDS, {}).items():
+        steps[key] = _feature_tree(value, per_step=True)
     features = {schema.RLDS_STEPS: tfds.features.Dataset(steps)}
     metadata = episode.get(EPISODE_METADATA)
     if metadata:
@@ -108,8 +130,15 @@ def _infer_features(
 
 def _to_record(episode: Mapping, index: int) -> dict:
     """Our episode dict -> the nested RLDS record the feature spec encodes."""
-    action = np.asarray(episode[schema.RLDS_ACTION])
-    length = action.shape[0]
+    action = episode[schema.RLDS_ACTION]
+    action = (
+        traverse_util.unflatten_dict(
+            {k: np.asarray(v) for k, v in traverse_util.flatten_dict(action).items()}
+        )
+        if isinstance(action, Mapping)
+        else np.asarray(action)
+    )
+    length = _first_leaf(action).shape[0]
     if length == 0:
         raise ValueError(f"episode {index} is empty")
     observation = {k: np.asarray(v) for k, v in episode[schema.RLDS_OBSERVATION].items()}
@@ -138,6 +167,7 @@ def _to_record(episode: Mapping, index: int) -> dict:
         "is_terminal": is_terminal,
         schema.RLDS_LANGUAGE: list(language),
     }
+    steps.update(episode.get(STEP_FIELDS, {}))
     record = {schema.RLDS_STEPS: steps}
     if episode.get(EPISODE_METADATA):
         record[EPISODE_METADATA] = dict(episode[EPISODE_METADATA])
@@ -153,6 +183,7 @@ def write_rlds_dataset(
     description: str = "",
     shard_size: int = 256,
     image_encoding: str = _IMAGE_ENCODING,
+    split: str = _SPLIT,
 ) -> str:
     """Writes episodes as an RLDS dataset in TFDS format.
 
@@ -162,13 +193,16 @@ def write_rlds_dataset(
         "reward": [L], "language_instruction": str}``, optional ``"discount"`` [L],
         ``"is_terminal"`` [L] (default: True at the last step) and
         ``"episode_metadata": {"seed": int, ...}``. The feature spec (shapes, dtypes) is
-        inferred from the first episode; every episode must match it.
+        inferred from the first episode; every episode must match it. Other layouts
+        (the Open X-Embodiment ones) are written too: ``"action"`` may be a dict of
+        [L, ...] parts of any dtype, and ``"step_fields"`` adds step-level fields.
       data_dir: root directory; the dataset goes to ``<data_dir>/<name>/<version>``.
       name: dataset name (also the shard file prefix).
       version: dataset version "x.y.z".
       description: stored in dataset_info.json.
       shard_size: episodes per tfrecord shard.
       image_encoding: "png" (lossless) or "jpeg" for the image fields.
+      split: the split written ("train"; "val" / "test" for held-out data).
 
     Returns:
       The dataset directory ``<data_dir>/<name>/<version>``.
@@ -191,13 +225,13 @@ def write_rlds_dataset(
             episodes, staging, name, shard_size, image_encoding
         )
         template = tfds.core.ShardedFileTemplate(
-            data_dir=staging, dataset_name=name, split=_SPLIT, filetype_suffix=_FILE_FORMAT
+            data_dir=staging, dataset_name=name, split=split, filetype_suffix=_FILE_FORMAT
         )
         for i in range(len(shard_lengths)):
             tmp = staging / f"shard-{i:05d}.tmp"
             tmp.rename(template.sharded_filepath(shard_index=i, num_shards=len(shard_lengths)))
         split = tfds.core.SplitInfo(
-            name=_SPLIT,
+            name=split,
             shard_lengths=shard_lengths,
             num_bytes=num_bytes,
             filename_template=template,
@@ -265,15 +299,30 @@ def _write_shards(episodes, out_dir: epath.Path, name: str, shard_size: int, ima
 # ----------------------------------------------------------------------------- reading
 
 
+def _version_key(path: epath.Path) -> tuple:
+    """Sort key of a version directory name ("1.0.0" < "1.10.0"; non-numeric parts last)."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-]", path.name))
+
+
+def _versions_in(path: epath.Path) -> list[epath.Path]:
+    """The version directories directly below `path` that hold a dataset, oldest first."""
+    found = [v for v in path.iterdir() if v.is_dir() and (v / DATASET_INFO).exists()]
+    return sorted(found, key=_version_key)
+
+
 def resolve_dataset_dir(data_dir: str | os.PathLike) -> epath.Path:
     """The dataset version directory of ``data_dir``.
 
-    Accepts the version directory itself (holding dataset_info.json) or a parent holding
-    exactly one ``<name>/<version>`` dataset.
+    A downloaded RLDS dataset is ``<data_dir>/<name>/<version>/``; accepted are the version
+    directory itself (holding dataset_info.json), the ``<name>`` directory (its newest
+    version is taken: "1.0.1" over "1.0.0", "0.1.10" over "0.1.9") or a parent holding
+    exactly one ``<name>`` (again its newest version). The TFDS name inside may differ from
+    the directory's (openvla's ``libero_10_no_noops/1.0.0`` holds ``liber_o10-*`` shards):
+    it is read from dataset_info.json, never from the path.
 
     Raises:
       FileNotFoundError: naming the path when it or its dataset_info.json is missing.
-      ValueError: when a parent directory holds more than one dataset.
+      ValueError: when a parent directory holds more than one dataset name.
     """
     path = epath.Path(data_dir)
     if not path.exists():
@@ -282,17 +331,17 @@ def resolve_dataset_dir(data_dir: str | os.PathLike) -> epath.Path:
         raise FileNotFoundError(f"RLDS dataset path is not a directory: {path}")
     if (path / DATASET_INFO).exists():
         return path
-    candidates = sorted(
-        version
-        for child in path.iterdir()
-        if child.is_dir()
-        for version in child.iterdir()
-        if version.is_dir() and (version / DATASET_INFO).exists()
-    )
-    if len(candidates) == 1:
-        return candidates[0]
-    if len(candidates) > 1:
-        found = ", ".join(os.fspath(c) for c in candidates)
+    versions = _versions_in(path)
+    if versions:  # `path` is a <name> directory
+        if len(versions) > 1:
+            log.info("%s holds versions %s; reading the newest", path, [v.name for v in versions])
+        return versions[-1]
+    names = {child: _versions_in(child) for child in path.iterdir() if child.is_dir()}
+    names = {child: v for child, v in names.items() if v}
+    if len(names) == 1:
+        return next(iter(names.values()))[-1]
+    if len(names) > 1:
+        found = ", ".join(os.fspath(v[-1]) for v in sorted(names.values()))
         raise ValueError(f"{path} holds several RLDS datasets; pass one of: {found}")
     raise FileNotFoundError(
         f"no {DATASET_INFO} in {path} (nor in any <name>/<version> below it): "
@@ -333,51 +382,104 @@ def _check_rlds_features(features, path: epath.Path) -> None:
             raise ValueError(f"{path / FEATURES}: RLDS steps are missing key {key!r}")
 
 
-def _check_shards(builder, split: str, path: epath.Path) -> None:
+def _record_offsets(file, path: epath.Path) -> list[tuple[int, int]]:
+    """(payload offset, payload bytes) of every record of a tfrecord file.
+
+    Walks the framing (8-byte length, 4-byte crc, payload, 4-byte crc) reading only the
+    headers: one seek per episode, not a read of the data.
+
+    Raises:
+      FileNotFoundError / ValueError naming the file when it is missing or truncated.
+    """
+    if not file.exists():
+        raise FileNotFoundError(f"RLDS dataset {path}: shard file missing: {file}")
+    size = file.stat().length
+    records, offset = [], 0
+    with tf.io.gfile.GFile(os.fspath(file), "rb") as f:
+        while offset < size:
+            f.seek(offset)
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            length = struct.unpack("<Q", header)[0]
+            records.append((offset + 12, length))
+            offset += 8 + 4 + length + 4
+    if offset != size:
+        raise ValueError(
+            f"RLDS shard {file} is truncated or corrupt: {size} bytes, but its record "
+            f"framing ends at byte {offset} ({len(records)} records)"
+        )
+    return records
+
+
+def _check_shards(builder, split: str, path: epath.Path) -> dict:
     """Fails early, naming the file, on a missing, truncated or miscounted shard.
 
-    Walks the tfrecord framing (8-byte length, 4-byte crc, payload, 4-byte crc) reading
-    only the headers, so the cost is one seek per episode, not a read of the data.
+    Returns {file path: its records' (payload offset, bytes)} (see `_record_offsets`).
     Payload corruption that keeps the framing intact still surfaces (as a TF
     DataLossError) when the records are read.
     """
     info = builder.info.splits[split]
+    out = {}
     for file, expected in zip(info.filepaths, info.shard_lengths, strict=True):
-        if not file.exists():
-            raise FileNotFoundError(f"RLDS dataset {path}: shard file missing: {file}")
-        size = file.stat().length
-        count, offset = 0, 0
-        with tf.io.gfile.GFile(os.fspath(file), "rb") as f:
-            while offset < size:
-                f.seek(offset)
-                header = f.read(8)
-                if len(header) < 8:
-                    break
-                offset += 8 + 4 + struct.unpack("<Q", header)[0] + 4
-                count += 1
-        if offset != size or count != expected:
+        records = _record_offsets(file, path)
+        if len(records) != expected:
             raise ValueError(
-                f"RLDS shard {file} is truncated or corrupt: {size} bytes holding "
-                f"{count} records by its framing, dataset_info.json says {expected}"
+                f"RLDS shard {file} is truncated or corrupt: {file.stat().length} bytes holding "
+                f"{len(records)} records by its framing, dataset_info.json says {expected}"
             )
+        out[os.fspath(file)] = records
+    return out
 
 
 def _episode_to_trajectory(episode: dict) -> dict:
     """RLDS record (steps as a nested tf.data.Dataset) -> tensors batched over time."""
     # All steps in one batch: the element count fits in int32 for any real episode.
     steps = episode[schema.RLDS_STEPS].batch(2**31 - 1).get_single_element()
+    return _trajectory_of_steps(dict(episode, **{schema.RLDS_STEPS: steps}))
+
+
+def _trajectory_of_steps(episode: dict) -> dict:
+    """An episode whose steps are a dict of [L, ...] tensors -> our trajectory layout."""
+    steps = episode[schema.RLDS_STEPS]
     traj = dict(steps)
     # Nested observation dicts -> one level with "/"-joined keys ("image/wrist").
     traj[schema.RLDS_OBSERVATION] = traverse_util.flatten_dict(
         dict(steps[schema.RLDS_OBSERVATION]), sep="/"
     )
     if schema.RLDS_LANGUAGE not in traj:
-        length = tf.shape(traj[schema.RLDS_ACTION])[0]
+        # (the action may be a dict of parts: any part gives the length)
+        length = tf.shape(tf.nest.flatten(traj[schema.RLDS_ACTION])[0])[0]
         traj[schema.RLDS_LANGUAGE] = tf.fill([length], "")
     metadata = {k: v for k, v in episode.items() if k != schema.RLDS_STEPS}
     if metadata:
         traj[EPISODE_METADATA] = metadata.get(EPISODE_METADATA, metadata)
     return traj
+
+
+def _open_split(data_dir, split: str, shard_index: int, num_shards: int):
+    """(builder, this process's split instruction, {file: record offsets}) with every
+    check of `load_rlds_episodes` done."""
+    builder = load_builder(data_dir)
+    path = epath.Path(builder.data_dir)
+    base_split = split.split("[")[0]
+    if base_split not in builder.info.splits:
+        raise ValueError(
+            f"RLDS dataset {path} has no split {base_split!r} "
+            f"(has {sorted(builder.info.splits.keys())})"
+        )
+    records = _check_shards(builder, base_split, path)
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+    num_episodes = builder.info.splits[split].num_examples
+    if num_episodes < num_shards:
+        raise ValueError(
+            f"RLDS dataset {path} split {split!r} has {num_episodes} episodes, "
+            f"fewer than num_shards={num_shards}"
+        )
+    if num_shards > 1:
+        split = tfds.even_splits(split, n=num_shards)[shard_index]
+    return builder, split, records
 
 
 def load_rlds_episodes(
@@ -392,7 +494,7 @@ def load_rlds_episodes(
 
     Args:
       data_dir: a dataset version directory or a parent with one ``<name>/<version>``.
-      split: a split name or TFDS slice ("train", "train[:90%]").
+      split: a split name or TFDS slice ("train", "train[:90%]", "test", "val").
       shard_index: this process's shard (e.g. ``jax.process_index()``).
       num_shards: number of shards (e.g. ``jax.process_count()``); episodes are split
         into near-equal contiguous ranges, so processes read disjoint files.
@@ -401,34 +503,17 @@ def load_rlds_episodes(
 
     Returns:
       A deterministic (file order) dataset of trajectories: ``{"observation": {"state":
-      [L, S], "image/<camera>": [L, h, w, 3], ...}, "action": [L, A], "reward": [L],
-      "discount": [L], "is_first" / "is_last" / "is_terminal": [L] bool,
-      "language_instruction": [L] string, optional "episode_metadata": {...}}``.
+      [L, S], "image/<camera>": [L, h, w, 3], ...}, "action": [L, A] (or a dict of [L, ...]
+      parts, as stored), "reward": [L], "discount": [L], "is_first" / "is_last" /
+      "is_terminal": [L] bool, "language_instruction": [L] string, optional
+      "episode_metadata": {...}}``. Nested observation keys are joined with "/".
 
     Raises:
       FileNotFoundError / ValueError naming the path (and file or key) for a missing
       path, missing or corrupt metadata, missing or truncated shards, an unknown split
       or more shards than episodes.
     """
-    builder = load_builder(data_dir)
-    path = epath.Path(builder.data_dir)
-    base_split = split.split("[")[0]
-    if base_split not in builder.info.splits:
-        raise ValueError(
-            f"RLDS dataset {path} has no split {base_split!r} "
-            f"(has {sorted(builder.info.splits.keys())})"
-        )
-    _check_shards(builder, base_split, path)
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
-    num_episodes = builder.info.splits[split].num_examples
-    if num_episodes < num_shards:
-        raise ValueError(
-            f"RLDS dataset {path} split {split!r} has {num_episodes} episodes, "
-            f"fewer than num_shards={num_shards}"
-        )
-    if num_shards > 1:
-        split = tfds.even_splits(split, n=num_shards)[shard_index]
+    builder, split, _ = _open_split(data_dir, split, shard_index, num_shards)
     decoders = None
     if not decode_images:
         decoders = _skip_image_decoding(builder.info.features)
@@ -439,6 +524,130 @@ def load_rlds_episodes(
         read_config=tfds.ReadConfig(try_autocache=False),
     )
     return ds.map(_episode_to_trajectory, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeIndex:
+    """Where each episode of one process's share of a split lies on disk (random access).
+
+    Episode i (0 <= i < N, in the split's file order) is the tfrecord payload of
+    ``length[i]`` bytes at byte ``offset[i]`` of ``files[file[i]]``, followed by
+    ``footer[i]`` more bytes to the end of that file.
+    """
+
+    builder: tfds.core.DatasetBuilder
+    files: tuple[str, ...]
+    file: np.ndarray  # [N] int32
+    offset: np.ndarray  # [N] int64
+    length: np.ndarray  # [N] int64
+    footer: np.ndarray  # [N] int64
+
+    def __len__(self) -> int:
+        return int(self.file.shape[0])
+
+    @property
+    def path(self) -> str:
+        return os.fspath(self.builder.data_dir)
+
+
+def episode_index(
+    data_dir: str | os.PathLike,
+    *,
+    split: str = "train",
+    shard_index: int = 0,
+    num_shards: int = 1,
+) -> EpisodeIndex:
+    """The byte location of every episode of this process's share of `split`.
+
+    Costs one header read per episode (no payload is read), the same walk that checks the
+    shards, so any episode can then be read on its own (`read_episodes`) without reading
+    the ones before it: the input stream resumes without replay. Same arguments and
+    errors as `load_rlds_episodes`; the episodes are the ones it would yield, in order.
+    """
+    builder, split, records = _open_split(data_dir, split, shard_index, num_shards)
+    files, file_ids, offsets, lengths, footers = [], [], [], [], []
+    for instruction in builder.info.splits[split].file_instructions:
+        name = os.fspath(instruction.filename)
+        if name not in records:  # the split's files are the base split's
+            records[name] = _record_offsets(epath.Path(name), epath.Path(builder.data_dir))
+        in_file = records[name]
+        take = instruction.take if instruction.take >= 0 else len(in_file) - instruction.skip
+        chosen = in_file[instruction.skip : instruction.skip + take]
+        if not chosen:
+            continue
+        size = epath.Path(name).stat().length
+        files.append(name)
+        for offset, length in chosen:
+            file_ids.append(len(files) - 1)
+            offsets.append(offset)
+            lengths.append(length)
+            footers.append(size - offset - length)
+    return EpisodeIndex(
+        builder=builder,
+        files=tuple(files),
+        file=np.asarray(file_ids, np.int32),
+        offset=np.asarray(offsets, np.int64),
+        length=np.asarray(lengths, np.int64),
+        footer=np.asarray(footers, np.int64),
+    )
+
+
+def read_episodes(
+    index: EpisodeIndex,
+    episode_ids: tf.data.Dataset,
+    *,
+    decode_images: bool = True,
+    parallel_reads: int = 4,
+) -> tf.data.Dataset:
+    """The trajectories (as `load_rlds_episodes` gives them) of `episode_ids`, in order.
+
+    Args:
+      index: from `episode_index`.
+      episode_ids: scalar int64 elements in [0, len(index)).
+      decode_images: as for `load_rlds_episodes`.
+      parallel_reads: episodes read and decoded concurrently (the order is kept).
+    """
+    files = tf.constant(list(index.files) or [""], tf.string)
+    file = tf.constant(index.file, tf.int32)
+    offset, length = tf.constant(index.offset), tf.constant(index.length)
+    footer = tf.constant(index.footer)
+    features = index.builder.info.features
+
+    def read(i):
+        # The one record of `length` bytes between `offset` and `footer`; the tfrecord
+        # framing around it (length, crc) is skipped, as the shard check already read it.
+        return tf.data.FixedLengthRecordDataset(
+            files[file[i]], length[i], header_bytes=offset[i], footer_bytes=footer[i]
+        )
+
+    records = episode_ids.interleave(
+        read, cycle_length=parallel_reads, num_parallel_calls=parallel_reads, deterministic=True
+    )
+    parser = features._example_parser  # noqa: SLF001 - TFDS's parser of this spec
+
+    def decode(record):
+        # Decodes the steps as batched tensors directly (no nested tf.data.Dataset, whose
+        # batch-all-steps tf.data fuses into a preallocated 2^31-element batch here).
+        parsed = parser.parse_example(record)
+        episode = {
+            key: _decode_batched(features[key].feature, value, decode_images)
+            if key == schema.RLDS_STEPS
+            else features[key].decode_example(value)
+            for key, value in parsed.items()
+        }
+        return _trajectory_of_steps(episode)
+
+    return records.map(decode, num_parallel_calls=parallel_reads, deterministic=True)
+
+
+def _decode_batched(feature, data, decode_images: bool):
+    """[L, ...] serialized step fields -> decoded [L, ...] tensors (images kept encoded
+    unless `decode_images`)."""
+    if isinstance(feature, tfds.features.FeaturesDict):
+        return {k: _decode_batched(feature[k], data[k], decode_images) for k in feature.keys()}
+    if isinstance(feature, tfds.features.Image) and not decode_images:
+        return data
+    return feature.decode_batch_example(data)
 
 
 def _skip_image_decoding(features):

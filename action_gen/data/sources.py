@@ -3,6 +3,10 @@
 `data.dataset_dir` is a directory or a list of them (a mixture); `data.builtin_task` a
 built-in task name or a list (one per directory). An empty `data.dataset_dir` means
 `<workdir>/dataset` for one task and `<workdir>/dataset/<task>` for each of several.
+A mixture of external datasets may instead list `data.dataset_dirs` (comma-separated), and
+`data.dataset_names` names each one's layout (data/standardize.py); a `lerobot` entry's
+directory is a LeRobot dataset, converted once by the data step into
+`<workdir>/dataset/lerobot_<dir name>` (`lerobot_conversions`), which the run then reads.
 Built-in demos are collected by an explicit data step (`envs.collect.collect_builtin_datasets`,
 which `python -m action_gen.main` runs before training), never by the train loop.
 """
@@ -32,14 +36,53 @@ def builtin_tasks(data_config: ml_collections.ConfigDict) -> list[str]:
     return [str(t) for t in as_list(data_config.get("builtin_task"))]
 
 
+LEROBOT = "lerobot"
+
+
+def dataset_names(data_config: ml_collections.ConfigDict) -> list[str]:
+    """`data.dataset_names`: the layout name of each dataset (empty: our own layout)."""
+    return [str(n) for n in as_list(data_config.get("dataset_names"))]
+
+
+def _configured_dirs(data_config: ml_collections.ConfigDict) -> list[str]:
+    dirs = [os.fspath(d) for d in as_list(data_config.get("dataset_dir"))]
+    if not dirs:
+        listed = data_config.get("dataset_dirs") or ""
+        if isinstance(listed, str):
+            listed = listed.split(",")
+        dirs = [os.fspath(d).strip() for d in listed if os.fspath(d).strip()]
+    names = dataset_names(data_config)
+    if names and dirs and len(names) != len(dirs):
+        raise ValueError(
+            f"data.dataset_names has {len(names)} names ({'+'.join(names)}) but "
+            f"{len(dirs)} dataset directories are given; pass one per name "
+            "(data.dataset_dir for one, data.dataset_dirs=A,B,C for several)"
+        )
+    return dirs
+
+
+def lerobot_conversions(data_config: ml_collections.ConfigDict, workdir: str) -> list:
+    """(LeRobot source directory, RLDS root it is converted into) of each `lerobot` entry."""
+    dirs = _configured_dirs(data_config)
+    out = []
+    for name, src in zip(dataset_names(data_config), dirs, strict=False):
+        if name == LEROBOT:
+            slug = task_slug(os.path.basename(os.path.normpath(src))) or "dataset"
+            out.append((src, os.path.join(workdir, "dataset", f"lerobot_{slug}")))
+    return out
+
+
 def dataset_dirs(data_config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """The dataset directories of a run, one per dataset (one per built-in task).
+    """The dataset directories of a run, one per dataset (one per built-in task; a LeRobot
+    entry's converted copy).
 
     Raises:
       ValueError: when `data.dataset_dir` and `data.builtin_task` name different counts.
     """
     tasks = builtin_tasks(data_config)
-    dirs = [os.fspath(d) for d in as_list(data_config.dataset_dir)]
+    dirs = _configured_dirs(data_config)
+    converted = dict(lerobot_conversions(data_config, workdir))
+    dirs = [converted.get(d, d) for d in dirs]
     if not dirs:
         base = os.path.join(workdir, "dataset")
         dirs = [base] if len(tasks) <= 1 else [os.path.join(base, task_slug(t)) for t in tasks]

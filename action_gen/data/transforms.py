@@ -84,7 +84,8 @@ def pad_action_dim(batch: dict, action_dim: int) -> dict:
         pad = [(0, 0)] * (actions.ndim - 1) + [(0, action_dim - data_dim)]
         out[schema.ACTIONS] = np.pad(actions, pad)
     dim_mask = np.zeros((actions.shape[0], action_dim), bool)
-    dim_mask[:, :data_dim] = True
+    # A mixture's windows already mark their robot's own dims among the data's.
+    dim_mask[:, :data_dim] = batch.get(schema.ACTION_DIM_MASK, True)
     out[schema.ACTION_DIM_MASK] = dim_mask
     return out
 

@@ -15,6 +15,8 @@ One streaming pass over an RLDS dataset (images are not decoded) checks every ep
                          named "timestamp"), when present
     empty_episode        an episode with no steps
   warnings (reported; errors with --strict)
+    timestamp_gap        consecutive timestamps further apart than 1.5 control periods
+                         (the mapping's control_hz, or the LeRobot fps): dropped frames
     constant_dim         a state or action dimension with the same value in every step of
                          the dataset (min-max normalization maps it to a constant; a policy
                          cannot learn from it, and an action dim the expert never moves is
@@ -26,7 +28,12 @@ One streaming pass over an RLDS dataset (images are not decoded) checks every ep
                          squashes every other action into a sliver of [-1, 1])
 
 Called at train start as `validate.check_dataset(dataset_dir)`: raises ValueError with the
-report on errors, logs warnings.
+report on errors, logs warnings. A dataset in a foreign layout is validated through its
+mapping (`check_dataset(dir, mapping=..., name=...)`, data/standardize.py): a key the
+mapping names but the dataset lacks is an error listing the dataset's features; the
+state / action checks run on the standardized state and action, the NaN / length /
+timestamp checks on every raw field (named by its raw key). Every finding names the
+dataset, the episode (its index in the split) and the key.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ ERROR_CODES = (
     "timestamp_order",
     "empty_episode",
 )
-WARNING_CODES = ("constant_dim", "action_outlier")
+WARNING_CODES = ("timestamp_gap", "constant_dim", "action_outlier")
 TIMESTAMP_KEYS = ("timestamp", "observation/timestamp")
 # Examples printed per finding code (the count is always complete).
 _EXAMPLES_PER_CODE = 5
@@ -71,6 +78,7 @@ class Report:
     """Everything the validator found, plus what it looked at."""
 
     path: str
+    name: str = ""  # the dataset's name in the run (its mapping), "" for our own layout
     num_episodes: int = 0
     num_steps: int = 0
     findings: list[Finding] = dataclasses.field(default_factory=list)
@@ -91,8 +99,9 @@ class Report:
 
     def format(self) -> str:
         """A human-readable summary: counts per code, a few examples each."""
+        label = f"dataset {self.name!r} at {self.path}" if self.name else f"dataset {self.path}"
         lines = [
-            f"dataset {self.path}: {self.num_episodes} episodes, {self.num_steps} steps; "
+            f"{label}: {self.num_episodes} episodes, {self.num_steps} steps; "
             f"{len(self.errors)} errors, {len(self.warnings)} warnings"
         ]
         for code in ERROR_CODES + WARNING_CODES:
@@ -110,7 +119,7 @@ class Report:
         return "\n".join(lines)
 
 
-def _check_episode(index: int, traj: Mapping, add) -> int:
+def _check_episode(index: int, traj: Mapping, add, control_hz: float = 0.0) -> int:
     """Per-episode checks on one trajectory (fields batched over its L steps); returns L."""
     fields = {
         k: np.asarray(v)
@@ -163,6 +172,16 @@ def _check_episode(index: int, traj: Mapping, add) -> int:
             step = int(np.argmax(delta <= 0)) + 1
             kind = "duplicated" if delta[step - 1] == 0 else "decreasing"
             add(ERROR, "timestamp_order", f"{key!r} {kind} at step {step}", index)
+        elif control_hz > 0 and (delta > 1.5 / control_hz).any():
+            step = int(np.argmax(delta > 1.5 / control_hz)) + 1
+            add(
+                WARNING,
+                "timestamp_gap",
+                f"{key!r} jumps {delta[step - 1]:.4g} s at step {step} "
+                f"({int((delta > 1.5 / control_hz).sum())} gaps over 1.5 periods of "
+                f"{control_hz:g} Hz)",
+                index,
+            )
     return length
 
 
@@ -173,6 +192,8 @@ def validate_trajectories(
     action_quantiles: tuple[float, float] = (0.01, 0.99),
     outlier_margin: float = 1.0,
     constant_tol: float = 1e-8,
+    name: str = "",
+    control_hz: float = 0.0,
 ) -> Report:
     """Validates trajectories as `rlds.load_rlds_episodes(...).as_numpy_iterator()` yields
     them ({"observation": {"state": [L, S], ...}, "action": [L, A], "is_last": [L], ...}).
@@ -182,18 +203,21 @@ def validate_trajectories(
       outlier_margin: m, the fence's extension beyond the quantiles in units of
         (q_hi - q_lo).
       constant_tol: a dim whose max - min over the dataset is at most this is constant.
+      name: the dataset's name in the run (for the report).
+      control_hz: the control rate; consecutive timestamps more than 1.5 periods apart
+        are reported (timestamp_gap). 0: not checked.
     """
     q_lo, q_hi = action_quantiles
     if not 0.0 <= q_lo < q_hi <= 1.0:
         raise ValueError(f"action_quantiles must satisfy 0 <= lo < hi <= 1, got {action_quantiles}")
-    report = Report(path=path)
+    report = Report(path=path, name=name)
 
     def add(severity, code, message, episode=None):
         report.findings.append(Finding(severity, code, message, episode))
 
     actions, states, owners = [], [], []
     for index, traj in enumerate(trajectories):
-        length = _check_episode(index, traj, add)
+        length = _check_episode(index, traj, add, control_hz)
         report.num_episodes += 1
         report.num_steps += length
         if length:
@@ -245,19 +269,54 @@ def validate_trajectories(
     return report
 
 
-def validate_dataset(data_dir: str | os.PathLike, **kwargs) -> Report:
-    """Validates the RLDS dataset in `data_dir` (see `validate_trajectories` for kwargs)."""
-    from action_gen.data import rlds  # TensorFlow, only when reading from disk
+def validate_dataset(
+    data_dir: str | os.PathLike, *, mapping: Mapping | None = None, name: str = "", **kwargs
+) -> Report:
+    """Validates the RLDS dataset in `data_dir` (see `validate_trajectories` for kwargs),
+    through `mapping` when it is in a foreign layout (module docstring).
+
+    Raises:
+      standardize.LayoutError: the mapping names keys the dataset lacks.
+    """
+    from action_gen.data import rlds, standardize  # TensorFlow, only when reading from disk
 
     path = rlds.resolve_dataset_dir(data_dir)
     episodes = rlds.load_rlds_episodes(path, decode_images=False)
-    return validate_trajectories(episodes.as_numpy_iterator(), path=os.fspath(path), **kwargs)
+    if mapping is not None:
+        described = standardize.describe_features(rlds.load_builder(path).info.features)
+        standardize.check_against_features(mapping, described, os.fspath(path), name or "?")
+        kwargs.setdefault("control_hz", float(standardize.check_mapping(mapping)["control_hz"]))
+        # Untrimmed, so the standardized action keeps the raw fields' length.
+        untrimmed = dict(standardize.check_mapping(mapping), trim_zero_actions=False)
+        fn, _ = standardize.make_standardizer(untrimmed, described, images=False)
+
+        def with_standardized(traj):
+            std = fn(traj)
+            out = dict(traj)
+            # The raw action parts stay (NaN checks name their raw keys); "action" and
+            # observation "state" become what the policy is trained on.
+            out["raw_action"] = traj["action"]
+            out["action"] = std["action"]
+            out["observation"] = dict(traj["observation"], state=std["observation"]["state"])
+            return out
+
+        episodes = episodes.map(with_standardized)
+    return validate_trajectories(
+        episodes.as_numpy_iterator(), path=os.fspath(path), name=name, **kwargs
+    )
 
 
-def check_dataset(data_dir: str | os.PathLike, *, strict: bool = False, **kwargs) -> Report:
+def check_dataset(
+    data_dir: str | os.PathLike,
+    *,
+    strict: bool = False,
+    mapping: Mapping | None = None,
+    name: str | None = None,
+    **kwargs,
+) -> Report:
     """The train-start hook: logs the report; raises ValueError (with it) on errors (or on
     any finding if `strict`)."""
-    report = validate_dataset(data_dir, **kwargs)
+    report = validate_dataset(data_dir, mapping=mapping, name=name or "", **kwargs)
     if not report.ok(strict):
         raise ValueError(f"dataset validation failed:\n{report.format()}")
     (log.warning if report.findings else log.info)("%s", report.format())

@@ -54,6 +54,7 @@ class Policy:
         *,
         num_sample_steps: int | None = None,
         param_dtype: str | None = None,
+        dataset: str | None = None,
     ):
         self.config = config
         # Inference casts the parameters to the compute dtype once, here, instead of the
@@ -65,14 +66,32 @@ class Policy:
         else:
             self.params = params
         self.norm_stats = norm_stats
-        self.state_dim, self.action_dim = normalize.feature_dims(norm_stats)
-        self.model_action_dim = spec.model_action_dim(config.model, self.action_dim)
+        # A run over several datasets (robots) stored each one's stats: this policy serves
+        # `dataset`'s robot, with its own state / action dims and cameras, padded to the
+        # model's inside `prepare_observation` (normalize.dataset_stats).
+        self.dataset, sampling_stats, self._robot = _robot_of(norm_stats, dataset)
+        model_state_dim, model_data_action_dim = normalize.feature_dims(norm_stats)
+        self.state_dim, self.action_dim = normalize.feature_dims(sampling_stats)
+        self.model_action_dim = spec.model_action_dim(config.model, model_data_action_dim)
         self.obs_horizon = int(config.data.obs_horizon)
         self.action_horizon = int(config.data.action_horizon)
         self.action_shape = (self.action_horizon, self.action_dim)
         self.num_sample_steps = int(num_sample_steps or config.objective.num_sample_steps)
-        self.model_observation_spec = spec.observation_spec(config.data, self.state_dim)
-        self.observation_spec = _client_spec(self.model_observation_spec)
+        self.model_observation_spec = spec.observation_spec(config.data, model_state_dim)
+        self.observation_spec = _robot_spec(
+            _client_spec(self.model_observation_spec), self.state_dim, self._robot
+        )
+        if self._robot is not None and self._robot["cameras"] is not None:
+            self._robot["missing"] = {
+                key: shape
+                for key, (shape, _) in self.model_observation_spec.items()
+                if key.startswith(schema.OBS_IMAGE_PREFIX)
+                and key.removeprefix(schema.OBS_IMAGE_PREFIX) not in self._robot["cameras"]
+            }
+        norm_stats = {
+            "state": normalize.pad_stats(sampling_stats["state"], model_state_dim),
+            "actions": sampling_stats["actions"],
+        }
         # Stats for prompt formats that write the normalized state (openpi_pi05); the state
         # the model gets stays raw here and is normalized inside the jitted sampler.
         self._prepare_observation = transforms.make_observation_preparer(
@@ -132,6 +151,7 @@ class Policy:
         clip_sample: bool | None = None,
         param_dtype: str | None = None,
         batch_sizes=(),
+        dataset: str | None = None,
     ) -> "Policy":
         """Restores a policy from a run's workdir (or checkpoint dir) alone.
 
@@ -151,6 +171,9 @@ class Policy:
           param_dtype: serve with parameters in this dtype (default: the model's compute
             dtype, `config.model.dtype`; "float32" keeps the master weights' precision).
           batch_sizes: compile the sampler ahead of time for these batch sizes (`compile`).
+          dataset: for a run over several datasets (robots), the one whose robot this
+            policy serves: its norm stats, state / action dims and cameras (required when
+            the checkpoint has several; `normalize.dataset_names(policy.norm_stats)`).
 
         A checkpoint trained under a fine-tuning layout (`config.lora`, frozen leaves,
         `models/lora.py`) is served merged: the EMA of its trainable leaves, the raw frozen
@@ -205,7 +228,12 @@ class Policy:
             use_ema=use_ema,
         )
         policy = cls(
-            config, params, norm_stats, num_sample_steps=num_sample_steps, param_dtype=param_dtype
+            config,
+            params,
+            norm_stats,
+            num_sample_steps=num_sample_steps,
+            param_dtype=param_dtype,
+            dataset=dataset,
         )
         if batch_sizes:
             policy.compile(batch_sizes)
@@ -362,7 +390,7 @@ class Policy:
             raise KeyError(
                 f"observation is missing {missing}; expected {sorted(self.observation_spec)}"
             )
-        observation = self._prepare_observation(observation)
+        observation = self._prepare_observation(_to_model_layout(observation, self._robot))
         state = np.asarray(observation[schema.OBS_STATE], np.float32)
         if state.ndim != 3:
             raise ValueError(
@@ -393,6 +421,60 @@ def _cast_float_params(params, dtype):
     return jax.tree.map(
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
     )
+
+
+def _robot_of(norm_stats: dict, dataset: str | None):
+    """(dataset name or None, its stats, its padding to the model: {"state_pad": int,
+    "missing_cameras": [slot]} or None) for checkpoint stats with per-dataset entries."""
+    if not normalize.dataset_names(norm_stats):
+        if dataset is not None:
+            raise ValueError(
+                f"dataset={dataset!r}: this checkpoint was trained on one dataset layout "
+                "and has no per-dataset stats; leave dataset unset"
+            )
+        return None, norm_stats, None
+    own = normalize.dataset_stats(norm_stats, dataset)
+    name = dataset or normalize.dataset_names(norm_stats)[0]
+    model_state_dim = normalize.feature_dims(norm_stats)[0]
+    robot = {
+        "state_pad": model_state_dim - normalize.feature_dims(own)[0],
+        "cameras": own.get(normalize.CAMERAS),
+    }
+    return name, own, robot
+
+
+def _robot_spec(client_spec: dict, state_dim: int, robot: dict | None) -> dict:
+    """The client spec of one robot of a multi-robot model: its own state dim, only the
+    cameras it has."""
+    if robot is None:
+        return client_spec
+    out = {}
+    for key, (shape, dtype) in client_spec.items():
+        if key == schema.OBS_STATE:
+            shape = (*shape[:-1], state_dim)
+        elif key.startswith(schema.OBS_IMAGE_PREFIX) and robot["cameras"] is not None:
+            if key.removeprefix(schema.OBS_IMAGE_PREFIX) not in robot["cameras"]:
+                continue
+        out[key] = (shape, dtype)
+    return out
+
+
+def _to_model_layout(observation: dict, robot: dict | None) -> dict:
+    """One robot's observation -> the model's: state zero-padded to the model's dims (as in
+    training), cameras the robot lacks black with `image_mask/<camera>` False."""
+    if robot is None:
+        return observation
+    out = dict(observation)
+    state = np.asarray(out[schema.OBS_STATE], np.float32)
+    if robot["state_pad"]:
+        pad = [(0, 0)] * (state.ndim - 1) + [(0, robot["state_pad"])]
+        out[schema.OBS_STATE] = np.pad(state, pad)
+    for key, shape in robot.get("missing", {}).items():
+        out[key] = np.zeros((state.shape[0], *shape), np.uint8)
+        out[schema.image_mask_key(key.removeprefix(schema.OBS_IMAGE_PREFIX))] = np.zeros(
+            state.shape[0], bool
+        )
+    return out
 
 
 def _as_key(rng) -> jax.Array:

@@ -10,7 +10,16 @@ import numpy as np
 import tqdm
 
 from action_gen import checkpoint
-from action_gen.data import normalize, pipeline, rlds, sources, spec, transforms, validate
+from action_gen.data import (
+    normalize,
+    pipeline,
+    rlds,
+    sources,
+    spec,
+    standardize,
+    transforms,
+    validate,
+)
 from action_gen.train import distributed, sharding
 from action_gen.train import lora as train_lora
 from action_gen.train import teacher as teacher_lib
@@ -39,20 +48,48 @@ def existing_dataset_dirs(config: ml_collections.ConfigDict, workdir: str) -> li
     return resolved
 
 
-def _compute_norm_stats(dataset_dirs: list[str]) -> dict:
-    """One dataset's stats (cached beside it), or a mixture's joint stats."""
+def _compute_norm_stats(dataset_dirs: list[str], layouts=None) -> dict:
+    """One dataset's stats (cached beside it), or a mixture's joint stats; with `layouts`
+    ((names, mappings) of foreign layouts, data/standardize.py) each dataset's own stats
+    (`normalize.DATASETS`)."""
+    if layouts is not None:
+        names, mappings = layouts
+        return normalize.combine_dataset_stats(
+            {
+                name: dict(
+                    pipeline.compute_dataset_norm_stats(path, mapping=mapping, name=name),
+                    **{normalize.CAMERAS: sorted(mapping["cameras"])},
+                )
+                for name, path, mapping in zip(names, dataset_dirs, mappings, strict=True)
+            }
+        )
     if len(dataset_dirs) == 1:
         return pipeline.compute_dataset_norm_stats(dataset_dirs[0])
     return pipeline.compute_mixture_norm_stats(dataset_dirs)
 
 
-def _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints) -> None:
+def _resolve_layouts(config: ml_collections.ConfigDict, dataset_dirs: list[str]):
+    """(unique names, mappings) of a run over named datasets (`data.dataset_names`), or None
+    for our own layout. Fills `data.cameras` (the mappings' camera slots at
+    `data.image_size`) when the config leaves it empty, before the config is stored."""
+    names = sources.dataset_names(config.data)
+    if not names:
+        return None
+    mappings = standardize.resolve_mappings(names, dataset_dirs, config.data.get("mappings"))
+    if not config.data.get("cameras"):
+        size = [int(s) for s in config.data.get("image_size", (224, 224))]
+        with config.unlocked():
+            config.data.cameras = {slot: size for slot in standardize.camera_slots(mappings)}
+    return standardize.unique_names(names), mappings
+
+
+def _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints, layouts) -> None:
     """On data other than the checkpoint's (allowed by the override), the state and action
     dims must still be the checkpoint's: the parameters' shapes depend on them."""
     if stored_data.get("dataset_fingerprints") in (None, fingerprints):
         return
     stored = normalize.feature_dims(norm_stats)
-    current = normalize.feature_dims(_compute_norm_stats(dataset_dirs))
+    current = normalize.feature_dims(_compute_norm_stats(dataset_dirs, layouts))
     if stored != current:
         raise ValueError(
             f"cannot resume on {dataset_dirs}: its (state dim, action dim) {current} differ "
@@ -79,6 +116,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     weights = sources.mixture_weights(config.data, len(dataset_dirs))
     fingerprints = [pipeline.dataset_fingerprint(d) for d in dataset_dirs]
     dataset_dir = dataset_dirs[0] if len(dataset_dirs) == 1 else dataset_dirs
+    layouts = _resolve_layouts(config, dataset_dirs)  # before the config is stored
     manager = checkpoint.create_checkpoint_manager(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.train.keep_checkpoints,
@@ -105,15 +143,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
             allowed=config.train.get("allow_dataset_change", False),
             where=str(manager.directory),
         )
-        _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints)
+        _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints, layouts)
     else:
         if config.data.get("validate", True):
             # A fresh run checks its data once (data/validate.py) and stops on errors
             # before spending compute; a resumed run already passed this check.
-            for path in dataset_dirs:
-                validate.check_dataset(path)
-        # One dataset: its stats are cached beside it. A mixture is normalized jointly.
-        norm_stats = _compute_norm_stats(dataset_dirs)
+            for i, path in enumerate(dataset_dirs):
+                validate.check_dataset(
+                    path,
+                    mapping=None if layouts is None else layouts[1][i],
+                    name=None if layouts is None else layouts[0][i],
+                )
+        # One dataset: its stats are cached beside it. A mixture of our own layout is
+        # normalized jointly; named (foreign) layouts each by their own stats.
+        norm_stats = _compute_norm_stats(dataset_dirs, layouts)
     teacher_path = teacher_lib.teacher_dir(config, workdir)
     if teacher_path is not None and not resuming:
         # A distilled student learns, and is served, in its teacher's normalized units.
@@ -188,8 +231,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         num_shards=num_processes,
         weights=weights,
         image_crop=config.data.get("image_crop"),
+        split=config.data.get("split", "train"),
+        mappings=None if layouts is None else layouts[1],
+        dataset_names=None if layouts is None else layouts[0],
+        cameras=spec.cameras_of(config.data) if layouts is not None else None,
+        start_batch=start_step,  # the stream is built at its position: no replay
     )
-    batches = pipeline.iterate_numpy_batches(dataset, start_batch=start_step)
+    batches = pipeline.iterate_numpy_batches(dataset)
     prepare_batch = transforms.make_batch_preparer(config, data_action_dim)
 
     step_fn = program.step_fn
