@@ -92,13 +92,14 @@ def main() -> None:
     }
     figures = {}
     for k in (int(s) for s in args.steps.split(",")):
-        seconds = first_batch_seconds(lambda k=k: stream(k))
+        seconds, cpu = first_batch_seconds(lambda k=k: stream(k))
         figures[k] = seconds
         print(
             json.dumps(
                 {
                     "resume_at_batch": k,
                     "seconds": round(seconds, 3),
+                    "cpu_seconds": round(cpu, 3),
                     "batch": args.batch,
                     "episodes": args.episodes,
                     **machine,
