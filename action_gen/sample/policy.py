@@ -424,8 +424,8 @@ def _cast_float_params(params, dtype):
 
 
 def _robot_of(norm_stats: dict, dataset: str | None):
-    """(dataset name or None, its stats, its padding to the model: {"state_pad": int,
-    "missing_cameras": [slot]} or None) for checkpoint stats with per-dataset entries."""
+    """(dataset name or None, its stats, how its robot maps to the model: {"state_pad":
+    int, "cameras": [slot] or None} or None) for checkpoint stats with per-dataset entries."""
     if not normalize.dataset_names(norm_stats):
         if dataset is not None:
             raise ValueError(
