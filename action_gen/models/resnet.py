@@ -211,8 +211,10 @@ class ObservationEncoder(nn.Module):
 
     The state history [B, T, S] concatenated with each camera's encoding of its [B, T, h, w,
     3] image history (one ResNetImageEncoder per camera, named `image_encoder_<camera>`,
-    applied to all B*T frames at once). Without images it returns the state unchanged (no
-    parameters), so state-only models keep their parameter tree.
+    applied to all B*T frames at once). An optional `image_mask/<camera>` [B] bool zeroes
+    that camera's features where False (a camera slot the robot lacks in a mixture; the
+    frame itself is black). Without images it returns the state unchanged (no parameters),
+    so state-only models keep their parameter tree.
     """
 
     settings: ImageEncoderSettings = ImageEncoderSettings()
@@ -231,5 +233,10 @@ class ObservationEncoder(nn.Module):
                 )
             encoder = ResNetImageEncoder(self.settings, name=f"image_encoder_{camera}")
             flat = encoder(images.reshape(batch * horizon, *images.shape[2:]))
-            parts.append(flat.reshape(batch, horizon, -1))
+            features = flat.reshape(batch, horizon, -1)
+            mask = obs.get(schema.image_mask_key(camera))
+            if mask is not None:  # a camera this robot lacks contributes zeros, not a black frame
+                mask = jnp.asarray(mask, bool).reshape(batch, 1, 1)
+                features = jnp.where(mask, features, jnp.zeros_like(features))
+            parts.append(features)
         return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else state

@@ -105,3 +105,23 @@ def test_state_only_unet_param_tree_unchanged():
     params = jax.eval_shape(lambda k: models.init_params(model, k, obs, (16, 2)), jax.random.key(0))
     assert "obs_encoder" not in params
     assert params["down0_res0"]["film"]["cond_encoder"]["kernel"].shape == (16 + 2 * 4, 32)
+
+
+def test_masked_camera_contributes_zero_features():
+    """`image_mask/<camera>` False (a camera slot this robot lacks) zeroes that camera's
+    features: the sample's output no longer depends on the frame, the others' still do."""
+    settings = resnet.ImageEncoderSettings(
+        features=8, num_keypoints=4, width=8, blocks_per_stage=(1,)
+    )
+    encoder = resnet.ObservationEncoder(settings)
+    obs = _obs(batch=2, cameras=("primary", "wrist"))
+    obs[schema.image_mask_key("wrist")] = jnp.array([True, False])
+    variables = jax.jit(encoder.init)(jax.random.key(0), obs)
+    out = jax.jit(encoder.apply)(variables, obs)
+    state_dim, features = 4, 8
+    wrist = out[..., state_dim + features :]
+    assert np.all(np.asarray(wrist[1]) == 0.0) and np.any(np.asarray(wrist[0]) != 0.0)
+    changed = {**obs, schema.image_key("wrist"): 255 - obs[schema.image_key("wrist")]}
+    out2 = jax.jit(encoder.apply)(variables, changed)
+    np.testing.assert_array_equal(out2[1], out[1])  # masked: the frame does not matter
+    assert not np.allclose(out2[0], out[0])  # unmasked: it does
