@@ -64,8 +64,17 @@ def config_differences(
 # and may differ. The dims of states and actions are fixed through the norm stats, which
 # always come from the checkpoint; the dataset's identity is checked on resume
 # (`check_dataset_identity`).
-FIXED_SECTIONS = ("model", "objective")
-FIXED_KEYS = ("data.obs_horizon", "data.action_horizon", "data.state_norm", "data.action_norm")
+# `lora` and the optimizer's trainable / frozen split fix the train state's tree (adapters,
+# which leaves carry optimizer state and EMA): resuming under another layout cannot work.
+FIXED_SECTIONS = ("model", "objective", "lora")
+FIXED_KEYS = (
+    "data.obs_horizon",
+    "data.action_horizon",
+    "data.state_norm",
+    "data.action_norm",
+    "optimizer.trainable",
+    "optimizer.frozen_dtype",
+)
 
 
 def is_fixed_by_checkpoint(key: str) -> bool:
@@ -89,8 +98,8 @@ def check_config_compatible(stored: dict, current: dict, where: str, remedy: str
         details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
         raise ValueError(
             f"the checkpoint in {where} was trained with another config: {details} differ "
-            f"(a checkpoint fixes model.*, objective.* except its sampling settings, and "
-            f"{', '.join(FIXED_KEYS)}). {remedy}"
+            f"(a checkpoint fixes model.*, objective.* except its sampling settings, lora.*, "
+            f"and {', '.join(FIXED_KEYS)}). {remedy}"
         )
 
 

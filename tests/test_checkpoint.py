@@ -195,3 +195,20 @@ def test_host_leaves_need_no_sharding_metadata(tmp_path):
     assert checkpoint._unreadable_reason(step_dir) is None
     DAMAGE["no_sharding_file"](step_dir)
     assert "sharding metadata missing" in checkpoint._unreadable_reason(step_dir)
+
+
+def test_a_fine_tuning_layout_is_fixed_by_the_checkpoint():
+    """LoRA settings and the trainable / frozen split shape the train state: resuming under
+    another one is refused with the fields named (not an orbax shape error)."""
+    stored = {
+        "model": {"name": "pi0"},
+        "lora": {"rank": 16, "alpha": 16.0},
+        "optimizer": {"lr": 1e-3, "trainable": "expert"},
+    }
+    same_but_lr = {**stored, "optimizer": {"lr": 5e-4, "trainable": "expert"}}
+    checkpoint.check_config_compatible(stored, same_but_lr, "W", "use a new --workdir")
+    other = {**stored, "lora": {"rank": 8, "alpha": 16.0}, "optimizer": {"lr": 1e-3}}
+    with pytest.raises(
+        ValueError, match=r"lora\.rank.*optimizer\.trainable|optimizer\.trainable.*lora\.rank"
+    ):
+        checkpoint.check_config_compatible(stored, other, "W", "use a new --workdir")

@@ -3,11 +3,12 @@ what carries over from it into the student, and its weights.
 
 What carries over: the teacher's normalization stats (the student is trained, and
 served, in the teacher's normalized units) and the config fields a checkpoint fixes
-besides model and objective (`checkpoint.FIXED_KEYS`: obs / action horizons, state and
-action normalization), which must equal the student's. A student initialized from the
-teacher (`train.init_from_teacher`) must also have the teacher's model config. The
-student's objective names the teacher's family (`parameterization`) and its settings
-(time_scale; num_train_steps, schedule, ...), which must equal the teacher's.
+besides model and objective (the `data.*` entries of `checkpoint.FIXED_KEYS`: obs /
+action horizons, state and action normalization), which must equal the student's. A
+student initialized from the teacher (`train.init_from_teacher`) must also have the
+teacher's model config. The student's objective names the teacher's family
+(`parameterization`) and its settings (time_scale; num_train_steps, schedule, ...), which
+must equal the teacher's.
 """
 
 import dataclasses
@@ -58,7 +59,11 @@ def check_student_config(teacher_config: dict, student_config: dict, where: str)
     differing = checkpoint.config_differences(
         teacher_config,
         student_config,
-        lambda k: k in checkpoint.FIXED_KEYS or (init and k.startswith("model.")),
+        # The data fields only: the optimizer's trainable split is the student's own choice.
+        lambda k: (
+            (k in checkpoint.FIXED_KEYS and k.startswith("data."))
+            or (init and k.startswith("model."))
+        ),
     )
     student_objective = student_config["objective"]
     family = student_objective.get("parameterization")
