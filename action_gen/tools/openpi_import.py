@@ -624,43 +624,69 @@ def compare(ref_path: str, workdir: str, tolerance: float = DEFAULT_TOLERANCE) -
 
 # --------------------------------------------------------------------------- command line
 
-_SRC = flags.DEFINE_string("openpi_checkpoint", None, "openpi checkpoint directory to import.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Our run directory (written / compared).")
-_ASSET = flags.DEFINE_string("asset_id", None, "assets/<asset_id> of the norm stats.")
-_COMPARE = flags.DEFINE_string("compare", None, "REF.npz: compare the workdir's actions.")
-_TOL = flags.DEFINE_float("tolerance", DEFAULT_TOLERANCE, "compare: largest max_rel_error.")
-_HORIZON = flags.DEFINE_integer("action_horizon", 50, "Action horizon H (openpi: 50).")
-_NORM = flags.DEFINE_enum("norm", None, ["meanstd", "quantile"], "Override the norm mode.")
-_TOKENIZER = flags.DEFINE_string("tokenizer", "bytes", "PaliGemma SentencePiece model file.")
-_MAX_TOKENS = flags.DEFINE_integer("max_token_len", None, "Prompt length (48 π0, 200 π0.5).")
-_LORA_SCALE = flags.DEFINE_float("lora_scale", 1.0, "alpha / rank of merged LoRA leaves.")
-_PROMPT_FORMAT = flags.DEFINE_enum(
-    "prompt_format", None, ["openpi_pi0", "openpi_pi05", "plain"], "Override the prompt format."
-)
+
+def _command_line_flags() -> flags.FlagValues:
+    """This command's flags, in their own FlagValues: importing the module defines nothing
+    global (action_gen.main defines --workdir too, and both are imported by tests)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_string(
+        "openpi_checkpoint", None, "openpi checkpoint directory to import.", flag_values=fv
+    )
+    flags.DEFINE_string("workdir", None, "Our run directory (written / compared).", flag_values=fv)
+    flags.DEFINE_string("asset_id", None, "assets/<asset_id> of the norm stats.", flag_values=fv)
+    flags.DEFINE_string("compare", None, "REF.npz: compare the workdir's actions.", flag_values=fv)
+    flags.DEFINE_float(
+        "tolerance", DEFAULT_TOLERANCE, "compare: largest max_rel_error.", flag_values=fv
+    )
+    flags.DEFINE_integer("action_horizon", 50, "Action horizon H (openpi: 50).", flag_values=fv)
+    flags.DEFINE_enum(
+        "norm", None, ["meanstd", "quantile"], "Override the norm mode.", flag_values=fv
+    )
+    flags.DEFINE_string("tokenizer", "bytes", "PaliGemma SentencePiece model file.", flag_values=fv)
+    flags.DEFINE_integer("max_token_len", None, "Prompt length (48 π0, 200 π0.5).", flag_values=fv)
+    flags.DEFINE_float("lora_scale", 1.0, "alpha / rank of merged LoRA leaves.", flag_values=fv)
+    flags.DEFINE_enum(
+        "prompt_format",
+        None,
+        ["openpi_pi0", "openpi_pi05", "plain"],
+        "Override the prompt format.",
+        flag_values=fv,
+    )
+    return fv
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value or bool(_SRC.value) == bool(_COMPARE.value):
+def main(argv: list[str]) -> None:
+    """`argv` as sys.argv (program name first). Prints one JSON line; in --compare mode
+    exits 0 when max_rel_error <= --tolerance, else 1."""
+    fv = _command_line_flags()
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        raise app.UsageError(str(e)) from e
+    if len(rest) > 1:
+        raise app.UsageError(f"unexpected arguments: {rest[1:]}")
+    if not fv.workdir or bool(fv.openpi_checkpoint) == bool(fv.compare):
         raise app.UsageError("pass --workdir and exactly one of --openpi_checkpoint, --compare")
-    if _COMPARE.value:
-        result = compare(_COMPARE.value, _WORKDIR.value, _TOL.value)
+    if fv.compare:
+        result = compare(fv.compare, fv.workdir, fv.tolerance)
         print(json.dumps(result), flush=True)
         sys.exit(0 if result["passed"] else 1)
     result = import_checkpoint(
-        _SRC.value,
-        _WORKDIR.value,
-        asset_id=_ASSET.value,
-        action_horizon=_HORIZON.value,
-        norm=_NORM.value,
-        tokenizer=_TOKENIZER.value,
-        max_token_len=_MAX_TOKENS.value,
-        lora_scale=_LORA_SCALE.value,
-        prompt_format=_PROMPT_FORMAT.value,
+        fv.openpi_checkpoint,
+        fv.workdir,
+        asset_id=fv.asset_id,
+        action_horizon=fv.action_horizon,
+        norm=fv.norm,
+        tokenizer=fv.tokenizer,
+        max_token_len=fv.max_token_len,
+        lora_scale=fv.lora_scale,
+        prompt_format=fv.prompt_format,
     )
     print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        main(sys.argv)
+    except app.UsageError as e:
+        sys.exit(f"error: {e}")

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from absl import flags
 from flax import traverse_util
 
 from action_gen import checkpoint, models
@@ -181,16 +180,9 @@ def test_policy_from_imported_checkpoint_samples(policy):
 
 def _run_cli(argv) -> tuple[int, dict]:
     """Runs the command line in-process: (exit status, its JSON line)."""
-    saved = flags.FLAGS.flags_into_string()
     out = io.StringIO()
-    try:
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["openpi_import", *argv])
-        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-            openpi_import.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS.read_flags_from_files(saved.splitlines(), force_gnu=False)
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        openpi_import.main(["openpi_import", *argv])
     return exit_info.value.code, json.loads(out.getvalue().strip().splitlines()[-1])
 
 
