@@ -12,7 +12,7 @@ from action_gen.data import schema
 from action_gen.objectives import shortcut
 
 B, T, S, H, A = 8, 2, 5, 8, 2
-UNET = {"name": "unet1d", "down_dims": (8, 16), "time_embed_dim": 8, "n_groups": 4}
+UNET = {"name": "unet1d", "down_dims": (8,), "time_embed_dim": 8, "n_groups": 4}
 
 
 def _obs(batch=B):
