@@ -57,23 +57,25 @@ def test_grid_is_the_teachers_sampler_chain():
         consistency.sample_positions(4, 8)
 
 
+@pytest.mark.parametrize("sigma_data", [0.0, 0.5])
 @pytest.mark.parametrize("parameterization", ["flow", "diffusion"])
-def test_skip_scaling_boundary_conditions(unet, parameterization):
-    """f(x, N) = x exactly at the data end, whatever the network; at flow's noise end
-    (a = 0) f is the network's data estimate alone."""
+def test_skip_scaling_boundary_conditions(unet, parameterization, sigma_data):
+    """f(x, N) = x exactly at the data end, whatever the network, with or without the
+    EDM skip term (σ_d = 0); at flow's noise end (a = 0) f is the network's data
+    estimate alone."""
     apply_fn, params = unet
     family = consistency._family(
-        parameterization, 4, 100.0, 20, "squaredcos_cap_v2", "epsilon", 1e-4, 0.02
-    )
+        parameterization, 2, 2, 100.0, 20, "squaredcos_cap_v2", "epsilon", 1e-4, 0.02
+    )  # N = 2 intervals of k = 2 teacher steps: a fine grid of 5 points
     x = jax.random.normal(jax.random.key(1), (B, H, A))
     step_fn, context = models.split_apply_fn(apply_fn, params, _obs())
     at_data = consistency.consistency_fn(
-        step_fn, params, context, x, jnp.full((B,), 4), family, 0.5
+        step_fn, params, context, x, jnp.full((B,), 4), family, sigma_data
     )
     np.testing.assert_allclose(at_data, x, atol=1e-6)
     if parameterization == "flow":
         at_noise = consistency.consistency_fn(
-            step_fn, params, context, x, jnp.zeros((B,), jnp.int32), family, 0.5
+            step_fn, params, context, x, jnp.zeros((B,), jnp.int32), family, sigma_data
         )
         velocity = apply_fn(params, _obs(), x, jnp.zeros((B,)))
         np.testing.assert_allclose(at_noise, x + velocity, atol=1e-5)
@@ -87,6 +89,12 @@ def test_student_equal_to_its_teacher_on_one_bin_has_zero_loss(unet):
     kwargs = dict(teacher_apply_fn=apply_fn, teacher_params=params, num_teacher_steps=1)
     value, _ = consistency.loss(apply_fn, params, _batch(), jax.random.key(2), **kwargs)
     assert float(value) < 1e-10
+    # Two teacher sub-steps per interval: the target is the teacher's 2-step Euler
+    # endpoint, which a student equal to the teacher (one jump) does not match.
+    two, _ = consistency.loss(
+        apply_fn, params, _batch(), jax.random.key(2), **kwargs, teacher_substeps=2
+    )
+    assert float(two) > 1e-8
     other = jax.tree.map(lambda p: p * 1.1, params)
     moved, _ = consistency.loss(apply_fn, other, _batch(), jax.random.key(2), **kwargs)
     assert float(moved) > 1e-6
