@@ -67,6 +67,7 @@ def get_config(arg=None):
     # so N = 20 puts 1, 2 and 4 steps on the grid. Flow: Euler (the teacher's own
     # sampler); diffusion: DDIM.
     objective.num_teacher_steps = 20
+    objective.teacher_substeps = 1  # teacher solver steps per grid interval
     objective.teacher_solver = "euler" if family == "flow" else "ddim"
     objective.target = "ema"  # the train state's EMA of the student
     # No EDM skip term: f = the teacher's own data estimate (its one-step jump), so the

@@ -51,10 +51,6 @@ CONFIGS = {
         UNET,
     ),
     "shortcut": (dict(name="shortcut", max_steps_log2=3), {**UNET, "step_input": True}),
-    "shortcut_online": (
-        dict(name="shortcut", target="online", bootstrap_fraction=0.5, clip_sample=False),
-        {**UNET, "step_input": True},
-    ),
     "consistency_diffusion_v_online": (
         dict(
             name="consistency",
