@@ -745,7 +745,6 @@ def registry_name_for(tfds_name: str, directory_names: Sequence[str] = ()) -> st
     return None
 
 
-
 # ----------------------------------------------------------------------------- a run's layouts
 
 # Names that read our own layout (`observation/state`, `observation/image/<camera>`,
