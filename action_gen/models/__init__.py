@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from action_gen.data import schema
+from action_gen.data import normalize, schema, spec
 from action_gen.models import pi0, token_head, transformer, unet1d
 
 # name -> module class; the remaining config fields are its constructor kwargs.
@@ -69,6 +69,28 @@ def init_params(model: nn.Module, rng: jax.Array, example_obs: dict, action_shap
     # jit: eager init compiles every initializer op by op (~8 s even for the tiny U-Net).
     variables = jax.jit(model.init)(rng, example_obs, actions, time)
     return nn.meta.unbox(variables["params"])
+
+
+def abstract_params(model: nn.Module, example_obs: dict, action_shape) -> dict:
+    """`init_params`'s tree with `jax.ShapeDtypeStruct` leaves: traced only
+    (`jax.eval_shape`), nothing compiled or allocated."""
+    return jax.eval_shape(
+        lambda key: init_params(model, key, example_obs, action_shape), jax.random.key(0)
+    )
+
+
+def abstract_checkpoint_params(config, norm_stats: dict) -> tuple[nn.Module, dict]:
+    """The model a run's stored `config` builds and its abstract parameters, the state and
+    action dims read from the run's `norm_stats` (what restoring a checkpoint needs).
+
+    Returns:
+      (model, abstract params as in `abstract_params`).
+    """
+    state_dim, data_action_dim = normalize.feature_dims(norm_stats)
+    action_dim = spec.model_action_dim(config.model, data_action_dim)
+    model = create_model(config.model)
+    example_obs = spec.example_observation(spec.observation_spec(config.data, state_dim))
+    return model, abstract_params(model, example_obs, (config.data.action_horizon, action_dim))
 
 
 def param_logical_axes(model: nn.Module, example_obs: dict, action_shape) -> dict:

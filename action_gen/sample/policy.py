@@ -203,16 +203,7 @@ class Policy:
                     f"{ckpt_dir} has no clip_sample setting"
                 )
             config.objective.clip_sample = bool(clip_sample)
-        state_dim, data_action_dim = normalize.feature_dims(norm_stats)
-        action_dim = spec.model_action_dim(config.model, data_action_dim)
-        model = models.create_model(config.model)
-        example_obs = spec.example_observation(spec.observation_spec(config.data, state_dim))
-        abstract_params = jax.eval_shape(
-            lambda key: models.init_params(
-                model, key, example_obs, (config.data.action_horizon, action_dim)
-            ),
-            jax.random.key(0),
-        )
+        _, abstract_params = models.abstract_checkpoint_params(config, norm_stats)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
         def restore(tree, ema):

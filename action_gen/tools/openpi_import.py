@@ -479,10 +479,7 @@ def import_checkpoint(
     model = models.create_model(config.model)
     state_dim, _ = normalize.feature_dims(norm_stats)
     example = spec.example_observation(spec.observation_spec(config.data, state_dim))
-    abstract = jax.eval_shape(
-        lambda k: models.init_params(model, k, example, (action_horizon, config.model.action_dim)),
-        jax.random.key(0),
-    )
+    abstract = models.abstract_params(model, example, (action_horizon, config.model.action_dim))
     want = {k: v.shape for k, v in traverse_util.flatten_dict(abstract, sep="/").items()}
     got = {k: v.shape for k, v in traverse_util.flatten_dict(params, sep="/").items()}
     if want != got:

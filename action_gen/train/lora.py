@@ -141,7 +141,7 @@ def config_footprint(config, state_dim: int = 32) -> dict:
     """`footprint` of `config`'s train state, from abstract shapes only (`jax.eval_shape`):
     the π0-size figures without a GPU. `state_dim`: the robot state's (π0 pads it to 32)."""
     from action_gen.data import spec
-    from action_gen.models import create_model, init_params
+    from action_gen.models import abstract_params, create_model
     from action_gen.train import optimizer, state
 
     layout = lora.FinetuneLayout.from_config(config)
@@ -150,7 +150,7 @@ def config_footprint(config, state_dim: int = 32) -> dict:
     action_dim = spec.model_action_dim(config.model, state_dim)
     action_shape = (int(config.data.action_horizon), action_dim)
     key = jax.random.key(0)
-    abstract_model = jax.eval_shape(lambda k: init_params(model, k, example_obs, action_shape), key)
+    abstract_model = abstract_params(model, example_obs, action_shape)
     abstract_train = jax.eval_shape(
         lambda p: lora.init_train_params(p, layout, key), abstract_model
     )

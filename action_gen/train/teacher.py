@@ -19,7 +19,6 @@ import jax
 import ml_collections
 
 from action_gen import checkpoint, models, objectives
-from action_gen.data import normalize, spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,16 +104,7 @@ def load_teacher(
     stored_config, norm_stats, ckpt_dir = read_teacher_metadata(path)
     check_student_config(stored_config, checkpoint.config_to_json_dict(student_config), ckpt_dir)
     config = ml_collections.ConfigDict(stored_config)
-    state_dim, data_action_dim = normalize.feature_dims(norm_stats)
-    action_dim = spec.model_action_dim(config.model, data_action_dim)
-    model = models.create_model(config.model)
-    example_obs = spec.example_observation(spec.observation_spec(config.data, state_dim))
-    abstract = jax.eval_shape(
-        lambda key: models.init_params(
-            model, key, example_obs, (config.data.action_horizon, action_dim)
-        ),
-        jax.random.key(0),
-    )
+    model, abstract = models.abstract_checkpoint_params(config, norm_stats)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
     )
