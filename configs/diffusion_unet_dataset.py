@@ -3,7 +3,8 @@ mixture of them, or a LeRobot dataset directory.
 
   python -m action_gen.main --config=configs/diffusion_unet_dataset.py:name=bridge \
       --config.data.dataset_dir=/data/bridge --workdir=/tmp/dp_bridge --mode=train
-  python -m action_gen.main --config=configs/diffusion_unet_dataset.py:name=fractal20220817_data+bridge+taco_play \
+  python -m action_gen.main \
+      --config=configs/diffusion_unet_dataset.py:name=fractal20220817_data+bridge+taco_play \
       --config.data.dataset_dirs=/data/fractal20220817_data,/data/bridge,/data/taco_play \
       --config.data.weights="(2.0, 1.0, 1.0)" --workdir=/tmp/dp_oxe --mode=train
   python -m action_gen.main --config=configs/diffusion_unet_dataset.py:name=lerobot \
