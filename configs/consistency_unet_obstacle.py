@@ -18,13 +18,17 @@ Variants (the arg after ':'; comma-separated, key=value pairs too):
   tiny           a smoke test of the chain in seconds (common's `runlocal` sizes).
   (none)         DP's low-dim sizes, for an accelerator.
   teacher=diffusion   distill the DDIM teacher instead of the flow one.
+  teacher=none   consistency *training* (no teacher: the ODE step estimated from the data
+                 point itself, `teacher_solver="data"`), flow parameterization, from random
+                 initialization; the teacher-free baseline beside
+                 configs/shortcut_unet_obstacle.py.
 """
 
 import ml_collections
 
 from configs import common
 
-TEACHERS = ("flow", "diffusion")
+TEACHERS = ("flow", "diffusion", "none")
 # Settings of the teacher's objective that define what its network predicts; the
 # student's consistency objective takes them over (train/teacher.py checks they agree).
 FAMILY_FIELDS = {
@@ -53,6 +57,9 @@ def get_config(arg=None):
     if "seed" in values:
         base_arg = ",".join(t for t in (base_arg, f"seed={values['seed']}") if t)
 
+    teacher_free = family == "none"
+    if teacher_free:
+        family = "flow"  # the student's time convention and data estimate
     teacher = common.obstacle_config(family, base_arg)
     config = common.obstacle_config(family, base_arg)  # same data, model and horizons
     num_sample_steps = ml_collections.FieldReference(1)
@@ -76,10 +83,14 @@ def get_config(arg=None):
     objective.sigma_data = 0.0
     objective.clip_sample = clip_sample
     objective.num_sample_steps = num_sample_steps
+    if teacher_free:
+        objective.teacher_workdir = ""
+        objective.teacher_solver = "data"
+        objective.target = "online"  # iCT: no EMA target
     config.objective = objective
-    config.teacher = teacher
-
-    config.train.init_from_teacher = True
+    if not teacher_free:
+        config.teacher = teacher
+    config.train.init_from_teacher = not teacher_free
     config.train.num_steps = STUDENT_STEPS[variant]
     config.eval.num_sample_steps = num_sample_steps
     config.eval.clip_sample = clip_sample

@@ -38,6 +38,12 @@ Distillation loss (teacher ODE step, EMA target):
 `ema_params`) or θ itself (`target="online"`, iCT's choice). At n = N-1 the target is the
 teacher's step itself, which anchors the chain to the teacher.
 
+Consistency training (teacher-free, `teacher_solver="data"`): the teacher's step is
+replaced by the one-sample estimate x̂_{n+1} = a_{n+1} x + b_{n+1} ε (same x, same ε; the
+ODE step of the conditional flow through x, unbiased for the marginal one as N → ∞; Song
+et al. 2023, Sec. 5, Thm. 2). The student then learns from data alone, from random
+initialization (no `teacher_workdir`).
+
 Sampling with S steps (multistep consistency sampling, Song et al. Alg. 1), one
 `lax.scan`: positions p_j = round(j N / S), j = 0 .. S-1 (p_0 = 0, pure noise),
   x̂ = f_θ(x, p_j);  x ← a_{p_{j+1}} x̂ + b_{p_{j+1}} z_j  (z_j ~ N(0, I); after the last
@@ -73,7 +79,10 @@ from action_gen.objectives import diffusion
 from action_gen.objectives.regression import batch_masked_mse
 
 PARAMETERIZATIONS = ("flow", "diffusion")
-TEACHER_SOLVERS = {"flow": ("euler", "heun"), "diffusion": ("ddim",)}
+# "data": consistency *training* (no teacher): x̂_{n+1} = a_{n+1} x + b_{n+1} ε with the
+# same ε, the one-sample estimate of the ODE step (Song et al. 2023, Sec. 5).
+DATA_ESTIMATE = "data"
+TEACHER_SOLVERS = {"flow": ("euler", "heun", DATA_ESTIMATE), "diffusion": ("ddim", DATA_ESTIMATE)}
 TARGETS = ("ema", "online")
 
 
@@ -233,6 +242,15 @@ def _teacher_step(
     return x_next
 
 
+def _teacher_step_chain(
+    teacher_step, teacher_params, context, x, index, family: _Family, *settings
+) -> jax.Array:
+    """x̂_{n+k} [B, H, A]: k = `family.substeps` teacher solver steps from fine index n."""
+    for sub in range(family.substeps):
+        x = _teacher_step(teacher_step, teacher_params, context, x, index + sub, family, *settings)
+    return x
+
+
 def _check(parameterization: str, teacher_solver: str | None = None, target=None) -> None:
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(
@@ -279,14 +297,16 @@ def loss(
         [B, H], and the observation keys.
       rng: PRNG key, split into (grid position, ε) keys.
       teacher_apply_fn: the teacher's apply function (bound by `create_objective(...,
-        teacher=)`); None is an error naming what is missing.
+        teacher=)`); None is an error naming what is missing (unless teacher_solver is
+        "data").
       teacher_params: the teacher's (EMA) parameters.
       ema_params: θ⁻ for `target="ema"` (the train step passes the state's EMA); None
         (a call outside the train step) falls back to θ with a stop-gradient.
       parameterization: the teacher's family, "flow" or "diffusion".
       num_teacher_steps: N, the student's grid.
       teacher_substeps: k, teacher solver steps per grid interval.
-      teacher_solver: flow "euler" | "heun"; diffusion "ddim"; None: the first of these.
+      teacher_solver: flow "euler" | "heun"; diffusion "ddim"; None: the first of these;
+        "data": consistency training, no teacher (the one-sample estimate of the step).
       teacher_clip: clip the diffusion teacher's x̂_0 to [-1, 1] in its DDIM step.
       target: "ema" (θ⁻ = EMA) or "online" (θ⁻ = sg θ).
       sigma_data: σ_d of the EDM skip-scaling; 0: none (f = the teacher-style data
@@ -295,11 +315,12 @@ def loss(
       num_train_steps, schedule, prediction_type, beta_start, beta_end: the diffusion
         teacher's (as in diffusion.loss).
     Returns:
-      (scalar loss, aux {"mse", "teacher_step_size"}).
+      (scalar loss, aux {"mse"}).
     """
     _check(parameterization, teacher_solver, target)
     teacher_solver = teacher_solver or TEACHER_SOLVERS[parameterization][0]
-    if teacher_apply_fn is None or teacher_params is None:
+    from_data = teacher_solver == DATA_ESTIMATE
+    if not from_data and (teacher_apply_fn is None or teacher_params is None):
         raise ValueError(
             "the consistency objective needs its teacher: objective.teacher_workdir names "
             "the teacher's run, and the trainer binds it (objectives.create_objective(..., "
@@ -328,15 +349,18 @@ def loss(
     x_n = a * x0 + b * eps
 
     student_step, context = models.split_apply_fn(apply_fn, params, obs)
-    teacher_step, teacher_context = models.split_apply_fn(teacher_apply_fn, teacher_params, obs)
-    x_next = x_n
-    for sub in range(k):
-        x_next = _teacher_step(
+    if from_data:
+        a_next = jnp.asarray(grid.signal)[n + k][:, None, None]
+        b_next = jnp.asarray(grid.noise)[n + k][:, None, None]
+        x_next = a_next * x0 + b_next * eps
+    else:
+        teacher_step, teacher_context = models.split_apply_fn(teacher_apply_fn, teacher_params, obs)
+        x_next = _teacher_step_chain(
             teacher_step,
             teacher_params,
             teacher_context,
-            x_next,
-            n + sub,
+            x_n,
+            n,
             family,
             parameterization,
             teacher_solver,
