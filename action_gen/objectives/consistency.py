@@ -37,6 +37,10 @@ Distillation loss (teacher ODE step, EMA target):
 θ⁻ the train state's EMA of θ (`target="ema"`, what the train step passes as
 `ema_params`) or θ itself (`target="online"`, iCT's choice). At n = N-1 the target is the
 teacher's step itself, which anchors the chain to the teacher.
+`target="teacher"` drops the bootstrap: the target is the teacher's ODE solved from x_n
+to the data end ((N - n) k solver steps), i.e. trajectory distillation at every grid
+position (Luhman & Luhman 2021 at n = 0); it costs N k teacher calls per batch and is
+what the obstacle task's 1-step policy needed (BUILD_NOTES, issue 16).
 
 Consistency training (teacher-free, `teacher_solver="data"`): the teacher's step is
 replaced by the one-sample estimate x̂_{n+1} = a_{n+1} x + b_{n+1} ε (same x, same ε; the
@@ -83,7 +87,7 @@ PARAMETERIZATIONS = ("flow", "diffusion")
 # same ε, the one-sample estimate of the ODE step (Song et al. 2023, Sec. 5).
 DATA_ESTIMATE = "data"
 TEACHER_SOLVERS = {"flow": ("euler", "heun", DATA_ESTIMATE), "diffusion": ("ddim", DATA_ESTIMATE)}
-TARGETS = ("ema", "online")
+TARGETS = ("ema", "online", "teacher")
 
 
 class Grid(NamedTuple):
@@ -251,6 +255,21 @@ def _teacher_step_chain(
     return x
 
 
+def _teacher_solve_to_data(
+    teacher_step, teacher_params, context, x, index, family: _Family, *settings
+) -> jax.Array:
+    """The teacher's ODE solved from fine index n [B] to the data end [B, H, A]: every
+    fine step i = 0 .. N k - 1 is taken by the rows with i >= n (N k teacher calls)."""
+    total = len(family.grid.signal) - 1
+
+    def body(i, x):
+        here = jnp.full_like(index, i)
+        moved = _teacher_step(teacher_step, teacher_params, context, x, here, family, *settings)
+        return jnp.where((i >= index)[:, None, None], moved, x)
+
+    return jax.lax.fori_loop(0, total, body, x)
+
+
 def _check(parameterization: str, teacher_solver: str | None = None, target=None) -> None:
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(
@@ -308,7 +327,9 @@ def loss(
       teacher_solver: flow "euler" | "heun"; diffusion "ddim"; None: the first of these;
         "data": consistency training, no teacher (the one-sample estimate of the step).
       teacher_clip: clip the diffusion teacher's x̂_0 to [-1, 1] in its DDIM step.
-      target: "ema" (θ⁻ = EMA) or "online" (θ⁻ = sg θ).
+      target: "ema" (θ⁻ = EMA), "online" (θ⁻ = sg θ), or "teacher": no bootstrap, the
+        target is the teacher's ODE solved from x_n all the way to the data end
+        (trajectory distillation at every grid position; (N - n) k teacher steps).
       sigma_data: σ_d of the EDM skip-scaling; 0: none (f = the teacher-style data
         estimate; see the module docstring).
       time_scale: the flow teacher's time scale.
@@ -320,6 +341,11 @@ def loss(
     _check(parameterization, teacher_solver, target)
     teacher_solver = teacher_solver or TEACHER_SOLVERS[parameterization][0]
     from_data = teacher_solver == DATA_ESTIMATE
+    if from_data and target == "teacher":
+        raise ValueError(
+            'target="teacher" needs a teacher: with teacher_solver="data" the target would '
+            "be the data chunk itself (plain regression)"
+        )
     if not from_data and (teacher_apply_fn is None or teacher_params is None):
         raise ValueError(
             "the consistency objective needs its teacher: objective.teacher_workdir names "
@@ -355,7 +381,8 @@ def loss(
         x_next = a_next * x0 + b_next * eps
     else:
         teacher_step, teacher_context = models.split_apply_fn(teacher_apply_fn, teacher_params, obs)
-        x_next = _teacher_step_chain(
+        solve = _teacher_solve_to_data if target == "teacher" else _teacher_step_chain
+        x_next = solve(
             teacher_step,
             teacher_params,
             teacher_context,
@@ -368,6 +395,10 @@ def loss(
             teacher_clip,
         )
     x_next = jax.lax.stop_gradient(x_next)
+    if target == "teacher":
+        # The teacher's whole remaining trajectory: no bootstrap from the student.
+        pred = consistency_fn(student_step, params, context, x_n, n, family, sigma_data)
+        return _masked_loss(pred, x_next, batch)
     target_params = params if (target == "online" or ema_params is None) else ema_params
     target_params = jax.lax.stop_gradient(target_params)
     _, target_context = models.split_apply_fn(apply_fn, target_params, obs)
@@ -376,7 +407,11 @@ def loss(
     )
     target_value = jax.lax.stop_gradient(target_value)
     pred = consistency_fn(student_step, params, context, x_n, n, family, sigma_data)
-    value = batch_masked_mse(pred, target_value, batch)
+    return _masked_loss(pred, target_value, batch)
+
+
+def _masked_loss(pred, target_value, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    value = batch_masked_mse(pred, jax.lax.stop_gradient(target_value), batch)
     return value, {"mse": value}
 
 

@@ -141,6 +141,42 @@ def test_one_step_sample_is_the_consistency_function_of_the_noise(unet):
         objectives.create_objective({"name": "flow", "teacher_workdir": "t"}, (H, A))
 
 
+def test_teacher_target_is_the_teachers_whole_remaining_trajectory(unet):
+    """target="teacher": f_θ(x_n, n) is regressed on the teacher's ODE solved from x_n to
+    the data end, (N - n) k Euler steps, computed here by hand per row; with N = 1 it is
+    the bootstrapped loss (whose only interval ends at the data) exactly."""
+    apply_fn, params = unet
+    student = jax.tree.map(lambda p: p * 1.05, params)
+    batch, rng = _batch(), jax.random.key(6)
+    n_teacher, k = 3, 2
+    kwargs = dict(teacher_apply_fn=apply_fn, teacher_params=params, teacher_substeps=k)
+    value, _ = consistency.loss(
+        apply_fn, student, batch, rng, target="teacher", num_teacher_steps=n_teacher, **kwargs
+    )
+    n_rng, eps_rng = jax.random.split(rng)
+    n = np.asarray(jax.random.randint(n_rng, (B,), 0, n_teacher)) * k
+    eps = jax.random.normal(eps_rng, (B, H, A))
+    t = np.arange(n_teacher * k + 1) / (n_teacher * k)
+    x_n = t[n][:, None, None] * batch[schema.ACTIONS] + (1 - t[n][:, None, None]) * eps
+    expected = []
+    for row in range(B):
+        x = x_n[row : row + 1]
+        obs = jax.tree.map(lambda o, r=row: o[r : r + 1], _obs())
+        for i in range(n[row], n_teacher * k):
+            x = x + (t[i + 1] - t[i]) * apply_fn(params, obs, x, jnp.full((1,), 100.0 * t[i]))
+        velocity = apply_fn(student, obs, x_n[row : row + 1], jnp.full((1,), 100.0 * t[n[row]]))
+        f = x_n[row : row + 1] + (1 - t[n[row]]) * velocity
+        expected.append(jnp.mean((f - x) ** 2))
+    np.testing.assert_allclose(value, np.mean(expected), rtol=1e-4)
+    one = [
+        consistency.loss(apply_fn, student, batch, rng, target=tg, num_teacher_steps=1, **kwargs)
+        for tg in ("teacher", "online")
+    ]
+    np.testing.assert_allclose(one[0][0], one[1][0], rtol=1e-6)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        consistency.loss(apply_fn, params, batch, rng, target="teacher", teacher_solver="data")
+
+
 def test_consistency_training_needs_no_teacher_and_targets_the_data_at_the_end(unet):
     """teacher_solver="data" (consistency training): no teacher; the step is the one-sample
     estimate a_{n+1} x + b_{n+1} ε. With N = 1 the only interval ends at the data, so the
