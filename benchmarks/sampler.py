@@ -1,6 +1,7 @@
 """Per-chunk latency of the scanned samplers vs a Python loop of jitted steps.
 
   .venv/bin/python benchmarks/sampler.py [--runs 10] [--models dp,tiny] [--batch 1]
+      [--few_step_only]
 
 Scanned: the objective's `sample` under one `jax.jit` (the whole chain is one XLA program).
 Loop: what PyTorch-style code does: one jitted denoising step (model + DDIM/DDPM/Euler
@@ -407,6 +408,9 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--models", default="dp,tiny", help=f"comma list of {sorted(MODELS)}")
+    parser.add_argument(
+        "--few_step_only", action="store_true", help="only the few-step samplers (1/2/4 steps)"
+    )
     args = parser.parse_args()
     report = {
         **device_report(),
@@ -415,7 +419,10 @@ def main():
         "shapes": {"T": T, "H": H, "A": A, "K": NUM_TRAIN_STEPS},
     }
     for name in args.models.split(","):
-        report[name] = benchmark(name, args.batch, args.runs)
+        if args.few_step_only:
+            report[name] = {"few_step": few_step(name, args.batch, args.runs)}
+        else:
+            report[name] = benchmark(name, args.batch, args.runs)
     print(json.dumps(report, indent=2))
 
 

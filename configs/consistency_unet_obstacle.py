@@ -36,7 +36,7 @@ FAMILY_FIELDS = {
     "diffusion": ("num_train_steps", "schedule", "prediction_type"),
 }
 # Student training steps per variant (the teacher keeps its own config's).
-STUDENT_STEPS = {"runlocal": 2_000, "tiny": 4, "": 20_000}
+STUDENT_STEPS = {"runlocal": 3_000, "tiny": 4, "": 20_000}
 
 
 def get_config(arg=None):
@@ -70,13 +70,16 @@ def get_config(arg=None):
     objective.parameterization = family
     for key in FAMILY_FIELDS[family]:
         objective[key] = teacher.objective[key]
-    # The teacher's ODE on N grid points; S-step sampling uses positions round(j N / S),
-    # so N = 20 puts 1, 2 and 4 steps on the grid. Flow: Euler (the teacher's own
-    # sampler); diffusion: DDIM.
-    objective.num_teacher_steps = 20
-    objective.teacher_substeps = 1  # teacher solver steps per grid interval
+    # The student's grid: N = 2 intervals of k = 5 teacher solver steps (the teacher's own
+    # 10-step sampler: flow Euler, diffusion DDIM), so 1- and 2-step sampling are on the
+    # grid (S <= N). The target is the teacher's whole remaining trajectory (no bootstrap
+    # from the student): measured on this task (BUILD_NOTES, issue 16) 94% / 100% success
+    # at 1 / 2 steps, against 88% / 99% with the bootstrapped (online) target on the same
+    # grid and 64% / 97% with N = 20, k = 1 and the EMA target.
+    objective.num_teacher_steps = 2
+    objective.teacher_substeps = 5  # teacher solver steps per grid interval
     objective.teacher_solver = "euler" if family == "flow" else "ddim"
-    objective.target = "ema"  # the train state's EMA of the student
+    objective.target = "teacher"
     # No EDM skip term: f = the teacher's own data estimate (its one-step jump), so the
     # student starts at the teacher; σ_d = 0.5 made distillation worse (objectives/
     # consistency.py docstring).
@@ -87,6 +90,8 @@ def get_config(arg=None):
         objective.teacher_workdir = ""
         objective.teacher_solver = "data"
         objective.target = "online"  # iCT: no EMA target
+        objective.num_teacher_steps = 20  # a bootstrapped chain of 1-interval estimates
+        objective.teacher_substeps = 1
     config.objective = objective
     if not teacher_free:
         config.teacher = teacher
