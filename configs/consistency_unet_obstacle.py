@@ -39,6 +39,61 @@ FAMILY_FIELDS = {
 STUDENT_STEPS = {"runlocal": 3_000, "tiny": 4, "": 20_000}
 
 
+def distillation_config(
+    teacher: ml_collections.ConfigDict,
+    student: ml_collections.ConfigDict,
+    family: str,
+    *,
+    teacher_free: bool = False,
+    clip_sample: bool = True,
+    num_steps: int,
+) -> ml_collections.ConfigDict:
+    """`student` (a copy of the teacher's run config: same data, model and horizons) with
+    the consistency objective distilling `teacher` (`family`: its objective, "flow" or
+    "diffusion"), or, with `teacher_free`, consistency training from data alone.
+    Shared by the obstacle and Meta-World distillation configs."""
+    num_sample_steps = ml_collections.FieldReference(1)
+    clip = ml_collections.FieldReference(bool(clip_sample))
+    objective = ml_collections.ConfigDict()
+    objective.name = "consistency"
+    objective.teacher_workdir = "teacher"  # relative to the student's workdir
+    objective.parameterization = family
+    for key in FAMILY_FIELDS[family]:
+        objective[key] = teacher.objective[key]
+    # The student's grid: N = 2 intervals of k = 5 teacher solver steps (the teacher's own
+    # 10-step sampler: flow Euler, diffusion DDIM), so 1- and 2-step sampling are on the
+    # grid (S <= N). The target is the teacher's whole remaining trajectory (no bootstrap
+    # from the student): measured on the obstacle task (BUILD_NOTES, issue 16) 94% / 100%
+    # success at 1 / 2 steps, against 88% / 99% with the bootstrapped (online) target on
+    # the same grid and 64% / 97% with N = 20, k = 1 and the EMA target.
+    objective.num_teacher_steps = 2
+    objective.teacher_substeps = 5  # teacher solver steps per grid interval
+    objective.teacher_solver = "euler" if family == "flow" else "ddim"
+    if family == "diffusion":  # the DDIM teacher clips x̂_0 as its own sampler does
+        objective.teacher_clip = bool(clip_sample)
+    objective.target = "teacher"
+    # No EDM skip term: f = the teacher's own data estimate (its one-step jump), so the
+    # student starts at the teacher; σ_d = 0.5 made distillation worse (objectives/
+    # consistency.py docstring).
+    objective.sigma_data = 0.0
+    objective.clip_sample = clip
+    objective.num_sample_steps = num_sample_steps
+    if teacher_free:
+        objective.teacher_workdir = ""
+        objective.teacher_solver = "data"
+        objective.target = "online"  # iCT: no EMA target
+        objective.num_teacher_steps = 20  # a bootstrapped chain of 1-interval estimates
+        objective.teacher_substeps = 1
+    student.objective = objective
+    if not teacher_free:
+        student.teacher = teacher
+    student.train.init_from_teacher = not teacher_free
+    student.train.num_steps = int(num_steps)
+    student.eval.num_sample_steps = num_sample_steps
+    student.eval.clip_sample = clip
+    return student
+
+
 def get_config(arg=None):
     flags, values = common.parse_arg(arg)
     unknown = flags - {"runlocal", "tiny"}
@@ -62,43 +117,14 @@ def get_config(arg=None):
         family = "flow"  # the student's time convention and data estimate
     teacher = common.obstacle_config(family, base_arg)
     config = common.obstacle_config(family, base_arg)  # same data, model and horizons
-    num_sample_steps = ml_collections.FieldReference(1)
-    clip_sample = ml_collections.FieldReference(True)
-    objective = ml_collections.ConfigDict()
-    objective.name = "consistency"
-    objective.teacher_workdir = "teacher"  # relative to the student's workdir
-    objective.parameterization = family
-    for key in FAMILY_FIELDS[family]:
-        objective[key] = teacher.objective[key]
-    # The student's grid: N = 2 intervals of k = 5 teacher solver steps (the teacher's own
-    # 10-step sampler: flow Euler, diffusion DDIM), so 1- and 2-step sampling are on the
-    # grid (S <= N). The target is the teacher's whole remaining trajectory (no bootstrap
-    # from the student): measured on this task (BUILD_NOTES, issue 16) 94% / 100% success
-    # at 1 / 2 steps, against 88% / 99% with the bootstrapped (online) target on the same
-    # grid and 64% / 97% with N = 20, k = 1 and the EMA target.
-    objective.num_teacher_steps = 2
-    objective.teacher_substeps = 5  # teacher solver steps per grid interval
-    objective.teacher_solver = "euler" if family == "flow" else "ddim"
-    objective.target = "teacher"
-    # No EDM skip term: f = the teacher's own data estimate (its one-step jump), so the
-    # student starts at the teacher; σ_d = 0.5 made distillation worse (objectives/
-    # consistency.py docstring).
-    objective.sigma_data = 0.0
-    objective.clip_sample = clip_sample
-    objective.num_sample_steps = num_sample_steps
-    if teacher_free:
-        objective.teacher_workdir = ""
-        objective.teacher_solver = "data"
-        objective.target = "online"  # iCT: no EMA target
-        objective.num_teacher_steps = 20  # a bootstrapped chain of 1-interval estimates
-        objective.teacher_substeps = 1
-    config.objective = objective
-    if not teacher_free:
-        config.teacher = teacher
-    config.train.init_from_teacher = not teacher_free
-    config.train.num_steps = STUDENT_STEPS[variant]
-    config.eval.num_sample_steps = num_sample_steps
-    config.eval.clip_sample = clip_sample
+    config = distillation_config(
+        teacher,
+        config,
+        family,
+        teacher_free=teacher_free,
+        clip_sample=True,
+        num_steps=STUDENT_STEPS[variant],
+    )
     if variant == "runlocal":
         config.optimizer.lr = 3e-4
         config.optimizer.warmup_steps = 100

@@ -228,6 +228,28 @@ def test_student_must_keep_the_teachers_horizons_and_settings():
         teacher_lib.check_student_config(teacher, student, "here")
 
 
+def test_metaworld_distillation_config_keeps_its_teachers_run():
+    """The Meta-World chain's teacher is exactly configs/flow_unet_metaworld.py's run for
+    the same arg, and the student passes the teacher check (same data, model, horizons,
+    unclipped sampling)."""
+    from configs import consistency_unet_metaworld, flow_unet_metaworld
+
+    config = consistency_unet_metaworld.get_config("task=reach,cpu,seed=1")
+    plain = flow_unet_metaworld.get_config("task=reach,cpu,seed=1")
+    assert config.teacher.to_dict() == plain.to_dict()
+    teacher_lib.check_student_config(
+        checkpoint.config_to_json_dict(config.teacher),
+        checkpoint.config_to_json_dict(config),
+        "here",
+    )
+    assert config.objective.target == "teacher" and not config.objective.clip_sample
+    assert config.train.num_steps == plain.train.num_steps * 3 // 2
+    ddim = consistency_unet_metaworld.get_config("task=reach,runlocal,teacher=diffusion")
+    assert ddim.teacher.objective.name == "diffusion" and ddim.objective.teacher_clip is False
+    with pytest.raises(ValueError, match="teacher="):
+        consistency_unet_metaworld.get_config("task=reach,teacher=tokens")
+
+
 def _tiny_chain_config():
     config = consistency_unet_obstacle.get_config("tiny")
     for run in (config, config.teacher):
