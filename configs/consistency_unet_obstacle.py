@@ -12,7 +12,7 @@ Other step counts: `--mode=eval --workdir=W --config.eval.num_sample_steps=2` (a
 that divides into the grid, S <= objective.num_teacher_steps).
 
 Variants (the arg after ':'; comma-separated, key=value pairs too):
-  runlocal       the CPU chain (2 cores, < 45 min): `make demo`'s U-Net (64, 128, 256),
+  runlocal       the CPU chain (2 cores: 36 min measured): `make demo`'s U-Net (64, 128, 256),
                  200 demos, 100 evaluation episodes; teacher: flow, 2,000 steps (10
                  Euler steps: 100% in README); student: see STUDENT_STEPS.
   tiny           a smoke test of the chain in seconds (common's `runlocal` sizes).
