@@ -370,15 +370,16 @@ def loss(
     k = family.substeps
     n = jax.random.randint(n_rng, (x0.shape[0],), 0, int(num_teacher_steps)) * k  # fine
     eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
-    a = jnp.asarray(grid.signal)[n][:, None, None]
-    b = jnp.asarray(grid.noise)[n][:, None, None]
-    x_n = a * x0 + b * eps
 
+    def interpolant(index):  # x_i = a_i x + b_i ε [B, H, A], the same x and ε for every i
+        a = jnp.asarray(grid.signal)[index][:, None, None]
+        b = jnp.asarray(grid.noise)[index][:, None, None]
+        return a * x0 + b * eps
+
+    x_n = interpolant(n)
     student_step, context = models.split_apply_fn(apply_fn, params, obs)
     if from_data:
-        a_next = jnp.asarray(grid.signal)[n + k][:, None, None]
-        b_next = jnp.asarray(grid.noise)[n + k][:, None, None]
-        x_next = a_next * x0 + b_next * eps
+        x_next = interpolant(n + k)
     else:
         teacher_step, teacher_context = models.split_apply_fn(teacher_apply_fn, teacher_params, obs)
         solve = _teacher_solve_to_data if target == "teacher" else _teacher_step_chain
@@ -394,23 +395,17 @@ def loss(
             prediction_type,
             teacher_clip,
         )
-    x_next = jax.lax.stop_gradient(x_next)
     if target == "teacher":
         # The teacher's whole remaining trajectory: no bootstrap from the student.
-        pred = consistency_fn(student_step, params, context, x_n, n, family, sigma_data)
-        return _masked_loss(pred, x_next, batch)
-    target_params = params if (target == "online" or ema_params is None) else ema_params
-    target_params = jax.lax.stop_gradient(target_params)
-    _, target_context = models.split_apply_fn(apply_fn, target_params, obs)
-    target_value = consistency_fn(
-        student_step, target_params, target_context, x_next, n + k, family, sigma_data
-    )
-    target_value = jax.lax.stop_gradient(target_value)
+        target_value = x_next
+    else:
+        target_params = params if (target == "online" or ema_params is None) else ema_params
+        target_params = jax.lax.stop_gradient(target_params)
+        _, target_context = models.split_apply_fn(apply_fn, target_params, obs)
+        target_value = consistency_fn(
+            student_step, target_params, target_context, x_next, n + k, family, sigma_data
+        )
     pred = consistency_fn(student_step, params, context, x_n, n, family, sigma_data)
-    return _masked_loss(pred, target_value, batch)
-
-
-def _masked_loss(pred, target_value, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     value = batch_masked_mse(pred, jax.lax.stop_gradient(target_value), batch)
     return value, {"mse": value}
 
