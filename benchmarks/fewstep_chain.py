@@ -221,6 +221,7 @@ def run(data_dir: str, out_dir: str, variants, episodes: int, teacher_steps, smo
     import jax
 
     from action_gen import checkpoint, models, objectives
+    from action_gen.data import spec as spec_lib
     from action_gen.train import teacher as teacher_lib
 
     with open(os.path.join(data_dir, CONFIG_FILE)) as f:
@@ -262,6 +263,11 @@ def run(data_dir: str, out_dir: str, variants, episodes: int, teacher_steps, smo
 
     config = load_config(spec)
     teacher_config = _teacher_config(config)
+    if not spec_lib.cameras_of(config.data):
+        # State observations and no filming: no GL context is needed, and MuJoCo would
+        # otherwise load EGL at import (envs/metaworld.py asks for it), which a machine
+        # without libEGL (the GPU machine) fails on.
+        os.environ.setdefault("MUJOCO_GL", "disable")
     if teacher_steps:
         teacher_config.train.num_steps = teacher_steps
     if smoke_steps:

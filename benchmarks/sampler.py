@@ -26,7 +26,9 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import re
+import sys
 import time
 from collections.abc import Callable
 
@@ -35,10 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 from timing import device_report, median_ms  # benchmarks/timing.py
 
-from action_gen import models, objectives
-from action_gen.data import schema
-from action_gen.objectives import diffusion, flow
-from action_gen.train.step import cast_floats, wrap_apply_fn
+# Runnable from a plain checkout (the GPU machine has no install of this package).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from action_gen import models, objectives  # noqa: E402
+from action_gen.data import schema  # noqa: E402
+from action_gen.objectives import diffusion, flow  # noqa: E402
+from action_gen.train.step import cast_floats, wrap_apply_fn  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

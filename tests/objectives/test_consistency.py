@@ -250,6 +250,34 @@ def test_metaworld_distillation_config_keeps_its_teachers_run():
         consistency_unet_metaworld.get_config("task=reach,teacher=tokens")
 
 
+def test_pi0_distillation_config_keeps_its_teachers_run():
+    """configs/consistency_pi0_obstacle.py: the teacher is exactly flow_pi0_obstacle.py's
+    run for the same arg, the student passes the teacher check, starts from the teacher at
+    a third of its learning rate, and `student_steps=` / the obstacle config's
+    `student_steps=` set the student's steps only."""
+    from configs import consistency_pi0_obstacle, flow_pi0_obstacle
+
+    config = consistency_pi0_obstacle.get_config("runlocal,seed=2")
+    plain = flow_pi0_obstacle.get_config("runlocal,seed=2")
+    assert config.teacher.to_dict() == plain.to_dict()
+    teacher_lib.check_student_config(
+        checkpoint.config_to_json_dict(config.teacher),
+        checkpoint.config_to_json_dict(config),
+        "here",
+    )
+    assert config.model.name == "pi0" and config.objective.name == "consistency"
+    assert config.train.init_from_teacher and config.train.num_steps == 3_000
+    assert config.optimizer.lr == pytest.approx(plain.optimizer.lr / 3)
+    assert consistency_pi0_obstacle.get_config("smoke,student_steps=7").train.num_steps == 7
+    longer = consistency_unet_obstacle.get_config("runlocal,student_steps=6000")
+    default = consistency_unet_obstacle.get_config("runlocal")
+    assert longer.train.num_steps == 6_000 and default.train.num_steps == 3_000
+    longer.train.num_steps = default.train.num_steps
+    assert longer.to_dict() == default.to_dict()
+    with pytest.raises(ValueError, match="studentsteps"):
+        consistency_unet_obstacle.get_config("runlocal,studentsteps=1")
+
+
 def _tiny_chain_config():
     config = consistency_unet_obstacle.get_config("tiny")
     for run in (config, config.teacher):
