@@ -228,6 +228,17 @@ def test_student_must_keep_the_teachers_horizons_and_settings():
         teacher_lib.check_student_config(teacher, student, "here")
 
 
+def _assert_teacher_is_the_plain_run(config, plain):
+    """The distillation config's teacher is exactly `plain` (the teacher's own config for
+    the same arg), and its student passes the teacher check."""
+    assert config.teacher.to_dict() == plain.to_dict()
+    teacher_lib.check_student_config(
+        checkpoint.config_to_json_dict(config.teacher),
+        checkpoint.config_to_json_dict(config),
+        "here",
+    )
+
+
 def test_metaworld_distillation_config_keeps_its_teachers_run():
     """The Meta-World chain's teacher is exactly configs/flow_unet_metaworld.py's run for
     the same arg, and the student passes the teacher check (same data, model, horizons,
@@ -236,12 +247,7 @@ def test_metaworld_distillation_config_keeps_its_teachers_run():
 
     config = consistency_unet_metaworld.get_config("task=reach,cpu,seed=1")
     plain = flow_unet_metaworld.get_config("task=reach,cpu,seed=1")
-    assert config.teacher.to_dict() == plain.to_dict()
-    teacher_lib.check_student_config(
-        checkpoint.config_to_json_dict(config.teacher),
-        checkpoint.config_to_json_dict(config),
-        "here",
-    )
+    _assert_teacher_is_the_plain_run(config, plain)
     assert config.objective.target == "teacher" and not config.objective.clip_sample
     assert config.train.num_steps == plain.train.num_steps * 3 // 2
     ddim = consistency_unet_metaworld.get_config("task=reach,runlocal,teacher=diffusion")
@@ -259,12 +265,7 @@ def test_pi0_distillation_config_keeps_its_teachers_run():
 
     config = consistency_pi0_obstacle.get_config("runlocal,seed=2")
     plain = flow_pi0_obstacle.get_config("runlocal,seed=2")
-    assert config.teacher.to_dict() == plain.to_dict()
-    teacher_lib.check_student_config(
-        checkpoint.config_to_json_dict(config.teacher),
-        checkpoint.config_to_json_dict(config),
-        "here",
-    )
+    _assert_teacher_is_the_plain_run(config, plain)
     assert config.model.name == "pi0" and config.objective.name == "consistency"
     assert config.train.init_from_teacher and config.train.num_steps == 3_000
     assert config.optimizer.lr == pytest.approx(plain.optimizer.lr / 3)
