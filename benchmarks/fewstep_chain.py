@@ -95,6 +95,11 @@ def export(spec: str, data_dir: str, max_batches: int, patience: int) -> None:
 
     config = load_config(spec)
     teacher = _teacher_config(config)
+    if teacher.data.get("image_crop"):
+        raise ValueError(
+            f"{spec}: data.image_crop crops every pass differently, so the stream has no "
+            "fixed set of windows to export; export configs without random crops"
+        )
     workdir = os.path.abspath(os.path.join(data_dir, "work"))
     os.makedirs(workdir, exist_ok=True)
     cli.collect_data(teacher, workdir)
@@ -113,7 +118,6 @@ def export(spec: str, data_dir: str, max_batches: int, patience: int) -> None:
         action_norm=data.action_norm,
         shuffle_buffer=data.shuffle_buffer,
         seed=teacher.seed,
-        image_crop=data.get("image_crop"),
     )
     prepare = transforms.make_batch_preparer(teacher, normalize.feature_dims(norm_stats)[1])
     batches = pipeline.iterate_numpy_batches(dataset)
@@ -145,6 +149,9 @@ def export(spec: str, data_dir: str, max_batches: int, patience: int) -> None:
     with open(os.path.join(data_dir, CONFIG_FILE), "w") as f:
         f.write(spec + "\n")
     print(f"{spec}: {len(seen)} distinct windows -> {data_dir}", flush=True)
+    steps = norm_stats["actions"]["count"]
+    if len(seen) != steps:  # identical steps, or --patience too small to see them all
+        print(f"warning: {len(seen)} distinct windows for {steps} demo steps", flush=True)
 
 
 def batch_stream(windows: dict, batch_size: int, seed: int):

@@ -42,6 +42,11 @@ def test_overrides_set_nested_fields_and_refuse_unknown_ones():
     with pytest.raises(ValueError, match="key=value"):
         fewstep_chain.apply_overrides(config, "train.num_steps")
     assert fewstep_chain.parse_variants("") == [("default", "")]
+    with pytest.raises(ValueError, match="no `teacher`"):
+        fewstep_chain.export("configs/flow_unet_obstacle.py:runlocal", "/nonexistent", 1, 1)
+    with pytest.raises(ValueError, match="image_crop"):
+        image = "configs/consistency_unet_metaworld.py:task=reach,image=corner2:64,runlocal"
+        fewstep_chain.export(image, "/nonexistent", 1, 1)
     assert fewstep_chain.parse_variants("a:train.num_steps=2;b:") == [
         ("a", "train.num_steps=2"),
         ("b", ""),
