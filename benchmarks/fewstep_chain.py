@@ -238,7 +238,7 @@ def run(data_dir: str, out_dir: str, variants, episodes: int, teacher_steps, smo
     with open(os.path.join(data_dir, NORM_STATS_FILE)) as f:
         norm_stats = json.load(f)
     os.makedirs(out_dir, exist_ok=True)
-    results = open(os.path.join(out_dir, "results.jsonl"), "a")
+    results_path = os.path.join(out_dir, "results.jsonl")
     device = jax.devices()[0].device_kind
 
     def report(role, name, config, timing, summary):
@@ -253,8 +253,8 @@ def run(data_dir: str, out_dir: str, variants, episodes: int, teacher_steps, smo
             "first_step_s": round(first_step_s, 1),
             **summary,
         }
-        results.write(json.dumps(line, default=float) + "\n")
-        results.flush()
+        with open(results_path, "a") as results:  # one complete line per evaluation
+            results.write(json.dumps(line, default=float) + "\n")
         extra = ""
         if "mode_left_fraction" in summary:
             extra = f" left {summary['mode_left_fraction']:.2f}"

@@ -23,17 +23,12 @@ from configs import common, consistency_unet_obstacle, flow_pi0_obstacle
 
 def get_config(arg=None):
     flags, values = common.parse_arg(arg)
-    student_steps = values.pop("student_steps", None)
-    teacher_arg = ",".join(sorted(flags) + [f"{k}={v}" for k, v in values.items()])
-    teacher = flow_pi0_obstacle.get_config(teacher_arg or None)
-    student = flow_pi0_obstacle.get_config(teacher_arg or None)
-    num_steps = int(student_steps) if student_steps else max(1, teacher.train.num_steps // 2)
-    config = consistency_unet_obstacle.distillation_config(
-        teacher,
-        student,
+    config = consistency_unet_obstacle.distill(
+        flow_pi0_obstacle.get_config,
+        flags,
+        values,
         "flow",
-        clip_sample=bool(teacher.objective.clip_sample),
-        num_steps=num_steps,
+        lambda teacher: max(1, teacher.train.num_steps // 2),
     )
-    config.optimizer.lr = teacher.optimizer.lr / 3
+    config.optimizer.lr = config.teacher.optimizer.lr / 3
     return config

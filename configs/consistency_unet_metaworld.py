@@ -28,15 +28,10 @@ def get_config(arg=None):
         raise ValueError(
             f"configs/consistency_unet_metaworld.py: teacher={family!r}; use flow or diffusion"
         )
-    student_steps = values.pop("student_steps", None)
-    teacher_arg = ",".join(sorted(flags) + [f"{k}={v}" for k, v in values.items()])
-    teacher = diffusion_unet_metaworld.metaworld_config(family, teacher_arg)
-    student = diffusion_unet_metaworld.metaworld_config(family, teacher_arg)
-    num_steps = int(student_steps) if student_steps else int(teacher.train.num_steps * 3 // 2)
-    return consistency_unet_obstacle.distillation_config(
-        teacher,
-        student,
+    return consistency_unet_obstacle.distill(
+        lambda teacher_arg: diffusion_unet_metaworld.metaworld_config(family, teacher_arg),
+        flags,
+        values,
         family,
-        clip_sample=bool(teacher.objective.clip_sample),
-        num_steps=num_steps,
+        lambda teacher: teacher.train.num_steps * 3 // 2,
     )

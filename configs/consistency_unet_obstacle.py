@@ -97,6 +97,28 @@ def distillation_config(
     return student
 
 
+def distill(build_teacher, flags, values, family: str, default_num_steps):
+    """The student config distilling the run `build_teacher(teacher_arg)` builds, where
+    `teacher_arg` is the config arg (`flags`, `values` from common.parse_arg) without
+    `student_steps=N` (the student's training steps; default `default_num_steps(teacher)`).
+    The student is the same run (data, model, horizons) with the consistency objective of
+    `distillation_config`, sampling clipped as the teacher's. Shared by the π0 and
+    Meta-World distillation configs, whose teachers are exactly their own configs' runs."""
+    values = dict(values)
+    student_steps = values.pop("student_steps", None)
+    teacher_arg = ",".join(sorted(flags) + [f"{k}={v}" for k, v in values.items()]) or None
+    teacher = build_teacher(teacher_arg)
+    student = build_teacher(teacher_arg)
+    num_steps = int(student_steps) if student_steps else int(default_num_steps(teacher))
+    return distillation_config(
+        teacher,
+        student,
+        family,
+        clip_sample=bool(teacher.objective.clip_sample),
+        num_steps=num_steps,
+    )
+
+
 def get_config(arg=None):
     flags, values = common.parse_arg(arg)
     unknown = flags - {"runlocal", "tiny"}
