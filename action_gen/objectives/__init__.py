@@ -11,7 +11,8 @@ objectives/ asks which objective it holds:
   `sample_guided(apply_fn, params, obs, rng, num_steps, prefix, prefix_weights, **cfg)`
       inpainting towards a given prefix (real-time chunking; flow),
   `sample_from_noise(apply_fn, params, obs, rng, num_steps, noise, **cfg)`
-      the sampler from a given initial noise [B, H, A] (diffusion, flow),
+      the sampler from a given initial noise [B, H, A] (diffusion, flow, consistency,
+      shortcut: their `sample` is built from it by objectives/from_noise.py),
   `representation_error(raw_actions, action_stats, action_norm, **cfg) -> dict`
       what the objective's action representation loses on given actions (tokens).
 A `loss` may also take, as keyword arguments that are not config fields:

@@ -79,7 +79,7 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
-from action_gen.objectives import diffusion
+from action_gen.objectives import diffusion, from_noise
 from action_gen.objectives.regression import batch_masked_mse
 
 PARAMETERIZATIONS = ("flow", "diffusion")
@@ -419,65 +419,6 @@ def sample_positions(num_teacher_steps: int, num_steps: int) -> np.ndarray:
     return np.round(np.arange(num_steps) * num_teacher_steps / num_steps).astype(np.int32)
 
 
-def sample(
-    apply_fn: Callable,
-    params,
-    obs: dict,
-    rng: jax.Array,
-    num_steps: int,
-    *,
-    action_shape,
-    parameterization: str = "flow",
-    num_teacher_steps: int = 20,
-    teacher_substeps: int = 1,
-    sigma_data: float = 0.0,
-    time_scale: float = 100.0,
-    num_train_steps: int = 100,
-    schedule: str = "squaredcos_cap_v2",
-    prediction_type: str = "epsilon",
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    clip_sample: bool = True,
-) -> jax.Array:
-    """Multistep consistency sampling (module docstring): S = `num_steps` model calls,
-    one `lax.scan`.
-
-    Args:
-      apply_fn: `apply_fn(params, obs, x, time) -> [B, H, A]` (or a ContextApply).
-      params: the student's parameters.
-      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
-      rng: PRNG key: the initial noise and the re-noising between steps.
-      num_steps: S in [1, num_teacher_steps], static.
-      action_shape: (H, A), static.
-      clip_sample: clip each step's data estimate to [-1, 1].
-      Other arguments: as in `loss` (the grid and the skip-scaling).
-    Returns:
-      [B, H, A] float32.
-    """
-    init_rng, steps_rng = jax.random.split(rng)
-    shape = (obs[schema.OBS_STATE].shape[0], *tuple(action_shape))
-    return sample_from_noise(
-        apply_fn,
-        params,
-        obs,
-        steps_rng,
-        num_steps,
-        jax.random.normal(init_rng, shape, jnp.float32),
-        action_shape=action_shape,
-        parameterization=parameterization,
-        num_teacher_steps=num_teacher_steps,
-        teacher_substeps=teacher_substeps,
-        sigma_data=sigma_data,
-        time_scale=time_scale,
-        num_train_steps=num_train_steps,
-        schedule=schedule,
-        prediction_type=prediction_type,
-        beta_start=beta_start,
-        beta_end=beta_end,
-        clip_sample=clip_sample,
-    )
-
-
 def sample_from_noise(
     apply_fn: Callable,
     params,
@@ -499,9 +440,23 @@ def sample_from_noise(
     beta_end: float = 0.02,
     clip_sample: bool = True,
 ) -> jax.Array:
-    """`sample` from a given x at grid position 0 = `noise` [B, H, A]; `rng` draws only the
-    re-noising of steps 2 .. S (one step is a deterministic function of `noise`).
-    `sample(rng)` equals this with (noise key, rng) = split(rng)."""
+    """Multistep consistency sampling (module docstring) from a given x at grid position 0
+    = `noise` [B, H, A]: S = `num_steps` model calls, one `lax.scan`.
+
+    Args:
+      apply_fn: `apply_fn(params, obs, x, time) -> [B, H, A]` (or a ContextApply).
+      params: the student's parameters.
+      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
+      rng: PRNG key of the re-noising before steps 2 .. S (one step is a deterministic
+        function of `noise`).
+      num_steps: S in [1, num_teacher_steps], static.
+      noise: x at grid position 0 [B, H, A].
+      action_shape: (H, A), static.
+      clip_sample: clip each step's data estimate to [-1, 1].
+      Other arguments: as in `loss` (the grid and the skip-scaling).
+    Returns:
+      [B, H, A] float32.
+    """
     _check(parameterization)
     family = _family(
         parameterization,
@@ -515,14 +470,12 @@ def sample_from_noise(
         beta_end,
     )
     grid = family.grid
-    batch_size = obs[schema.OBS_STATE].shape[0]
-    shape = (batch_size, *tuple(action_shape))
-    if tuple(noise.shape) != shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} != chunk shape [B, H, A] {shape}")
+    x = from_noise.checked_noise(noise, obs, action_shape)
+    batch_size = x.shape[0]
     k = family.substeps
     positions = sample_positions(int(num_teacher_steps), int(num_steps)) * k  # fine grid
     following = np.append(positions[1:], int(num_teacher_steps) * k)  # data end last
-    renoise = jax.random.normal(rng, (int(num_steps), *shape), jnp.float32)
+    renoise = jax.random.normal(rng, (int(num_steps), *x.shape), jnp.float32)
     step_fn, context = models.split_apply_fn(apply_fn, params, obs)
 
     def body(x, per_step):
@@ -539,8 +492,11 @@ def sample_from_noise(
         jnp.asarray(grid.noise[following]),
         renoise,
     )
-    x, _ = jax.lax.scan(body, noise.astype(jnp.float32), xs)
+    x, _ = jax.lax.scan(body, x, xs)
     return x
+
+
+sample = from_noise.sampler(sample_from_noise, split_key=True)
 
 
 def sampler_label(**_) -> str:

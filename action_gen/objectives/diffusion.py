@@ -23,6 +23,7 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
+from action_gen.objectives import from_noise
 from action_gen.objectives.regression import batch_masked_mse
 
 SCHEDULES = ("linear", "cosine", "squaredcos_cap_v2")
@@ -317,78 +318,6 @@ def initial_noise(
     return x, noise
 
 
-def _check_noise(noise: jax.Array, shape) -> None:
-    if tuple(noise.shape) != tuple(shape):
-        raise ValueError(f"noise shape {tuple(noise.shape)} != chunk shape [B, H, A] {shape}")
-
-
-def sample(
-    apply_fn: Callable,
-    params,
-    obs: dict,
-    rng: jax.Array,
-    num_steps: int,
-    *,
-    action_shape,
-    sampler: str = "ddim",
-    num_train_steps: int = 100,
-    schedule: str = "squaredcos_cap_v2",
-    prediction_type: str = "epsilon",
-    clip_sample: bool = True,
-    eta: float = 0.0,
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    scan_unroll: int = 1,
-) -> jax.Array:
-    """Draws action chunks by running the reverse chain from x_K ~ N(0, I) to x_0.
-
-    x_{k_{i-1}} = step(x_{k_i}, f_θ(o, x_{k_i}, k_i)),  i = N..1, on the respaced chain of
-    `sample_timesteps` (N = num_steps ≤ K); step is `ddpm_step` or `ddim_step`.
-
-    One `lax.scan` over the N steps (jit the caller once; num_steps, action_shape and the
-    config are static, the key is not).
-
-    Args:
-      apply_fn: `apply_fn(params, obs, x, t) -> [B, H, A]`, called with t = float(k).
-      params: model parameters.
-      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
-      rng: PRNG key for x_K and the ancestral noise.
-      num_steps: N, static.
-      action_shape: (H, A), static.
-      sampler: "ddim" or "ddpm".
-      num_train_steps, schedule, prediction_type, beta_start, beta_end: as in `loss`.
-      clip_sample: clip x̂_0 to [-1, 1] at every step.
-      eta: DDIM stochasticity (ignored by ddpm).
-      scan_unroll: steps per iteration of the scan's loop (`lax.scan(unroll=)`; >= N
-        unrolls the whole chain into straight-line code). Same chunk for any value; a
-        speed setting only (benchmarks/gpu_suite.py measures it).
-    Returns:
-      x_0 [B, H, A] float32.
-    References:
-      Ho et al. (2020), Alg. 2; Song et al. (2021); Chi et al. (2023).
-    """
-    init_rng, steps_rng = jax.random.split(rng)
-    shape = (obs[schema.OBS_STATE].shape[0], *tuple(action_shape))
-    return sample_from_noise(
-        apply_fn,
-        params,
-        obs,
-        steps_rng,
-        num_steps,
-        jax.random.normal(init_rng, shape, jnp.float32),
-        action_shape=action_shape,
-        sampler=sampler,
-        num_train_steps=num_train_steps,
-        schedule=schedule,
-        prediction_type=prediction_type,
-        clip_sample=clip_sample,
-        eta=eta,
-        beta_start=beta_start,
-        beta_end=beta_end,
-        scan_unroll=scan_unroll,
-    )
-
-
 def sample_from_noise(
     apply_fn: Callable,
     params,
@@ -408,26 +337,45 @@ def sample_from_noise(
     beta_end: float = 0.02,
     scan_unroll: int = 1,
 ) -> jax.Array:
-    """`sample`'s reverse chain from a given x_K = `noise` [B, H, A] (the capability
+    """The reverse chain from a given x_K = `noise` [B, H, A] to x_0 (also the capability
     `Objective.sample_from_noise`: reference comparisons, distillation teachers).
 
-    `rng` draws only the per-step noise of stochastic samplers (DDPM, DDIM with η > 0);
-    DDIM with η = 0 is a deterministic function of `noise`. `sample(rng)` equals
-    `sample_from_noise(k2, noise=N(0, I) drawn with k1)` for (k1, k2) = split(rng).
-    Other arguments as in `sample`.
+    x_{k_{i-1}} = step(x_{k_i}, f_θ(o, x_{k_i}, k_i)),  i = N..1, on the respaced chain of
+    `sample_timesteps` (N = num_steps ≤ K); step is `ddpm_step` or `ddim_step`.
+
+    One `lax.scan` over the N steps (jit the caller once; num_steps, action_shape and the
+    config are static, the key is not).
+
+    Args:
+      apply_fn: `apply_fn(params, obs, x, t) -> [B, H, A]`, called with t = float(k).
+      params: model parameters.
+      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
+      rng: PRNG key of the per-step noise of stochastic samplers (DDPM, DDIM with η > 0);
+        DDIM with η = 0 is a deterministic function of `noise`.
+      num_steps: N, static.
+      noise: x_K [B, H, A].
+      action_shape: (H, A), static.
+      sampler: "ddim" or "ddpm".
+      num_train_steps, schedule, prediction_type, beta_start, beta_end: as in `loss`.
+      clip_sample: clip x̂_0 to [-1, 1] at every step.
+      eta: DDIM stochasticity (ignored by ddpm).
+      scan_unroll: steps per iteration of the scan's loop (`lax.scan(unroll=)`; >= N
+        unrolls the whole chain into straight-line code). Same chunk for any value; a
+        speed setting only (benchmarks/gpu_suite.py measures it).
+    Returns:
+      x_0 [B, H, A] float32.
+    References:
+      Ho et al. (2020), Alg. 2; Song et al. (2021); Chi et al. (2023).
     """
     _check(prediction_type, sampler)
     ks, alpha_bars, alpha_bars_prev = sampler_constants(
         num_train_steps, num_steps, schedule, beta_start, beta_end
     )
-    batch_size = obs[schema.OBS_STATE].shape[0]
-    shape = (batch_size, *tuple(action_shape))
-    _check_noise(noise, shape)
-    x = noise.astype(jnp.float32)
-    stochastic = sampler == "ddpm" or eta > 0
-    noise = None
-    if stochastic:
-        noise = jax.random.normal(rng, (num_steps, *shape), jnp.float32)
+    x = from_noise.checked_noise(noise, obs, action_shape)
+    batch_size = x.shape[0]
+    step_noise = None  # z [N, B, H, A] of the stochastic samplers
+    if sampler == "ddpm" or eta > 0:
+        step_noise = jax.random.normal(rng, (num_steps, *x.shape), jnp.float32)
     if sampler == "ddpm":
         step = functools.partial(
             ddpm_step, prediction_type=prediction_type, clip_sample=clip_sample
@@ -445,16 +393,12 @@ def sample_from_noise(
         model_output = step_fn(params, context, x, jnp.full((batch_size,), k, jnp.float32))
         return step(x, model_output, alpha_bar, alpha_bar_prev, z), None
 
-    xs = (jnp.asarray(ks), jnp.asarray(alpha_bars), jnp.asarray(alpha_bars_prev), noise)
-    x, _ = jax.lax.scan(body, x, xs, unroll=_unroll(scan_unroll, num_steps))
+    xs = (jnp.asarray(ks), jnp.asarray(alpha_bars), jnp.asarray(alpha_bars_prev), step_noise)
+    x, _ = jax.lax.scan(body, x, xs, unroll=from_noise.scan_unroll(scan_unroll, num_steps))
     return x
 
 
-def _unroll(scan_unroll: int, num_steps: int) -> int:
-    """`lax.scan`'s unroll for `scan_unroll` (>= 1), capped at the chain's length."""
-    if int(scan_unroll) < 1:
-        raise ValueError(f"scan_unroll={scan_unroll} must be >= 1")
-    return min(int(scan_unroll), num_steps)
+sample = from_noise.sampler(sample_from_noise, split_key=True)
 
 
 def sampler_label(*, sampler: str = "ddim", **_) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
+from action_gen.objectives import from_noise
 from action_gen.objectives.regression import batch_masked_mse
 
 TIME_DISTRIBUTIONS = ("uniform", "beta")
@@ -134,66 +135,6 @@ def loss(
     return value, {"mse": value}
 
 
-def sample(
-    apply_fn: Callable,
-    params,
-    obs: dict,
-    rng: jax.Array,
-    num_steps: int,
-    *,
-    action_shape,
-    integrator: str = "euler",
-    time_scale: float = 100.0,
-    clip_sample: bool = True,
-    scan_unroll: int = 1,
-    time_convention: str = "noise_at_0",
-) -> jax.Array:
-    """Draws action chunks by integrating dx/dt = v_θ(o, x, t) from t = 0 (noise) to t = 1.
-
-    On the grid t_i = i/N, Δ = 1/N (N = num_steps), with v(x, t) = v_θ(o, x, t):
-      euler:     x ← x + Δ v(x, t_i)
-      midpoint:  x ← x + Δ v(x + Δ/2 v(x, t_i), t_i + Δ/2)
-      heun:      x̃ = x + Δ v(x, t_i);  x ← x + Δ/2 (v(x, t_i) + v(x̃, t_i + Δ))
-    (euler: N model calls; heun and midpoint: 2N.) The observation-only work of a
-    `models.ContextApply` runs once, before the scan.
-
-    Args:
-      apply_fn: `apply_fn(params, obs, x, time) -> [B, H, A]` (or a ContextApply), called
-        with time = t · time_scale.
-      params: model parameters.
-      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
-      rng: PRNG key for x_0 ~ N(0, I).
-      num_steps: N ≥ 1, static.
-      action_shape: (H, A), static.
-      integrator: one of INTEGRATORS.
-      time_scale: the model sees t · time_scale.
-      clip_sample: clip the final chunk to [-1, 1] (actions are min-max normalized).
-      scan_unroll: integration steps per iteration of the scan's loop (`lax.scan(unroll=)`;
-        >= N unrolls it into straight-line code); a speed setting, same chunk for any value.
-      time_convention: one of TIME_CONVENTIONS (module docstring); "noise_at_1" integrates
-        the model's time from 1 down to 0 on openpi's float32 grid.
-    Returns:
-      x_1 [B, H, A] float32.
-    References:
-      Lipman et al. (2023); Black et al. (π0, 2024), Eq. 2 (Euler, Δ = 0.1).
-    """
-    shape = (obs[schema.OBS_STATE].shape[0], *tuple(action_shape))
-    return sample_from_noise(
-        apply_fn,
-        params,
-        obs,
-        rng,
-        num_steps,
-        jax.random.normal(rng, shape, jnp.float32),
-        action_shape=action_shape,
-        integrator=integrator,
-        time_scale=time_scale,
-        clip_sample=clip_sample,
-        scan_unroll=scan_unroll,
-        time_convention=time_convention,
-    )
-
-
 def sample_from_noise(
     apply_fn: Callable,
     params,
@@ -209,20 +150,43 @@ def sample_from_noise(
     scan_unroll: int = 1,
     time_convention: str = "noise_at_0",
 ) -> jax.Array:
-    """`sample`'s integration from a given x_0 = `noise` [B, H, A] (the capability
-    `Objective.sample_from_noise`: reference comparisons, distillation teachers). The ODE
-    is deterministic: `rng` is unused (the capability's common signature). `sample(rng)`
-    equals this with `noise` = N(0, I) drawn with `rng`. Other arguments as in `sample`.
+    """Integrates dx/dt = v_θ(o, x, t) from a given x_0 = `noise` [B, H, A] at t = 0 to t = 1
+    (also the capability `Objective.sample_from_noise`: reference comparisons, teachers).
+
+    On the grid t_i = i/N, Δ = 1/N (N = num_steps), with v(x, t) = v_θ(o, x, t):
+      euler:     x ← x + Δ v(x, t_i)
+      midpoint:  x ← x + Δ v(x + Δ/2 v(x, t_i), t_i + Δ/2)
+      heun:      x̃ = x + Δ v(x, t_i);  x ← x + Δ/2 (v(x, t_i) + v(x̃, t_i + Δ))
+    (euler: N model calls; heun and midpoint: 2N.) The observation-only work of a
+    `models.ContextApply` runs once, before the scan.
+
+    Args:
+      apply_fn: `apply_fn(params, obs, x, time) -> [B, H, A]` (or a ContextApply), called
+        with time = t · time_scale.
+      params: model parameters.
+      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
+      rng: unused: the ODE is deterministic (the capability's common signature).
+      num_steps: N ≥ 1, static.
+      noise: x_0 [B, H, A].
+      action_shape: (H, A), static.
+      integrator: one of INTEGRATORS.
+      time_scale: the model sees t · time_scale.
+      clip_sample: clip the final chunk to [-1, 1] (actions are min-max normalized).
+      scan_unroll: integration steps per iteration of the scan's loop (`lax.scan(unroll=)`;
+        >= N unrolls it into straight-line code); a speed setting, same chunk for any value.
+      time_convention: one of TIME_CONVENTIONS (module docstring); "noise_at_1" integrates
+        the model's time from 1 down to 0 on openpi's float32 grid.
+    Returns:
+      x_1 [B, H, A] float32.
+    References:
+      Lipman et al. (2023); Black et al. (π0, 2024), Eq. 2 (Euler, Δ = 0.1).
     """
     del rng
     _check(integrator=integrator, time_convention=time_convention)
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be >= 1")
-    batch_size = obs[schema.OBS_STATE].shape[0]
-    shape = (batch_size, *tuple(action_shape))
-    if tuple(noise.shape) != shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} != chunk shape [B, H, A] {shape}")
-    x = noise.astype(jnp.float32)
+    x = from_noise.checked_noise(noise, obs, action_shape)
+    batch_size = x.shape[0]
     step_fn, context = models.split_apply_fn(apply_fn, params, obs)
 
     def velocity(x, t):  # in the model's time and convention
@@ -230,6 +194,9 @@ def sample_from_noise(
         return step_fn(params, context, x, time).astype(jnp.float32)
 
     return _integrate(velocity, x, num_steps, integrator, clip_sample, scan_unroll, time_convention)
+
+
+sample = from_noise.sampler(sample_from_noise, split_key=False)
 
 
 def time_grid(num_steps: int, time_convention: str = "noise_at_0") -> tuple[np.ndarray, float]:
@@ -260,10 +227,9 @@ def _integrate(
     time_convention: str = "noise_at_0",
 ) -> jax.Array:
     """Noise → data along `velocity(x, t)` (model time and convention) on `time_grid` as ONE
-    `lax.scan` (the update rules are in `sample`'s docstring, Δ signed), `scan_unroll`
+    `lax.scan` (the update rules are in `sample_from_noise`'s docstring, Δ signed), `scan_unroll`
     steps per loop iteration; optionally clipped to [-1, 1]."""
-    if int(scan_unroll) < 1:
-        raise ValueError(f"scan_unroll={scan_unroll} must be >= 1")
+    unroll = from_noise.scan_unroll(scan_unroll, num_steps)
     ts, dt = time_grid(num_steps, time_convention)
 
     def body(x, t):
@@ -275,7 +241,7 @@ def _integrate(
         v_next = velocity(x + dt * v, t + dt)
         return x + 0.5 * dt * (v + v_next), None
 
-    x, _ = jax.lax.scan(body, x, jnp.asarray(ts), unroll=min(int(scan_unroll), num_steps))
+    x, _ = jax.lax.scan(body, x, jnp.asarray(ts), unroll=unroll)
     if clip_sample:
         x = jnp.clip(x, -1.0, 1.0)
     return x
@@ -356,8 +322,8 @@ def sample_guided(
     _check(integrator=integrator, time_convention=time_convention)
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be >= 1")
-    batch_size = obs[schema.OBS_STATE].shape[0]
-    shape = (batch_size, *tuple(action_shape))
+    shape = from_noise.chunk_shape(obs, action_shape)
+    batch_size = shape[0]
     if tuple(prefix.shape) != shape:
         raise ValueError(f"prefix shape {tuple(prefix.shape)} != chunk shape {shape}")
     weights = jnp.broadcast_to(jnp.asarray(prefix_weights, jnp.float32), shape[:2])[..., None]

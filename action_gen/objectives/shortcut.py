@@ -37,6 +37,7 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
+from action_gen.objectives import from_noise
 from action_gen.objectives.regression import batch_masked_mse
 
 TARGETS = ("ema", "online")
@@ -149,49 +150,6 @@ def _check_steps(num_steps: int, max_steps_log2: int) -> int:
     return int(level)
 
 
-def sample(
-    apply_fn: Callable,
-    params,
-    obs: dict,
-    rng: jax.Array,
-    num_steps: int,
-    *,
-    action_shape,
-    max_steps_log2: int = 7,
-    time_scale: float = 100.0,
-    step_scale: float = 10.0,
-    clip_sample: bool = True,
-) -> jax.Array:
-    """S = `num_steps` shortcut steps from x ~ N(0, I) drawn with `rng` (module docstring).
-
-    Args:
-      apply_fn: `apply_fn(params, obs, x, time [B, 2]) -> [B, H, A]` (or a ContextApply).
-      params: model parameters.
-      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
-      rng: PRNG key for the initial noise.
-      num_steps: S, a power of two <= 2**max_steps_log2, static.
-      action_shape: (H, A), static.
-      max_steps_log2, time_scale, step_scale: as in `loss`.
-      clip_sample: clip the final chunk to [-1, 1].
-    Returns:
-      [B, H, A] float32.
-    """
-    shape = (obs[schema.OBS_STATE].shape[0], *tuple(action_shape))
-    return sample_from_noise(
-        apply_fn,
-        params,
-        obs,
-        rng,
-        num_steps,
-        jax.random.normal(rng, shape, jnp.float32),
-        action_shape=action_shape,
-        max_steps_log2=max_steps_log2,
-        time_scale=time_scale,
-        step_scale=step_scale,
-        clip_sample=clip_sample,
-    )
-
-
 def sample_from_noise(
     apply_fn: Callable,
     params,
@@ -206,13 +164,26 @@ def sample_from_noise(
     step_scale: float = 10.0,
     clip_sample: bool = True,
 ) -> jax.Array:
-    """`sample` from a given x at t = 0 = `noise` [B, H, A]; deterministic (`rng` unused)."""
+    """S = `num_steps` shortcut steps (module docstring) from a given x at t = 0 = `noise`
+    [B, H, A]; deterministic.
+
+    Args:
+      apply_fn: `apply_fn(params, obs, x, time [B, 2]) -> [B, H, A]` (or a ContextApply).
+      params: model parameters.
+      obs: `schema.OBS_STATE` [B, T, S] (+ optional keys); B is read from it.
+      rng: unused (the capability's common signature).
+      num_steps: S, a power of two <= 2**max_steps_log2, static.
+      noise: x at t = 0 [B, H, A].
+      action_shape: (H, A), static.
+      max_steps_log2, time_scale, step_scale: as in `loss`.
+      clip_sample: clip the final chunk to [-1, 1].
+    Returns:
+      [B, H, A] float32.
+    """
     del rng
     level = _check_steps(int(num_steps), int(max_steps_log2))
-    batch_size = obs[schema.OBS_STATE].shape[0]
-    shape = (batch_size, *tuple(action_shape))
-    if tuple(noise.shape) != shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} != chunk shape [B, H, A] {shape}")
+    x = from_noise.checked_noise(noise, obs, action_shape)
+    batch_size = x.shape[0]
     step_fn, context = models.split_apply_fn(apply_fn, params, obs)
     dt = 1.0 / num_steps
     ts = (np.arange(num_steps, dtype=np.float64) * dt).astype(np.float32)
@@ -221,10 +192,13 @@ def sample_from_noise(
         time = model_time(jnp.full((batch_size,), t), level, time_scale, step_scale)
         return x + dt * step_fn(params, context, x, time).astype(jnp.float32), None
 
-    x, _ = jax.lax.scan(body, noise.astype(jnp.float32), jnp.asarray(ts))
+    x, _ = jax.lax.scan(body, x, jnp.asarray(ts))
     if clip_sample:
         x = jnp.clip(x, -1.0, 1.0)
     return x
+
+
+sample = from_noise.sampler(sample_from_noise, split_key=False)
 
 
 def sampler_label(**_) -> str:
