@@ -207,30 +207,43 @@ def test_capabilities_replace_name_checks():
 
 
 @pytest.mark.parametrize(
-    "name", ["diffusion_ddim", "diffusion_ddpm_v", "flow_euler_beta", "flow_midpoint"]
+    "name",
+    [
+        "diffusion_ddim",
+        "diffusion_ddpm_v",
+        "flow_euler_beta",
+        "flow_midpoint",
+        "consistency_flow",
+        "consistency_diffusion_v_online",
+        "shortcut",
+    ],
 )
 def test_sample_from_given_noise(name):
-    """Diffusion and flow can start from given noise; `sample` is exactly that with its own
-    draw, and the deterministic samplers (DDIM η = 0, every flow integrator) depend on
-    nothing else."""
+    """Every objective that carries noise to a chunk can start from given noise; `sample`
+    is exactly that with its own draw (diffusion and consistency draw the noise with the
+    first key of split(key) and pass the second on; flow and shortcut use the key itself),
+    and the deterministic samplers (DDIM η = 0, flow, shortcut) depend on nothing else."""
     objective = _objective(name)
-    apply_fn, params = _model(UNET)
+    apply_fn, params = _model(CONFIGS[name][1])
     obs = _observation()
     key = jax.random.key(8)
     init_key, steps_key = jax.random.split(key)
-    first = init_key if name.startswith("diffusion") else key
-    noise = jax.random.normal(first, (B, H, A), jnp.float32)
+    splits_key = name.startswith(("diffusion", "consistency"))
+    noise = jax.random.normal(init_key if splits_key else key, (B, H, A), jnp.float32)
     from_noise = jax.jit(
         lambda r, n: objective.sample_from_noise(apply_fn, params, obs, r, NUM_STEPS, n)
     )
-    rng = steps_key if name.startswith("diffusion") else key
+    rng = steps_key if splits_key else key
     np.testing.assert_allclose(
         from_noise(rng, noise),
         objective.sample(apply_fn, params, obs, key, NUM_STEPS),
         atol=1e-5,  # jit vs eager rounding
     )
-    if name != "diffusion_ddpm_v":
+    # DDPM and multistep consistency (re-noising between steps) draw more noise from rng.
+    if name not in ("diffusion_ddpm_v", "consistency_flow", "consistency_diffusion_v_online"):
         np.testing.assert_array_equal(from_noise(rng, noise), from_noise(jax.random.key(0), noise))
+    else:
+        assert not np.allclose(from_noise(rng, noise), from_noise(jax.random.key(0), noise))
     assert not np.allclose(from_noise(rng, noise), from_noise(rng, noise + 1.0))
     with pytest.raises(ValueError, match="noise shape"):
         objective.sample_from_noise(apply_fn, params, obs, rng, NUM_STEPS, noise[:, :3])
