@@ -96,9 +96,7 @@ def build(variant: str, dtype: str, batch: int) -> Built:
     model = pi0.Pi0(variant=variant, action_dim=A, dtype=dtype)
     obs = observation(pi0.SIZES[variant].image_size, batch)
     tic = time.perf_counter()
-    abstract = jax.eval_shape(
-        lambda key: models.init_params(model, key, obs, (H, A)), jax.random.key(0)
-    )
+    abstract = models.abstract_params(model, obs, (H, A))
     compile_tic = time.perf_counter()
     params = jax.block_until_ready(random_params(abstract, jax.random.key(0)))
     init_s = time.perf_counter() - tic

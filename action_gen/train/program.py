@@ -80,9 +80,7 @@ def build_train_program(
     # Fine-tuning layout (models/lora.py): LoRA adapters and/or frozen leaves; the identity
     # for ordinary training, which then runs exactly as without it.
     layout = lora.FinetuneLayout.from_config(config)
-    abstract_model = jax.eval_shape(
-        lambda key: models.init_params(model, key, example_obs, action_shape), jax.random.key(0)
-    )
+    abstract_model = models.abstract_params(model, example_obs, action_shape)
     abstract_train = jax.eval_shape(
         lambda p: lora.init_train_params(p, layout, jax.random.key(0)), abstract_model
     )
