@@ -20,7 +20,8 @@ Two stages:
   .venv/bin/python benchmarks/fewstep_chain.py --export \
       --config=configs/consistency_unet_metaworld.py:task=push,cpu --data=/tmp/fs_push
   python benchmarks/fewstep_chain.py --run --data=/tmp/fs_push --out=/tmp/out \
-      [--variants='default:;long:train.num_steps=6000'] [--episodes=50]
+      [--variants='default:;long:train.num_steps=6000'] [--episodes=50] \
+      [--overrides='model.down_dims=(128,256,512)']   # the teacher and every student
 
 What differs from `python -m action_gen.main --mode=train_and_eval` with the same config:
 the data order (uniform over the same windows, not tf.data's stream), and no checkpoints
@@ -52,12 +53,25 @@ def load_config(spec: str):
     return importlib.import_module(module_name).get_config(arg or None)
 
 
+def _split_top_level(text: str) -> list[str]:
+    """`text` split at the commas outside brackets: "a=(1, 2),b=3" -> ["a=(1, 2)", "b=3"]."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
 def apply_overrides(config, overrides: str):
-    """`config` with "a.b=value,c.d=value" applied (values read as Python literals)."""
-    for item in filter(None, overrides.split(",")):
+    """`config` with "a.b=value,c.d=value" applied (values read as Python literals, so
+    tuples are written "model.down_dims=(128,256,512)")."""
+    for item in _split_top_level(overrides):
         key, sep, text = item.partition("=")
         if not sep:
-            raise ValueError(f"--variants: {item!r} is not key=value")
+            raise ValueError(f"overrides: {item!r} is not key=value")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -67,7 +81,7 @@ def apply_overrides(config, overrides: str):
         for name in parents:
             node = node[name]
         if leaf not in node:
-            raise KeyError(f"--variants: the config has no field {key!r}")
+            raise KeyError(f"overrides: the config has no field {key!r}")
         node[leaf] = value
     return config
 
@@ -224,7 +238,15 @@ def evaluate(config, params, norm_stats: dict, num_steps: int, episodes: int) ->
     return summary
 
 
-def run(data_dir: str, out_dir: str, variants, episodes: int, teacher_steps, smoke_steps):
+def run(
+    data_dir: str,
+    out_dir: str,
+    variants,
+    episodes: int,
+    teacher_steps,
+    smoke_steps,
+    common_overrides: str = "",
+):
     import jax
 
     from action_gen import checkpoint, models, objectives
@@ -247,6 +269,7 @@ def run(data_dir: str, out_dir: str, variants, episodes: int, teacher_steps, smo
             "config": spec,
             "role": role,
             "variant": name,
+            "overrides": common_overrides,
             "device": device,
             "train_steps": int(config.train.num_steps),
             "train_s": round(seconds, 1),
@@ -269,7 +292,9 @@ def run(data_dir: str, out_dir: str, variants, episodes: int, teacher_steps, smo
         )
 
     config = load_config(spec)
-    teacher_config = _teacher_config(config)
+    # The common overrides change the teacher and every student alike (e.g. the model's
+    # size: the student starts from the teacher's weights, so they share the architecture).
+    teacher_config = apply_overrides(_teacher_config(config), common_overrides)
     if not spec_lib.cameras_of(config.data):
         # State observations and no filming: no GL context is needed, and MuJoCo would
         # otherwise load EGL at import (envs/metaworld.py asks for it), which a machine
@@ -290,7 +315,7 @@ def run(data_dir: str, out_dir: str, variants, episodes: int, teacher_steps, smo
         objectives.Teacher(apply_fn, params), {}, norm_stats, "teacher (this process)"
     )
     for name, overrides in variants:
-        student = apply_overrides(load_config(spec), overrides)
+        student = apply_overrides(apply_overrides(load_config(spec), common_overrides), overrides)
         if smoke_steps:
             student.train.num_steps = smoke_steps
         student.teacher = teacher_config
@@ -315,6 +340,9 @@ def main():
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", default="")
     parser.add_argument("--variants", default="", help="'name:k=v,k=v;name2:...'")
+    parser.add_argument(
+        "--overrides", default="", help="'k=v,k=v' for the teacher and every student"
+    )
     parser.add_argument("--episodes", type=int, default=0, help="0: the config's")
     parser.add_argument("--teacher_steps", type=int, default=0, help="0: the config's")
     parser.add_argument("--max_batches", type=int, default=5000)
@@ -331,6 +359,7 @@ def main():
             args.episodes,
             args.teacher_steps or None,
             args.steps or None,
+            args.overrides,
         )
 
 

@@ -37,6 +37,9 @@ def test_overrides_set_nested_fields_and_refuse_unknown_ones():
     )
     assert config.train.num_steps == 7 and config.optimizer.lr == 1e-4
     assert config.objective.target == "online"
+    # Bracketed values keep their commas (the split is at the top level only).
+    fewstep_chain.apply_overrides(config, "model.down_dims=(8, 16),train.num_steps=3")
+    assert tuple(config.model.down_dims) == (8, 16) and config.train.num_steps == 3
     with pytest.raises(KeyError, match="objective.no_such_field"):
         fewstep_chain.apply_overrides(config, "objective.no_such_field=1")
     with pytest.raises(ValueError, match="key=value"):
@@ -72,6 +75,7 @@ def test_export_then_run_the_chain(tmp_path):
         episodes=2,
         teacher_steps=None,
         smoke_steps=2,
+        common_overrides="model.time_embed_dim=8",  # the teacher and both students
     )
     with open(os.path.join(out, "results.jsonl")) as f:
         lines = [json.loads(line) for line in f]
@@ -89,6 +93,7 @@ def test_export_then_run_the_chain(tmp_path):
     ]
     for line in lines:
         assert line["config"] == SPEC and line["train_steps"] == 2
+        assert line["overrides"] == "model.time_embed_dim=8"
         assert 0.0 <= line["success_rate"] <= 1.0
         assert 0.0 <= line["collision_rate"] <= 1.0
     assert all(s["objective"] == "consistency" for s in students)
