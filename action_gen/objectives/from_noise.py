@@ -65,8 +65,9 @@ def sampler(sample_from_noise: Callable, *, split_key: bool) -> Callable:
         if split_key
         else "drawn with rng"
     )
+    sampler_doc = inspect.cleandoc(sample_from_noise.__doc__)
     sample.__doc__ = (
         f"Draws action chunks [B, H, A] from x ~ N(0, I) {key_use}: "
-        f"`sample_from_noise` with that x as `noise`:\n\n{inspect.cleandoc(sample_from_noise.__doc__)}"
+        f"`sample_from_noise` with that x as `noise`:\n\n{sampler_doc}"
     )
     return sample
