@@ -304,18 +304,19 @@ def sampler_constants(
     return timesteps.astype(f32), alpha_bar.astype(f32), alpha_bar_prev.astype(f32)
 
 
+def step_noise(rng: jax.Array, num_steps: int, chunk_shape) -> jax.Array:
+    """z [N, B, H, A] ~ N(0, I): the per-step noise of the stochastic samplers (DDPM, DDIM
+    with η > 0), drawn from the key `sample_from_noise` is given."""
+    return jax.random.normal(rng, (int(num_steps), *chunk_shape), jnp.float32)
+
+
 def initial_noise(
     rng: jax.Array, batch_size: int, action_shape, num_steps: int, stochastic: bool
 ) -> tuple[jax.Array, jax.Array | None]:
     """x_K ~ N(0, I) [B, H, A] and the per-step noise [N, B, H, A] (None if deterministic),
-    exactly as `sample` draws them from its key."""
-    init_rng, steps_rng = jax.random.split(rng)
-    shape = (batch_size, *action_shape)
-    x = jax.random.normal(init_rng, shape, jnp.float32)
-    noise = None
-    if stochastic:
-        noise = jax.random.normal(steps_rng, (num_steps, *shape), jnp.float32)
-    return x, noise
+    exactly as `sample` draws them from its key (for reference samplers outside JAX)."""
+    x, steps_rng = from_noise.draw_noise(rng, (batch_size, *action_shape), split_key=True)
+    return x, (step_noise(steps_rng, num_steps, x.shape) if stochastic else None)
 
 
 def sample_from_noise(
@@ -373,9 +374,9 @@ def sample_from_noise(
     )
     x = from_noise.checked_noise(noise, obs, action_shape)
     batch_size = x.shape[0]
-    step_noise = None  # z [N, B, H, A] of the stochastic samplers
+    per_step_noise = None  # z [N, B, H, A] of the stochastic samplers
     if sampler == "ddpm" or eta > 0:
-        step_noise = jax.random.normal(rng, (num_steps, *x.shape), jnp.float32)
+        per_step_noise = step_noise(rng, num_steps, x.shape)
     if sampler == "ddpm":
         step = functools.partial(
             ddpm_step, prediction_type=prediction_type, clip_sample=clip_sample
@@ -393,7 +394,7 @@ def sample_from_noise(
         model_output = step_fn(params, context, x, jnp.full((batch_size,), k, jnp.float32))
         return step(x, model_output, alpha_bar, alpha_bar_prev, z), None
 
-    xs = (jnp.asarray(ks), jnp.asarray(alpha_bars), jnp.asarray(alpha_bars_prev), step_noise)
+    xs = (jnp.asarray(ks), jnp.asarray(alpha_bars), jnp.asarray(alpha_bars_prev), per_step_noise)
     x, _ = jax.lax.scan(body, x, xs, unroll=from_noise.scan_unroll(scan_unroll, num_steps))
     return x
 

@@ -38,19 +38,26 @@ def scan_unroll(unroll: int, num_steps: int) -> int:
     return min(int(unroll), int(num_steps))
 
 
-def sampler(sample_from_noise: Callable, *, split_key: bool) -> Callable:
-    """`sample(apply_fn, params, obs, rng, num_steps, *, action_shape, **settings)`:
-    x ~ N(0, I) [B, H, A] (float32), then `sample_from_noise(..., rng', num_steps, x, ...)`.
+def draw_noise(rng: jax.Array, shape, *, split_key: bool) -> tuple[jax.Array, jax.Array]:
+    """(x ~ N(0, I) of `shape`, float32; the key left to the sampler).
 
     split_key: (noise key, rng') = split(rng), so a sampler that draws more noise along the
       way (DDPM, re-noising consistency steps) uses a key independent of x's. Without it
       x is drawn with `rng` itself and rng' = rng (for deterministic samplers, which
       ignore rng').
     """
+    noise_rng, rng = jax.random.split(rng) if split_key else (rng, rng)
+    return jax.random.normal(noise_rng, tuple(shape), jnp.float32), rng
+
+
+def sampler(sample_from_noise: Callable, *, split_key: bool) -> Callable:
+    """`sample(apply_fn, params, obs, rng, num_steps, *, action_shape, **settings)`:
+    x ~ N(0, I) [B, H, A] by `draw_noise(rng, split_key=)`, then
+    `sample_from_noise(..., rng', num_steps, x, ...)`.
+    """
 
     def sample(apply_fn, params, obs, rng, num_steps, *, action_shape, **settings):
-        noise_rng, rng = jax.random.split(rng) if split_key else (rng, rng)
-        noise = jax.random.normal(noise_rng, chunk_shape(obs, action_shape), jnp.float32)
+        noise, rng = draw_noise(rng, chunk_shape(obs, action_shape), split_key=split_key)
         return sample_from_noise(
             apply_fn, params, obs, rng, num_steps, noise, action_shape=action_shape, **settings
         )
