@@ -15,7 +15,8 @@ Two stages:
       buffer) with the train loop's compiled program (`build_train_program`), evaluates it
       at its own step count, then trains each student variant (the config, with
       `--variants` overrides) from it and evaluates it at 1 and 2 steps with
-      `eval.evaluate.evaluate_policy`: one JSON line per evaluation in OUT/results.jsonl.
+      `eval.evaluate.evaluate_policy`: one JSON line per evaluation in OUT/results.jsonl
+      (obstacle runs add "first_chunk": benchmarks/first_chunk_modes.py's statistics).
 
   .venv/bin/python benchmarks/fewstep_chain.py --export \
       --config=configs/consistency_unet_metaworld.py:task=push,cpu --data=/tmp/fs_push
@@ -41,9 +42,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks import first_chunk_modes  # noqa: E402
+
 WINDOWS_FILE = "windows.npz"
 NORM_STATS_FILE = "norm_stats.json"
 CONFIG_FILE = "config.txt"
+# Obstacle runs: the first chunk's mode blending (benchmarks/first_chunk_modes.py) on this
+# many evaluation starts x chunks each, beside every evaluation.
+FIRST_CHUNK_STARTS, FIRST_CHUNK_SAMPLES = 20, 200
 
 
 def load_config(spec: str):
@@ -235,6 +241,14 @@ def evaluate(config, params, norm_stats: dict, num_steps: int, episodes: int) ->
     tic = time.perf_counter()
     summary, _ = evaluate_lib.evaluate_policy(policy, eval_config)
     summary["eval_s"] = round(time.perf_counter() - tic, 1)
+    if eval_config.env == "obstacle":  # the first chunk's mode blending, open loop
+        summary["first_chunk"] = first_chunk_modes.first_chunk_modes(
+            policy.sample_actions,
+            num_starts=FIRST_CHUNK_STARTS,
+            samples_per_start=FIRST_CHUNK_SAMPLES,
+            eval_seed=int(eval_config.seed),
+            obs_horizon=int(config.data.obs_horizon),
+        )
     return summary
 
 

@@ -56,7 +56,9 @@ def test_overrides_set_nested_fields_and_refuse_unknown_ones():
     ]
 
 
-def test_export_then_run_the_chain(tmp_path):
+def test_export_then_run_the_chain(tmp_path, monkeypatch):
+    monkeypatch.setattr(fewstep_chain, "FIRST_CHUNK_STARTS", 2)
+    monkeypatch.setattr(fewstep_chain, "FIRST_CHUNK_SAMPLES", 8)
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     fewstep_chain.export(SPEC, data, max_batches=500, patience=30)
     loaded = np.load(os.path.join(data, fewstep_chain.WINDOWS_FILE))
@@ -96,4 +98,8 @@ def test_export_then_run_the_chain(tmp_path):
         assert line["overrides"] == "model.time_embed_dim=8"
         assert 0.0 <= line["success_rate"] <= 1.0
         assert 0.0 <= line["collision_rate"] <= 1.0
+        first_chunk = line["first_chunk"]  # obstacle: the first chunk's modes, open loop
+        assert first_chunk["chunks"] == 16
+        shares = (first_chunk[k] for k in ("blend_fraction", "left_fraction", "right_fraction"))
+        assert sum(shares) == pytest.approx(1.0)
     assert all(s["objective"] == "consistency" for s in students)
