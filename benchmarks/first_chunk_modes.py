@@ -19,7 +19,7 @@ collision rate is an upper bound of the closed-loop one; the blend fraction is t
 quantity a few-step method has to drive down.
 
   python benchmarks/first_chunk_modes.py --workdir=W [--teacher=W/teacher] \
-      [--num_sample_steps=1,2] [--starts=20] [--samples=200]
+      [--num_sample_steps=1,2] [--checkpoint_steps=2000,3000] [--starts=20] [--samples=200]
 
 prints one JSON object per (policy, steps). Needs no TensorFlow.
 """
@@ -96,6 +96,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", required=True, help="a trained obstacle run")
     parser.add_argument("--teacher", default="", help="another run to measure beside it")
     parser.add_argument("--num_sample_steps", default="", help="e.g. 1,2 (default: config's)")
+    parser.add_argument(
+        "--checkpoint_steps", default="", help="e.g. 2000,3000 (default: the latest)"
+    )
     parser.add_argument("--starts", type=int, default=20)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--eval_seed", type=int, default=EVAL_SEED)
@@ -103,12 +106,18 @@ def main(argv=None) -> None:
 
     from action_gen.sample.policy import Policy
 
-    steps = [int(s) for s in args.num_sample_steps.split(",") if s] or [None]
-    runs = [(args.workdir, s) for s in steps]
+    def ints(text):
+        return [int(s) for s in text.split(",") if s] or [None]
+
+    runs = [
+        (args.workdir, s, c)
+        for c in ints(args.checkpoint_steps)
+        for s in ints(args.num_sample_steps)
+    ]
     if args.teacher:
-        runs.append((args.teacher, None))
-    for workdir, num_steps in runs:
-        policy = Policy.from_checkpoint(workdir, num_sample_steps=num_steps)
+        runs.append((args.teacher, None, None))
+    for workdir, num_steps, checkpoint_step in runs:
+        policy = Policy.from_checkpoint(workdir, step=checkpoint_step, num_sample_steps=num_steps)
         extra = set(policy.observation_spec) - {schema.OBS_STATE, schema.OBS_PAD_MASK}
         if extra:
             raise ValueError(
@@ -126,6 +135,7 @@ def main(argv=None) -> None:
             json.dumps(
                 {
                     "workdir": workdir,
+                    "checkpoint_step": checkpoint_step,  # None: the latest
                     "objective": policy.config.objective.name,
                     "num_sample_steps": policy.num_sample_steps,
                     **stats,
