@@ -61,7 +61,7 @@ def first_chunk_modes(
       {"chunks", "open_loop_collision_rate", "blend_fraction", "left_fraction",
        "right_fraction", "lateral_end_quantiles" (5/25/50/75/95%)}.
     """
-    lateral_ends, collisions = [], []
+    lateral_ends, collisions, radii = [], [], []
     for e, seed in enumerate(obstacle.episode_seeds(eval_seed, num_starts)):
         env = obstacle.ObstacleVecEnv(samples_per_start)
         obs, info = env.reset(seed=[int(seed)] * samples_per_start)
@@ -76,9 +76,9 @@ def first_chunk_modes(
         _, lateral = obstacle.line_frame(info["start"], info["goal"], obs[:, None, :2])
         lateral_ends.append(lateral[:, 0])
         collisions.append(step_info["collision"])  # sticky: hit the disc at any step
+        radii.append(info["obstacle_radius"] + obstacle.AGENT_RADIUS)  # collision radius
     lateral = np.concatenate(lateral_ends)
-    radius = float(np.mean(info["obstacle_radius"])) + obstacle.AGENT_RADIUS
-    blend = np.abs(lateral) < BLEND_FRACTION_OF_RADIUS * radius
+    blend = np.abs(lateral) < BLEND_FRACTION_OF_RADIUS * np.concatenate(radii)
     return {
         "chunks": int(lateral.size),
         "open_loop_collision_rate": float(np.mean(np.concatenate(collisions))),
