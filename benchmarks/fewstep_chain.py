@@ -247,7 +247,7 @@ def evaluate(config, params, norm_stats: dict, num_steps: int, episodes: int) ->
             num_starts=FIRST_CHUNK_STARTS,
             samples_per_start=FIRST_CHUNK_SAMPLES,
             eval_seed=int(eval_config.seed),
-            obs_horizon=int(config.data.obs_horizon),
+            obs_horizon=policy.obs_horizon,
         )
     return summary
 

@@ -35,8 +35,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from action_gen.data import schema  # noqa: E402
 from action_gen.envs import obstacle  # noqa: E402
+from action_gen.eval import rollout  # noqa: E402
 
-EVAL_SEED = 100_000  # the evaluation's default base seed (configs/common.py)
 BLEND_FRACTION_OF_RADIUS = 0.5
 
 
@@ -45,8 +45,8 @@ def first_chunk_modes(
     *,
     num_starts: int,
     samples_per_start: int,
-    eval_seed: int = EVAL_SEED,
-    obs_horizon: int = 2,
+    eval_seed: int,
+    obs_horizon: int,
 ) -> dict:
     """The statistics of the module docstring.
 
@@ -65,9 +65,7 @@ def first_chunk_modes(
     for e, seed in enumerate(obstacle.episode_seeds(eval_seed, num_starts)):
         env = obstacle.ObstacleVecEnv(samples_per_start)
         obs, info = env.reset(seed=[int(seed)] * samples_per_start)
-        history = np.repeat(obs[:, None], obs_horizon, axis=1).astype(np.float32)
-        pad_mask = np.zeros((samples_per_start, obs_horizon), bool)
-        pad_mask[:, -1] = True
+        history, pad_mask = rollout.initial_history(obs, obs_horizon)
         chunk = np.asarray(sample_fn({schema.OBS_STATE: history, schema.OBS_PAD_MASK: pad_mask}, e))
         if chunk.shape[0] != samples_per_start or chunk.shape[-1] != obstacle.ACTION_DIM:
             raise ValueError(f"sample_fn returned {chunk.shape}, want [B, H, 2]")
@@ -101,7 +99,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--starts", type=int, default=20)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--eval_seed", type=int, default=EVAL_SEED)
+    parser.add_argument(
+        "--eval_seed", type=int, default=None, help="default: the run's config.eval.seed"
+    )
     args = parser.parse_args(argv)
 
     from action_gen.sample.policy import Policy
@@ -128,8 +128,8 @@ def main(argv=None) -> None:
             policy.sample_actions,
             num_starts=args.starts,
             samples_per_start=args.samples,
-            eval_seed=args.eval_seed,
-            obs_horizon=policy.observation_spec[schema.OBS_STATE][0][0],
+            eval_seed=int(policy.config.eval.seed if args.eval_seed is None else args.eval_seed),
+            obs_horizon=policy.obs_horizon,
         )
         print(
             json.dumps(

@@ -33,7 +33,7 @@ import numpy as np
 from action_gen import envs
 from action_gen.data import schema
 from action_gen.envs import obstacle
-from action_gen.eval import metrics
+from action_gen.eval import metrics, rollout
 from action_gen.sample import executor as executor_lib
 from action_gen.sample.policy import Policy
 
@@ -90,9 +90,7 @@ def run_episodes(
         simulated_delay=delay,
         ensemble_interval=1,
     )
-    history = np.repeat(obs[:, None], obs_horizon, axis=1)
-    pad_mask = np.zeros((num_episodes, obs_horizon), bool)
-    pad_mask[:, -1] = True
+    history, pad_mask = rollout.initial_history(obs, obs_horizon)
     running = np.ones(num_episodes, bool)
     success = np.zeros(num_episodes, bool)
     collision = np.zeros(num_episodes, bool)

@@ -31,6 +31,16 @@ _IMAGE_PREFIX = "image/"
 _RECORD_PREFIX = "record/"  # frames filmed for a video, never given to the policy
 
 
+def initial_history(obs: np.ndarray, obs_horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """The observation history at an episode's start: (history [N, T, ...], obs_pad_mask
+    [N, T] bool) from the first observations `obs` [N, ...], the missing past filled by
+    repeating them and masked out (only the last, current, entry is real)."""
+    history = np.repeat(obs[:, None], obs_horizon, axis=1)
+    pad_mask = np.zeros((obs.shape[0], obs_horizon), bool)
+    pad_mask[:, -1] = True
+    return history, pad_mask
+
+
 def _recorded_frame(obs) -> np.ndarray | None:
     """The [N, h, w, 3] frame to film from an observation: its first "record/<camera>"
     key, else its first policy camera "image/<camera>", else None (nothing to film)."""
@@ -134,9 +144,7 @@ def run_rollouts(
             prompt_kwargs["images"] = image_history
         if "instruction" in info:
             prompt_kwargs["prompt"] = np.asarray(info["instruction"], dtype=object)
-        history = np.repeat(obs[:, None], obs_horizon, axis=1)
-        pad_mask = np.zeros((num_envs, obs_horizon), bool)
-        pad_mask[:, -1] = True
+        history, pad_mask = initial_history(obs, obs_horizon)
         running = np.ones(num_envs, bool)
         success = np.zeros(num_envs, bool)
         collision = np.zeros(num_envs, bool)

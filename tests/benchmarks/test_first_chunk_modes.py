@@ -9,6 +9,7 @@ from action_gen.envs import obstacle
 from benchmarks import first_chunk_modes as fcm
 
 H = 16
+START_KWARGS = dict(eval_seed=100_000, obs_horizon=2)  # the evaluation's defaults
 
 
 def _detour(start: np.ndarray, side: int) -> np.ndarray:
@@ -56,7 +57,9 @@ def _sample_fn(kinds):
     ],
 )
 def test_scripted_chunks(kinds, collision, blend, left, right):
-    stats = fcm.first_chunk_modes(_sample_fn(kinds), num_starts=3, samples_per_start=8)
+    stats = fcm.first_chunk_modes(
+        _sample_fn(kinds), num_starts=3, samples_per_start=8, **START_KWARGS
+    )
     assert stats["chunks"] == 24
     assert stats["open_loop_collision_rate"] == pytest.approx(collision)
     assert stats["blend_fraction"] == pytest.approx(blend)
@@ -72,4 +75,5 @@ def test_wrong_chunk_shape_is_named():
             lambda obs, seed: np.zeros((obs[schema.OBS_STATE].shape[0], H, 3)),
             num_starts=1,
             samples_per_start=2,
+            **START_KWARGS,
         )
