@@ -22,6 +22,10 @@ Variants (the arg after ':'; comma-separated, key=value pairs too):
                  point itself, `teacher_solver="data"`), flow parameterization, from random
                  initialization; the teacher-free baseline beside
                  configs/shortcut_unet_obstacle.py.
+  hypotheses=K   a multiple-choice head of K hypotheses and scores on the student
+                 (objectives/consistency.py), trained winner-takes-all and sampled by
+                 argmax. Experimental: with K = 4 the hypotheses did not split by mode
+                 on this chain and the 1-step blends rose (BUILD_NOTES, issue 16).
   student_steps=N  the student's training steps (default STUDENT_STEPS; `runlocal`'s 3,000
                  keep the chain within 45 minutes). 6,000 measured: 98% / 2% collisions at
                  1 step on an H200 run, 94% / 6% here on 2 CPU cores (BUILD_NOTES, #16).
@@ -50,10 +54,13 @@ def distillation_config(
     teacher_free: bool = False,
     clip_sample: bool = True,
     num_steps: int,
+    num_hypotheses: int = 1,
 ) -> ml_collections.ConfigDict:
     """`student` (a copy of the teacher's run config: same data, model and horizons) with
     the consistency objective distilling `teacher` (`family`: its objective, "flow" or
-    "diffusion"), or, with `teacher_free`, consistency training from data alone.
+    "diffusion"), or, with `teacher_free`, consistency training from data alone;
+    `num_hypotheses` K > 1 gives the student a multiple-choice head (the same K in
+    `model.num_hypotheses` and `objective.num_hypotheses`; objectives/consistency.py).
     Shared by the obstacle and Meta-World distillation configs."""
     num_sample_steps = ml_collections.FieldReference(1)
     clip = ml_collections.FieldReference(bool(clip_sample))
@@ -87,6 +94,10 @@ def distillation_config(
         objective.target = "online"  # iCT: no EMA target
         objective.num_teacher_steps = 20  # a bootstrapped chain of 1-interval estimates
         objective.teacher_substeps = 1
+    if int(num_hypotheses) > 1:
+        hypotheses = ml_collections.FieldReference(int(num_hypotheses))
+        objective.num_hypotheses = hypotheses
+        student.model.num_hypotheses = hypotheses
     student.objective = objective
     if not teacher_free:
         student.teacher = teacher
@@ -134,11 +145,11 @@ def get_config(arg=None):
         )
     variant = "runlocal" if "runlocal" in flags else ("tiny" if "tiny" in flags else "")
     base_arg = {"runlocal": "demo", "tiny": "runlocal", "": ""}[variant]
-    unknown_values = set(values) - {"teacher", "seed", "student_steps"}
+    unknown_values = set(values) - {"teacher", "seed", "student_steps", "hypotheses"}
     if unknown_values:
         raise ValueError(
             f"configs/consistency_unet_obstacle.py: unknown setting(s) {sorted(unknown_values)}; "
-            "use teacher=, seed=, student_steps="
+            "use teacher=, seed=, student_steps=, hypotheses="
         )
     if "seed" in values:
         base_arg = ",".join(t for t in (base_arg, f"seed={values['seed']}") if t)
@@ -155,6 +166,7 @@ def get_config(arg=None):
         teacher_free=teacher_free,
         clip_sample=True,
         num_steps=int(values.get("student_steps", STUDENT_STEPS[variant])),
+        num_hypotheses=int(values.get("hypotheses", 1)),
     )
     if variant == "runlocal":
         config.optimizer.lr = 3e-4

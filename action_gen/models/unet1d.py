@@ -100,6 +100,12 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
         H200 (BUILD_NOTES, issue 17) False was 8-10% faster for batch-1 sampling with the
         parameters cast to bf16 once, and 44% slower for bf16 training at batch 256, so
         the default stays True.
+      num_hypotheses: K. 1 (the default): the [B, H, A] output above (parameter tree
+        exactly DP's). K > 1: a multiple-choice head instead of `final_conv` — a 1x1
+        conv `hypotheses_conv` to K (A + 1) channels, returned as [B, K, H, A + 1]:
+        [..., :A] is hypothesis k's output (what the 1-head model predicts: velocity,
+        ε, ...), [..., A] its per-step score, whose mean over H is hypothesis k's logit
+        (objectives/consistency.py: winner-takes-all training, argmax sampling).
     """
 
     down_dims: Sequence[int] = (256, 512, 1024)
@@ -113,6 +119,7 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
     dtype: str = "float32"
     float32_body: bool = True
     step_input: bool = False
+    num_hypotheses: int = 1
 
     def observation_features(self, obs: dict) -> jax.Array:
         """The part of the condition that is the same at every denoising step [B, T*F (+ D)]:
@@ -177,7 +184,8 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
           time: [B] (or scalar) float: the diffusion step index k, or a scaled flow time;
             with `step_input` also [B, 2]: (scaled time, step-size input).
         Returns:
-          [B, H, A] float32.
+          [B, H, A] float32; with `num_hypotheses` K > 1, [B, K, H, A + 1] (see the class
+          docstring).
         """
         if OBSERVATION_FEATURES in obs:
             features = obs[OBSERVATION_FEATURES]
@@ -225,6 +233,13 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
             x = layers.ConvTranspose1d(dims[i - 1], 4, 2, 1, name=f"up{j}_upsample")(x)
 
         x = Conv1dBlock(dims[0], self.kernel_size, self.n_groups, name="final_block")(x)
-        out = layers.Conv1d(action_dim, 1, name="final_conv")(x)
-        chex.assert_shape(out, (batch, horizon, action_dim))
-        return out
+        num_hypotheses = int(self.num_hypotheses)
+        if num_hypotheses < 1:
+            raise ValueError(f"model.num_hypotheses={num_hypotheses} must be >= 1")
+        if num_hypotheses == 1:
+            out = layers.Conv1d(action_dim, 1, name="final_conv")(x)
+            chex.assert_shape(out, (batch, horizon, action_dim))
+            return out
+        out = layers.Conv1d(num_hypotheses * (action_dim + 1), 1, name="hypotheses_conv")(x)
+        out = out.reshape(batch, horizon, num_hypotheses, action_dim + 1)
+        return jnp.moveaxis(out, 2, 1)  # [B, K, H, A + 1]

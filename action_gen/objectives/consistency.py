@@ -54,6 +54,28 @@ Sampling with S steps (multistep consistency sampling, Song et al. Alg. 1), one
   step x ← x̂), clipped to [-1, 1] at every step when `clip_sample`.
 S = 1 is one model call. S must divide into the grid (S ≤ N).
 
+Multiple-choice heads (`num_hypotheses` K > 1; the model's `num_hypotheses` too, e.g.
+models/unet1d.py): a one-step map from noise to a bimodal chunk distribution must jump
+where the noise changes mode, and a smooth network fitted by L2 leaves a band of noises
+around that boundary whose chunks blend the modes (on the obstacle task, 7-8% of one-step
+first chunks: BUILD_NOTES, issue 16). With K hypotheses f_θ^k(x, i) and logits s_θ^k(x, i)
+(multiple-choice learning: Guzman-Rivera et al. 2012; Rupprecht et al. 2017):
+  e_k = || f_θ^k(x_n, n) - target ||²   (masked, per example),   k* = argmin_k e_k,
+  L(θ) = E[ Σ_k r_k e_k ] + λ CE(s_θ(x_n, n), k*),
+  r_k = 1 - ε for k = k*, ε / (K - 1) otherwise     (relaxed winner-takes-all; ε =
+        `hypothesis_relax`, λ = `score_weight`),
+and f_θ(x, i) = f_θ^{argmax_k s_θ^k(x, i)}(x, i) wherever one output is needed (sampling,
+the EMA / online target). Each hypothesis is free to stay smooth over its own part of
+noise space; the argmax makes the jump, so a mistake at the boundary gives the other
+mode's clean chunk instead of a blend. The head starts from a fresh random initialization
+(`train.init_from_teacher` copies the rest of the teacher's network): in a probe on one
+observation, hypotheses tiled from a fitted output layer stayed alike and kept the
+blends, while fresh ones split into one per mode (blends 1.7% → 0-0.4%). Measured so far
+on the obstacle chain (U-Net, K = 4, ε = 0.05): the hypotheses did not split by mode
+there, and the one-step blends rose (BUILD_NOTES, issue 16); it is opt-in
+(`hypotheses=K` in configs/consistency_unet_obstacle.py) until a setting that splits is
+found.
+
 The teacher enters as `teacher_apply_fn` (its model's apply function) and
 `teacher_params` (an explicit argument of the compiled train step, so its weights are
 not baked into the program as constants); `objectives.create_objective(..., teacher=)`
@@ -76,11 +98,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from action_gen import models
 from action_gen.data import schema
 from action_gen.objectives import diffusion, from_noise
-from action_gen.objectives.regression import batch_masked_mse
+from action_gen.objectives.regression import action_weights, batch_masked_mse
 
 PARAMETERIZATIONS = ("flow", "diffusion")
 # "data": consistency *training* (no teacher): x̂_{n+1} = a_{n+1} x + b_{n+1} ε with the
@@ -197,17 +220,122 @@ def _family(
     return _Family(grid, denoise, int(teacher_substeps))
 
 
-def consistency_fn(
-    step_fn: Callable, params, context, x: jax.Array, index: jax.Array, family, sigma_data
-) -> jax.Array:
-    """f_θ(x, i) [B, H, A] at grid positions `index` [B] int (module docstring)."""
+def consistency_hypotheses(
+    step_fn: Callable,
+    params,
+    context,
+    x: jax.Array,
+    index: jax.Array,
+    family,
+    sigma_data,
+    num_hypotheses: int = 1,
+) -> tuple[jax.Array, jax.Array]:
+    """Every hypothesis f_θ^k(x, i) [B, K, H, A] and its logit s_θ^k(x, i) [B, K] at grid
+    positions `index` [B] int (module docstring); K = 1: the model's one output, logit 0.
+
+    The model returns [B, H, A] for K = 1 and [B, K, H, A + 1] for K > 1 (the last channel
+    a per-step score, averaged over H into the logit), e.g. models/unet1d.py.
+    """
     grid = family.grid
     time = jnp.asarray(grid.model_time)[index]
     out = step_fn(params, context, x, time).astype(jnp.float32)
+    batch, horizon, action_dim = x.shape
+    num_hypotheses = int(num_hypotheses)
+    expected = (
+        (batch, horizon, action_dim)
+        if num_hypotheses == 1
+        else (batch, num_hypotheses, horizon, action_dim + 1)
+    )
+    if out.shape != expected:
+        raise ValueError(
+            f"consistency objective: objective.num_hypotheses={num_hypotheses} needs a model "
+            f"output of shape {expected} (model.num_hypotheses={num_hypotheses}), got "
+            f"{out.shape}"
+        )
+    if num_hypotheses == 1:
+        outputs, logits = out[:, None], jnp.zeros((batch, 1), jnp.float32)
+    else:
+        outputs, logits = out[..., :action_dim], jnp.mean(out[..., action_dim], axis=2)
     a = jnp.asarray(grid.signal)[index][:, None, None]
     b = jnp.asarray(grid.noise)[index][:, None, None]
     skip = c_skip(a, b, sigma_data)
-    return skip * x + (1.0 - skip * a) * family.denoise(x, out, index)
+
+    def estimate(out_k):  # [B, H, A]
+        return skip * x + (1.0 - skip * a) * family.denoise(x, out_k, index)
+
+    return jax.vmap(estimate, in_axes=1, out_axes=1)(outputs), logits
+
+
+def select_hypothesis(hypotheses: jax.Array, logits: jax.Array) -> jax.Array:
+    """The hypothesis with the largest logit [B, H, A], of hypotheses [B, K, H, A] and
+    logits [B, K]."""
+    best = jnp.argmax(logits, axis=-1)
+    return jnp.take_along_axis(hypotheses, best[:, None, None, None], axis=1)[:, 0]
+
+
+def consistency_fn(
+    step_fn: Callable,
+    params,
+    context,
+    x: jax.Array,
+    index: jax.Array,
+    family,
+    sigma_data,
+    num_hypotheses: int = 1,
+) -> jax.Array:
+    """f_θ(x, i) [B, H, A] at grid positions `index` [B] int (module docstring): with
+    K > 1 hypotheses, the one with the largest logit."""
+    hypotheses, logits = consistency_hypotheses(
+        step_fn, params, context, x, index, family, sigma_data, num_hypotheses
+    )
+    return select_hypothesis(hypotheses, logits)
+
+
+def multiple_choice_loss(
+    hypotheses: jax.Array,
+    logits: jax.Array,
+    target: jax.Array,
+    batch: dict,
+    *,
+    relax: float,
+    score_weight: float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The relaxed winner-takes-all loss of the module docstring.
+
+    Args:
+      hypotheses: f_θ^k [B, K, H, A].
+      logits: s_θ^k [B, K].
+      target: [B, H, A] (no gradient flows into it).
+      batch: for its `schema.ACTION_PAD_MASK` [B, H] and `schema.ACTION_DIM_MASK` [B, A].
+      relax: ε in [0, 1): the weight the K - 1 losing hypotheses share.
+      score_weight: λ, the weight of the score head's cross-entropy.
+    Returns:
+      (scalar loss, aux {"mse": the winners' masked mse, "score_ce", "score_accuracy":
+      how often the largest logit is the winner, "top_winner_share": the largest
+      fraction of the batch one hypothesis wins (1: collapsed onto one hypothesis)}).
+    """
+    num_hypotheses = hypotheses.shape[1]
+    weights = action_weights(
+        target.shape, batch.get(schema.ACTION_PAD_MASK), batch.get(schema.ACTION_DIM_MASK)
+    )
+    # Σ_{h,a} w (f^k - target)² per example and hypothesis [B, K]; normalized over the
+    # batch's real actions as regression.masked_mse does.
+    squared = jnp.sum(weights[:, None] * jnp.square(hypotheses - target[:, None]), axis=(2, 3))
+    total = jnp.maximum(jnp.sum(weights), 1.0)
+    winner = jnp.argmin(jax.lax.stop_gradient(squared), axis=-1)  # [B]
+    is_winner = jax.nn.one_hot(winner, num_hypotheses, dtype=jnp.float32)
+    share = relax / max(num_hypotheses - 1, 1)
+    responsibility = (1.0 - relax) * is_winner + share * (1.0 - is_winner)
+    regression = jnp.sum(responsibility * squared) / total
+    score_ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, winner))
+    winners_mse = jnp.sum(is_winner * squared) / total
+    accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == winner).astype(jnp.float32))
+    return regression + score_weight * score_ce, {
+        "mse": winners_mse,
+        "score_ce": score_ce,
+        "score_accuracy": accuracy,
+        "top_winner_share": jnp.max(jnp.mean(is_winner, axis=0)),
+    }
 
 
 def _teacher_step(
@@ -284,6 +412,15 @@ def _check(parameterization: str, teacher_solver: str | None = None, target=None
         raise ValueError(f"unknown target {target!r}; known: {TARGETS}")
 
 
+def _check_hypotheses(num_hypotheses, relax: float = 0.0, score_weight: float = 0.0) -> None:
+    if int(num_hypotheses) < 1:
+        raise ValueError(f"objective.num_hypotheses={num_hypotheses} must be >= 1")
+    if not 0.0 <= float(relax) < 1.0:
+        raise ValueError(f"objective.hypothesis_relax={relax} must be in [0, 1)")
+    if float(score_weight) < 0.0:
+        raise ValueError(f"objective.score_weight={score_weight} must be >= 0")
+
+
 def loss(
     apply_fn: Callable,
     params,
@@ -306,6 +443,9 @@ def loss(
     prediction_type: str = "epsilon",
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
+    num_hypotheses: int = 1,
+    hypothesis_relax: float = 0.05,
+    score_weight: float = 0.1,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The consistency distillation loss of the module docstring.
 
@@ -335,10 +475,16 @@ def loss(
       time_scale: the flow teacher's time scale.
       num_train_steps, schedule, prediction_type, beta_start, beta_end: the diffusion
         teacher's (as in diffusion.loss).
+      num_hypotheses: K; > 1 trains a multiple-choice head (module docstring), which the
+        model must have (`model.num_hypotheses` = K).
+      hypothesis_relax: ε of the relaxed winner-takes-all (K > 1).
+      score_weight: λ, the weight of the score head's cross-entropy (K > 1).
     Returns:
-      (scalar loss, aux {"mse"}).
+      (scalar loss, aux {"mse"}; K > 1: the winners' mse, plus "score_ce" and
+      "score_accuracy").
     """
     _check(parameterization, teacher_solver, target)
+    _check_hypotheses(num_hypotheses, hypothesis_relax, score_weight)
     teacher_solver = teacher_solver or TEACHER_SOLVERS[parameterization][0]
     from_data = teacher_solver == DATA_ESTIMATE
     if from_data and target == "teacher":
@@ -403,10 +549,29 @@ def loss(
         target_params = jax.lax.stop_gradient(target_params)
         _, target_context = models.split_apply_fn(apply_fn, target_params, obs)
         target_value = consistency_fn(
-            student_step, target_params, target_context, x_next, n + k, family, sigma_data
+            student_step,
+            target_params,
+            target_context,
+            x_next,
+            n + k,
+            family,
+            sigma_data,
+            num_hypotheses,
         )
-    pred = consistency_fn(student_step, params, context, x_n, n, family, sigma_data)
-    value = batch_masked_mse(pred, jax.lax.stop_gradient(target_value), batch)
+    target_value = jax.lax.stop_gradient(target_value)
+    hypotheses, logits = consistency_hypotheses(
+        student_step, params, context, x_n, n, family, sigma_data, num_hypotheses
+    )
+    if int(num_hypotheses) > 1:
+        return multiple_choice_loss(
+            hypotheses,
+            logits,
+            target_value,
+            batch,
+            relax=hypothesis_relax,
+            score_weight=score_weight,
+        )
+    value = batch_masked_mse(hypotheses[:, 0], target_value, batch)
     return value, {"mse": value}
 
 
@@ -439,6 +604,7 @@ def sample_from_noise(
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
     clip_sample: bool = True,
+    num_hypotheses: int = 1,
 ) -> jax.Array:
     """Multistep consistency sampling (module docstring) from a given x at grid position 0
     = `noise` [B, H, A]: S = `num_steps` model calls, one `lax.scan`.
@@ -453,11 +619,13 @@ def sample_from_noise(
       noise: x at grid position 0 [B, H, A].
       action_shape: (H, A), static.
       clip_sample: clip each step's data estimate to [-1, 1].
+      num_hypotheses: K; > 1: each step takes the hypothesis with the largest logit.
       Other arguments: as in `loss` (the grid and the skip-scaling).
     Returns:
       [B, H, A] float32.
     """
     _check(parameterization)
+    _check_hypotheses(num_hypotheses)
     family = _family(
         parameterization,
         num_teacher_steps,
@@ -481,7 +649,7 @@ def sample_from_noise(
     def body(x, per_step):
         position, next_signal, next_noise, z = per_step
         index = jnp.full((batch_size,), position, jnp.int32)
-        x0 = consistency_fn(step_fn, params, context, x, index, family, sigma_data)
+        x0 = consistency_fn(step_fn, params, context, x, index, family, sigma_data, num_hypotheses)
         if clip_sample:
             x0 = jnp.clip(x0, -1.0, 1.0)
         return next_signal * x0 + next_noise * z, None

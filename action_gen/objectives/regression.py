@@ -36,12 +36,21 @@ def masked_mse(
     err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
     if mask is None and dim_mask is None:
         return jnp.mean(err)
-    weights = jnp.ones_like(err)
+    weights = action_weights(err.shape, mask, dim_mask)
+    return jnp.sum(weights * err) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def action_weights(
+    shape: tuple[int, int, int], mask: jax.Array | None, dim_mask: jax.Array | None
+) -> jax.Array:
+    """m_{b,h} d_{b,a} [B, H, A] float32: 1 on the real actions and dims, 0 on padding
+    (`masked_mse`'s weights; either mask None: all real)."""
+    weights = jnp.ones(shape, jnp.float32)
     if mask is not None:
         weights = weights * mask.astype(jnp.float32)[:, :, None]
     if dim_mask is not None:
         weights = weights * dim_mask.astype(jnp.float32)[:, None, :]
-    return jnp.sum(weights * err) / jnp.maximum(jnp.sum(weights), 1.0)
+    return weights
 
 
 def batch_masked_mse(pred: jax.Array, target: jax.Array, batch: dict) -> jax.Array:

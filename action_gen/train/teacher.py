@@ -13,12 +13,19 @@ must equal the teacher's.
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
 import ml_collections
+from flax import traverse_util
 
 from action_gen import checkpoint, models, objectives
+
+# Model fields a student initialized from its teacher may set on its own: they add a head
+# the teacher lacks (a multiple-choice head, models/unet1d.py), which `init_from_teacher`
+# leaves at its fresh initialization.
+STUDENT_ONLY_MODEL_KEYS = frozenset({"model.num_hypotheses"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +68,7 @@ def check_student_config(teacher_config: dict, student_config: dict, where: str)
         # The data fields only: the optimizer's trainable split is the student's own choice.
         lambda k: (
             (k in checkpoint.FIXED_KEYS and k.startswith("data."))
-            or (init and k.startswith("model."))
+            or (init and k.startswith("model.") and k not in STUDENT_ONLY_MODEL_KEYS)
         ),
     )
     student_objective = student_config["objective"]
@@ -121,18 +128,35 @@ def load_teacher(
 def init_from_teacher(state, loaded: LoadedTeacher, state_shardings):
     """`state` (fresh) with params and EMA set to the teacher's EMA parameters, laid out
     like the state's (the optimizer state is unchanged: its init does not depend on the
-    values). The student's model config equals the teacher's (`check_student_config`)."""
-    params = loaded.teacher.params
-    shapes = [x.shape for x in jax.tree.leaves(params)]
-    if jax.tree.structure(params) != jax.tree.structure(state.params) or shapes != [
-        x.shape for x in jax.tree.leaves(state.params)
-    ]:
+    values). The student's model config equals the teacher's (`check_student_config`)
+    except for `STUDENT_ONLY_MODEL_KEYS`: parameters only the student has (a multiple-choice
+    head) keep their fresh initialization, and teacher parameters the student lacks (the
+    teacher's one-output layer) are not used. Every parameter both have must have the same
+    shape."""
+    teacher = traverse_util.flatten_dict(loaded.teacher.params, sep="/")
+    student = traverse_util.flatten_dict(state.params, sep="/")
+    mismatched = [
+        f"{path}: teacher {teacher[path].shape}, student {student[path].shape}"
+        for path in sorted(set(teacher) & set(student))
+        if teacher[path].shape != student[path].shape
+    ]
+    if mismatched or not set(teacher) & set(student):
         raise ValueError(
             f"train.init_from_teacher: the teacher's parameters in {loaded.directory} do not "
-            "match the student's model (tree or shapes differ)"
+            f"match the student's model: {'; '.join(mismatched) or 'no parameter in common'}"
         )
+    fresh = sorted(set(student) - set(teacher))
+    if fresh:
+        logging.info(
+            "init_from_teacher: %d student-only parameter(s) keep their fresh init: %s",
+            len(fresh),
+            ", ".join(fresh),
+        )
+    merged = traverse_util.unflatten_dict(
+        {path: teacher.get(path, value) for path, value in student.items()}, sep="/"
+    )
     # Fresh buffers: the train step donates the state, and the teacher's stay in use.
     return state.replace(
-        params=jax.device_put(params, state_shardings.params, may_alias=False),
-        ema_params=jax.device_put(params, state_shardings.ema_params, may_alias=False),
+        params=jax.device_put(merged, state_shardings.params, may_alias=False),
+        ema_params=jax.device_put(merged, state_shardings.ema_params, may_alias=False),
     )
