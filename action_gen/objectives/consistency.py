@@ -98,7 +98,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from action_gen import models
 from action_gen.data import schema
@@ -327,7 +326,8 @@ def multiple_choice_loss(
     share = relax / max(num_hypotheses - 1, 1)
     responsibility = (1.0 - relax) * is_winner + share * (1.0 - is_winner)
     regression = jnp.sum(responsibility * squared) / total
-    score_ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, winner))
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    score_ce = -jnp.mean(jnp.sum(is_winner * log_probs, axis=-1))
     winners_mse = jnp.sum(is_winner * squared) / total
     accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == winner).astype(jnp.float32))
     return regression + score_weight * score_ce, {
