@@ -24,8 +24,9 @@ Variants (the arg after ':'; comma-separated, key=value pairs too):
                  configs/shortcut_unet_obstacle.py.
   hypotheses=K   a multiple-choice head of K hypotheses and scores on the student
                  (objectives/consistency.py), trained winner-takes-all and sampled by
-                 argmax. Experimental: with K = 4 the hypotheses did not split by mode
-                 on this chain and the 1-step blends rose (BUILD_NOTES, issue 16).
+                 argmax, each hypothesis starting as a copy of the teacher's output
+                 layer. Experimental: not yet measured on this chain in that form
+                 (BUILD_NOTES, issue 16).
   student_steps=N  the student's training steps (default STUDENT_STEPS; `runlocal`'s 3,000
                  keep the chain within 45 minutes). 6,000 measured: 98% / 2% collisions at
                  1 step on an H200 run, 94% / 6% here on 2 CPU cores (BUILD_NOTES, #16).

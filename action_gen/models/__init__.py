@@ -93,6 +93,23 @@ def abstract_checkpoint_params(config, norm_stats: dict) -> tuple[nn.Module, dic
     return model, abstract_params(model, example_obs, (config.data.action_horizon, action_dim))
 
 
+def student_head_from_teacher(student_params: dict, teacher_params: dict, key: jax.Array) -> dict:
+    """`student_params` with a head only the student has started from the teacher's output
+    layer: the U-Net's multiple-choice `hypotheses_conv` from its `final_conv`
+    (`unet1d.hypotheses_from_output_layer`). Unchanged when there is no such head."""
+    head, output = unet1d.HYPOTHESES_HEAD, unet1d.OUTPUT_LAYER
+    if head not in student_params or output not in teacher_params or output in student_params:
+        return student_params
+    action_dim = teacher_params[output]["bias"].shape[-1]
+    num_hypotheses = student_params[head]["bias"].shape[-1] // (action_dim + 1)
+    tiled = unet1d.hypotheses_from_output_layer(teacher_params[output], num_hypotheses, key)
+    if jax.tree.map(jnp.shape, tiled) != jax.tree.map(jnp.shape, dict(student_params[head])):
+        raise ValueError(
+            f"the student's {head} does not fit {num_hypotheses} copies of the teacher's {output}"
+        )
+    return {**student_params, head: tiled}
+
+
 def param_logical_axes(model: nn.Module, example_obs: dict, action_shape) -> dict:
     """The logical axis names of every parameter (a PartitionSpec pytree), for sharding."""
     batch = example_obs[schema.OBS_STATE].shape[0]

@@ -30,6 +30,40 @@ from action_gen.models import layers, resnet, text
 
 # The key of `ConditionalUnet1D.prepare`'s context: the observation features [B, T*F (+ D)].
 OBSERVATION_FEATURES = "unet1d/observation_features"
+# The multiple-choice head's parameters, and the 1-head output layer they can start from.
+HYPOTHESES_HEAD, OUTPUT_LAYER = "hypotheses_conv", "final_conv"
+# Each hypothesis starts as the 1-head output layer plus N(0, (s · std(kernel))²) noise on
+# its kernel, s this (BUILD_NOTES, issue 16: in a probe, copies split the modes without
+# blends where a fresh head collapsed onto one hypothesis).
+HYPOTHESES_INIT_NOISE = 0.01
+
+
+def hypotheses_from_output_layer(
+    output_layer: dict, num_hypotheses: int, key: jax.Array, noise: float = HYPOTHESES_INIT_NOISE
+) -> dict:
+    """`hypotheses_conv` parameters from a 1-head model's `final_conv`: K copies of its
+    kernel [1, C, A] (each plus its own small Gaussian noise, so the copies can part) and
+    bias [A], with zero score channels (equal logits).
+
+    Returns:
+      {"kernel": [1, C, K (A + 1)], "bias": [K (A + 1)]} in the head's channel order
+      (hypothesis-major, the score last).
+    """
+    kernel, bias = output_layer["kernel"], output_layer["bias"]
+    width, channels, action_dim = kernel.shape
+    num_hypotheses = int(num_hypotheses)
+    copies = jnp.broadcast_to(kernel[:, :, None], (width, channels, num_hypotheses, action_dim))
+    copies = copies + noise * jnp.std(kernel) * jax.random.normal(key, copies.shape, kernel.dtype)
+    score = jnp.zeros((width, channels, num_hypotheses, 1), kernel.dtype)
+    head_kernel = jnp.concatenate([copies, score], axis=-1)
+    head_bias = jnp.concatenate(
+        [jnp.tile(bias[None], (num_hypotheses, 1)), jnp.zeros((num_hypotheses, 1), bias.dtype)],
+        axis=-1,
+    )
+    return {
+        "kernel": head_kernel.reshape(width, channels, num_hypotheses * (action_dim + 1)),
+        "bias": head_bias.reshape(-1),
+    }
 
 
 class Conv1dBlock(nn.Module):
@@ -237,9 +271,9 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
         if num_hypotheses < 1:
             raise ValueError(f"model.num_hypotheses={num_hypotheses} must be >= 1")
         if num_hypotheses == 1:
-            out = layers.Conv1d(action_dim, 1, name="final_conv")(x)
+            out = layers.Conv1d(action_dim, 1, name=OUTPUT_LAYER)(x)
             chex.assert_shape(out, (batch, horizon, action_dim))
             return out
-        out = layers.Conv1d(num_hypotheses * (action_dim + 1), 1, name="hypotheses_conv")(x)
+        out = layers.Conv1d(num_hypotheses * (action_dim + 1), 1, name=HYPOTHESES_HEAD)(x)
         out = out.reshape(batch, horizon, num_hypotheses, action_dim + 1)
         return jnp.moveaxis(out, 2, 1)  # [B, K, H, A + 1]

@@ -67,14 +67,16 @@ first chunks: BUILD_NOTES, issue 16). With K hypotheses f_θ^k(x, i) and logits 
 and f_θ(x, i) = f_θ^{argmax_k s_θ^k(x, i)}(x, i) wherever one output is needed (sampling,
 the EMA / online target). Each hypothesis is free to stay smooth over its own part of
 noise space; the argmax makes the jump, so a mistake at the boundary gives the other
-mode's clean chunk instead of a blend. The head starts from a fresh random initialization
-(`train.init_from_teacher` copies the rest of the teacher's network): in a probe on one
-observation, hypotheses tiled from a fitted output layer stayed alike and kept the
-blends, while fresh ones split into one per mode (blends 1.7% → 0-0.4%). Measured so far
-on the obstacle chain (U-Net, K = 4, ε = 0.05): the hypotheses did not split by mode
-there, and the one-step blends rose (BUILD_NOTES, issue 16); it is opt-in
-(`hypotheses=K` in configs/consistency_unet_obstacle.py) until a setting that splits is
-found.
+mode's clean chunk instead of a blend. The default ε = 0 is plain winner-takes-all, and
+`train.init_from_teacher` starts every hypothesis as a noisy copy of the teacher's output
+layer (`unet1d.hypotheses_from_output_layer`). Both choices come from measurements
+(BUILD_NOTES, issue 16): in a probe on the teacher's chunks where most examples are
+unimodal (the product's case), ε > 0 pulled the losers towards the mean and kept them
+blending, while noisy copies with ε = 0 parted at the modes' boundary (blends 3.2% →
+0-0.2%); on the obstacle chain a fresh head with ε = 0.05 did not split (blends rose) and
+one with ε = 0 collapsed onto one hypothesis (the others never won again). The copy init
+is not yet measured on the chain, so the head stays
+opt-in (`hypotheses=K` in configs/consistency_unet_obstacle.py).
 
 The teacher enters as `teacher_apply_fn` (its model's apply function) and
 `teacher_params` (an explicit argument of the compiled train step, so its weights are
@@ -444,7 +446,7 @@ def loss(
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
     num_hypotheses: int = 1,
-    hypothesis_relax: float = 0.05,
+    hypothesis_relax: float = 0.0,
     score_weight: float = 0.1,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The consistency distillation loss of the module docstring.
@@ -477,7 +479,7 @@ def loss(
         teacher's (as in diffusion.loss).
       num_hypotheses: K; > 1 trains a multiple-choice head (module docstring), which the
         model must have (`model.num_hypotheses` = K).
-      hypothesis_relax: ε of the relaxed winner-takes-all (K > 1).
+      hypothesis_relax: ε of the relaxed winner-takes-all (K > 1); 0: plain.
       score_weight: λ, the weight of the score head's cross-entropy (K > 1).
     Returns:
       (scalar loss, aux {"mse"}; K > 1: the winners' mse, plus "score_ce" and

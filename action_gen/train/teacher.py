@@ -125,14 +125,14 @@ def load_teacher(
     )
 
 
-def init_from_teacher(state, loaded: LoadedTeacher, state_shardings):
+def init_from_teacher(state, loaded: LoadedTeacher, state_shardings, key: jax.Array):
     """`state` (fresh) with params and EMA set to the teacher's EMA parameters, laid out
     like the state's (the optimizer state is unchanged: its init does not depend on the
     values). The student's model config equals the teacher's (`check_student_config`)
-    except for `STUDENT_ONLY_MODEL_KEYS`: parameters only the student has (a multiple-choice
-    head) keep their fresh initialization, and teacher parameters the student lacks (the
-    teacher's one-output layer) are not used. Every parameter both have must have the same
-    shape."""
+    except for `STUDENT_ONLY_MODEL_KEYS`: a head only the student has starts from the
+    teacher's output layer where the model says how (`models.student_head_from_teacher`:
+    the multiple-choice head as noisy copies of it, `key` drawing the noise), and keeps its
+    fresh initialization otherwise. Every parameter both have must have the same shape."""
     teacher = traverse_util.flatten_dict(loaded.teacher.params, sep="/")
     student = traverse_util.flatten_dict(state.params, sep="/")
     mismatched = [
@@ -145,16 +145,18 @@ def init_from_teacher(state, loaded: LoadedTeacher, state_shardings):
             f"train.init_from_teacher: the teacher's parameters in {loaded.directory} do not "
             f"match the student's model: {'; '.join(mismatched) or 'no parameter in common'}"
         )
-    fresh = sorted(set(student) - set(teacher))
-    if fresh:
-        logging.info(
-            "init_from_teacher: %d student-only parameter(s) keep their fresh init: %s",
-            len(fresh),
-            ", ".join(fresh),
-        )
     merged = traverse_util.unflatten_dict(
         {path: teacher.get(path, value) for path, value in student.items()}, sep="/"
     )
+    merged = models.student_head_from_teacher(merged, loaded.teacher.params, key)
+    derived = traverse_util.flatten_dict(merged, sep="/")
+    fresh = sorted(p for p in set(student) - set(teacher) if derived[p] is student[p])
+    if set(student) - set(teacher):
+        logging.info(
+            "init_from_teacher: student-only parameter(s) %s; kept at their fresh init: %s",
+            ", ".join(sorted(set(student) - set(teacher))),
+            ", ".join(fresh) or "none",
+        )
     # Fresh buffers: the train step donates the state, and the teacher's stay in use.
     return state.replace(
         params=jax.device_put(merged, state_shardings.params, may_alias=False),

@@ -222,7 +222,9 @@ def test_multiple_choice_removes_the_blend_band_of_a_smooth_regressor():
 def test_student_with_a_head_of_its_own_starts_from_its_teacher(tmp_path):
     """`hypotheses=K`: the student config sets K on both the model and the objective, the
     teacher check accepts that one model difference (and no other), and
-    `init_from_teacher` copies every parameter both have, leaving the new head fresh."""
+    `init_from_teacher` copies every parameter both have and starts each hypothesis as a
+    noisy copy of the teacher's output layer with a zero score: at init every hypothesis
+    is (nearly) the teacher, and all logits tie."""
     config = consistency_unet_obstacle.get_config(f"tiny,hypotheses={K}")
     assert config.model.num_hypotheses == K and config.objective.num_hypotheses == K
     assert "num_hypotheses" not in config.teacher.model
@@ -245,17 +247,34 @@ def test_student_with_a_head_of_its_own_starts_from_its_teacher(tmp_path):
     )
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: sharding, fresh)
-    state = teacher_lib.init_from_teacher(fresh, loaded, shardings)
+    state = teacher_lib.init_from_teacher(fresh, loaded, shardings, jax.random.key(3))
+    output = teacher_params["final_conv"]
     for tree in (state.params, state.ema_params):
         assert "final_conv" not in tree
-        np.testing.assert_array_equal(
-            tree["hypotheses_conv"]["kernel"], student_params["hypotheses_conv"]["kernel"]
-        )
+        head = {k: np.asarray(v) for k, v in tree["hypotheses_conv"].items()}
+        kernel = head["kernel"].reshape(*output["kernel"].shape[:2], K, A + 1)
+        bias = head["bias"].reshape(K, A + 1)
+        np.testing.assert_array_equal(kernel[..., A], 0.0)  # scores: zero
+        np.testing.assert_array_equal(bias[:, A], 0.0)
+        np.testing.assert_array_equal(bias[:, :A], np.tile(output["bias"], (K, 1)))
+        offsets = kernel[..., :A] - np.asarray(output["kernel"])[:, :, None]
+        scale = np.std(np.asarray(output["kernel"]))
+        assert 0 < np.abs(offsets).max() < 0.1 * scale  # small noise: copies, all distinct
+        assert not np.allclose(offsets[:, :, 0], offsets[:, :, 1])
         shared = {k: v for k, v in teacher_params.items() if k != "final_conv"}
         jax.tree.map(np.testing.assert_array_equal, {k: tree[k] for k in shared}, shared)
+    # At init, every hypothesis's output is the teacher's to within the noise (1%).
+    teacher_model, _ = _model(1)
+    student_model, _ = _model(K)
+    x, t = jax.random.normal(jax.random.key(5), (B, H, A)), jnp.full((B,), 10.0)
+    teacher_out = teacher_model.apply({"params": teacher_params}, _obs(), x, t)
+    student_out = student_model.apply({"params": state.params}, _obs(), x, t)
+    np.testing.assert_allclose(
+        student_out[..., :A], np.broadcast_to(teacher_out[:, None], (B, K, H, A)), rtol=1e-2
+    )
     narrower = jax.tree.map(lambda p: p[..., :1], teacher_params["time_mlp"])
     wrong = dataclasses.replace(
         loaded, teacher=objectives.Teacher(None, {**teacher_params, "time_mlp": narrower})
     )
     with pytest.raises(ValueError, match="time_mlp"):
-        teacher_lib.init_from_teacher(fresh, wrong, shardings)
+        teacher_lib.init_from_teacher(fresh, wrong, shardings, jax.random.key(3))
