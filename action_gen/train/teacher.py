@@ -24,7 +24,7 @@ from action_gen import checkpoint, models, objectives
 
 # Model fields a student initialized from its teacher may set on its own: they add a head
 # the teacher lacks (a multiple-choice head, models/unet1d.py), which `init_from_teacher`
-# leaves at its fresh initialization.
+# derives from the teacher's output layer (`models.student_head_from_teacher`).
 STUDENT_ONLY_MODEL_KEYS = frozenset({"model.num_hypotheses"})
 
 
