@@ -211,7 +211,7 @@ def train(config, windows: dict, norm_stats: dict, teacher=None, log=print):
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     state = program.init_fn(init_rng)
     if teacher is not None and config.train.get("init_from_teacher", False):
-        state = teacher_lib.init_from_teacher(state, teacher, program.state_shardings)
+        state = teacher_lib.init_from_teacher(state, teacher, program.state_shardings, init_rng)
     batches = batch_stream(windows, config.data.batch_size, config.seed)
     tic = time.perf_counter()
     first_step_s = 0.0

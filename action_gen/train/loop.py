@@ -211,9 +211,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         else:
             state = program.init_fn(init_rng)
         if loaded_teacher is not None and config.train.get("init_from_teacher", False):
-            state = teacher_lib.init_from_teacher(
-                state, loaded_teacher, state_shardings, jax.random.fold_in(init_rng, 1)
-            )
+            state = teacher_lib.init_from_teacher(state, loaded_teacher, state_shardings, init_rng)
         start_step = 0
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %.2fM parameters", config.model.name, num_params / 1e6)

@@ -125,14 +125,15 @@ def load_teacher(
     )
 
 
-def init_from_teacher(state, loaded: LoadedTeacher, state_shardings, key: jax.Array):
+def init_from_teacher(state, loaded: LoadedTeacher, state_shardings, init_rng: jax.Array):
     """`state` (fresh) with params and EMA set to the teacher's EMA parameters, laid out
     like the state's (the optimizer state is unchanged: its init does not depend on the
     values). The student's model config equals the teacher's (`check_student_config`)
     except for `STUDENT_ONLY_MODEL_KEYS`: a head only the student has starts from the
     teacher's output layer where the model says how (`models.student_head_from_teacher`:
-    the multiple-choice head as noisy copies of it, `key` drawing the noise), and keeps its
-    fresh initialization otherwise. Every parameter both have must have the same shape."""
+    the multiple-choice head as noisy copies of it, drawn with a key folded from
+    `init_rng`, the key the fresh state was initialized with), and keeps its fresh
+    initialization otherwise. Every parameter both have must have the same shape."""
     teacher = traverse_util.flatten_dict(loaded.teacher.params, sep="/")
     student = traverse_util.flatten_dict(state.params, sep="/")
     mismatched = [
@@ -148,7 +149,8 @@ def init_from_teacher(state, loaded: LoadedTeacher, state_shardings, key: jax.Ar
     merged = traverse_util.unflatten_dict(
         {path: teacher.get(path, value) for path, value in student.items()}, sep="/"
     )
-    merged = models.student_head_from_teacher(merged, loaded.teacher.params, key)
+    head_rng = jax.random.fold_in(init_rng, 1)
+    merged = models.student_head_from_teacher(merged, loaded.teacher.params, head_rng)
     derived = traverse_util.flatten_dict(merged, sep="/")
     fresh = sorted(p for p in set(student) - set(teacher) if derived[p] is student[p])
     if set(student) - set(teacher):
