@@ -9,7 +9,8 @@ update) called from Python num_steps times, the per-step constants passed in as
 arguments, and a single `block_until_ready` at the end (dispatch stays asynchronous).
 Samplers: DDIM-10 and DDPM-100 (diffusion, K = 100) and flow-10 (Euler). Few-step
 samplers ("few_step" of each model, scanned only): consistency (flow parameterization,
-N = 20 grid) and shortcut (the U-Net with its step-size input) at 1, 2 and 4 steps.
+N = 20 grid) and shortcut (the U-Net with its step-size input) at 1, 2 and 4 steps, and
+the consistency sampler as the most stable of 4 candidates at 1 and 2 steps.
 Models (MODELS): DP's Push-T low-dim U-Net (`dp`: down_dims (256, 512, 1024), kernel 5,
 embed 256, obs T=2 x S=20, H=16, A=2), DP's image U-Net (`image`: ResNet18-GN on one
 96 px camera cropped to 84, down_dims (512, 1024, 2048), embed 128, state S=2) and tiny
@@ -348,10 +349,17 @@ def kernel_counts(hlo_text: str) -> dict:
 
 
 # The few-step objectives' samplers: (method, steps), and each method's objective config.
-FEW_STEP = tuple((m, n) for m in ("consistency", "shortcut") for n in (1, 2, 4))
+# best_of_4_consistency: the consistency sampler keeping the most stable of 4 candidate
+# chunks (objectives/from_noise.py `select_stable_candidate`: one program, 8-fold batch),
+# the obstacle config's 1-step policy.
+FEW_STEP = tuple((m, n) for m in ("consistency", "shortcut") for n in (1, 2, 4)) + tuple(
+    ("best_of_4_consistency", n) for n in (1, 2)
+)
+_CONSISTENCY = {"name": "consistency", "parameterization": "flow", "num_teacher_steps": 20}
 FEW_STEP_OBJECTIVES = {
-    "consistency": {"name": "consistency", "parameterization": "flow", "num_teacher_steps": 20},
+    "consistency": _CONSISTENCY,
     "shortcut": {"name": "shortcut"},
+    "best_of_4_consistency": {**_CONSISTENCY, "num_candidates": 4},
 }
 
 

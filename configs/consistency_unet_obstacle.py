@@ -6,7 +6,8 @@ the built-in obstacle task; the whole chain in one command:
 
 trains the teacher in W/teacher (resumed, or reused when W already holds it), then the
 student in W (initialized from the teacher's EMA weights, in the teacher's normalized
-units and horizons), then evaluates the student at 1 step: W/results.json
+units and horizons), then evaluates the student at 1 step (one batched model call that
+keeps the most stable of 4 candidate chunks, `candidates=`): W/results.json
 (`num_sample_steps`, `success_rate`, `collision_rate`, `mode_left_fraction`, ...).
 Other step counts: `--mode=eval --workdir=W --config.eval.num_sample_steps=2` (any S
 that divides into the grid, S <= objective.num_teacher_steps).
@@ -25,8 +26,12 @@ Variants (the arg after ':'; comma-separated, key=value pairs too):
   hypotheses=K   a multiple-choice head of K hypotheses and scores on the student
                  (objectives/consistency.py), trained winner-takes-all and sampled by
                  argmax, each hypothesis starting as a copy of the teacher's output
-                 layer. Experimental: not yet measured on this chain in that form
-                 (BUILD_NOTES, issue 16).
+                 layer. Experimental: on this chain it splits the first chunk's
+                 modes (1.8% blends) but closed loop does worse than one head (80% /
+                 20% collisions at 2,507 steps; BUILD_NOTES, issue 16).
+  candidates=M   sample the most stable of M one-step chunks (default CANDIDATES = 4; 1:
+                 plain sampling); a sampling setting, also `--config.eval.num_candidates=M`
+                 in --mode=eval of a trained student.
   student_steps=N  the student's training steps (default STUDENT_STEPS; `runlocal`'s 3,000
                  keep the chain within 45 minutes). 6,000 measured: 98% / 2% collisions at
                  1 step on an H200 run, 94% / 6% here on 2 CPU cores (BUILD_NOTES, #16).
@@ -43,6 +48,11 @@ FAMILY_FIELDS = {
     "flow": ("time_scale",),
     "diffusion": ("num_train_steps", "schedule", "prediction_type"),
 }
+# Best-of-M sampling by stability (objectives/from_noise.py `select_stable_candidate`):
+# the 1-step student of `runlocal` blends the modes in 8% of its first chunks alone and
+# 0.15% as the most stable of 4 (500 episodes: 94% / 6% collisions -> 100% / 0%; M = 2:
+# 99% / 1%; BUILD_NOTES, issue 16).
+CANDIDATES = 4
 # Student training steps per variant (the teacher keeps its own config's).
 STUDENT_STEPS = {"runlocal": 3_000, "tiny": 4, "": 20_000}
 
@@ -56,12 +66,15 @@ def distillation_config(
     clip_sample: bool = True,
     num_steps: int,
     num_hypotheses: int = 1,
+    num_candidates: int = 1,
 ) -> ml_collections.ConfigDict:
     """`student` (a copy of the teacher's run config: same data, model and horizons) with
     the consistency objective distilling `teacher` (`family`: its objective, "flow" or
     "diffusion"), or, with `teacher_free`, consistency training from data alone;
     `num_hypotheses` K > 1 gives the student a multiple-choice head (the same K in
-    `model.num_hypotheses` and `objective.num_hypotheses`; objectives/consistency.py).
+    `model.num_hypotheses` and `objective.num_hypotheses`; objectives/consistency.py);
+    `num_candidates` M > 1 samples the most stable of M chunks (a sampling setting,
+    objectives/from_noise.py `select_stable_candidate`).
     Shared by the obstacle and Meta-World distillation configs."""
     num_sample_steps = ml_collections.FieldReference(1)
     clip = ml_collections.FieldReference(bool(clip_sample))
@@ -89,6 +102,12 @@ def distillation_config(
     objective.sigma_data = 0.0
     objective.clip_sample = clip
     objective.num_sample_steps = num_sample_steps
+    # Best-of-M by stability (sampling only): M chunks from independent noises in one
+    # batched call, the one least moved by a δ-perturbation of its noise kept; it avoids
+    # the blends a one-step map makes between modes (BUILD_NOTES, issue 16).
+    candidates = ml_collections.FieldReference(int(num_candidates))
+    objective.num_candidates = candidates
+    objective.candidate_perturbation = 0.1
     if teacher_free:
         objective.teacher_workdir = ""
         objective.teacher_solver = "data"
@@ -106,6 +125,7 @@ def distillation_config(
     student.train.num_steps = int(num_steps)
     student.eval.num_sample_steps = num_sample_steps
     student.eval.clip_sample = clip
+    student.eval.num_candidates = candidates  # --mode=eval overrides the checkpoint's
     return student
 
 
@@ -146,11 +166,17 @@ def get_config(arg=None):
         )
     variant = "runlocal" if "runlocal" in flags else ("tiny" if "tiny" in flags else "")
     base_arg = {"runlocal": "demo", "tiny": "runlocal", "": ""}[variant]
-    unknown_values = set(values) - {"teacher", "seed", "student_steps", "hypotheses"}
+    unknown_values = set(values) - {
+        "teacher",
+        "seed",
+        "student_steps",
+        "hypotheses",
+        "candidates",
+    }
     if unknown_values:
         raise ValueError(
             f"configs/consistency_unet_obstacle.py: unknown setting(s) {sorted(unknown_values)}; "
-            "use teacher=, seed=, student_steps=, hypotheses="
+            "use teacher=, seed=, student_steps=, hypotheses=, candidates="
         )
     if "seed" in values:
         base_arg = ",".join(t for t in (base_arg, f"seed={values['seed']}") if t)
@@ -168,6 +194,7 @@ def get_config(arg=None):
         clip_sample=True,
         num_steps=int(values.get("student_steps", STUDENT_STEPS[variant])),
         num_hypotheses=int(values.get("hypotheses", 1)),
+        num_candidates=int(values.get("candidates", CANDIDATES)),
     )
     if variant == "runlocal":
         config.optimizer.lr = 3e-4

@@ -9,7 +9,7 @@ import re
 import jax
 import ml_collections
 
-from action_gen import envs
+from action_gen import envs, objectives
 from action_gen.data import schema
 from action_gen.eval import media, metrics, plots, rollout
 from action_gen.sample.policy import Policy
@@ -137,6 +137,17 @@ def env_slug(env: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", env.split(":", 1)[-1]).strip("_")
 
 
+def sampling_overrides(eval_config: ml_collections.ConfigDict) -> dict:
+    """The objective's sampling settings that `eval_config` sets besides num_sample_steps
+    and clip_sample (e.g. `eval.num_candidates`): they override the checkpoint's stored
+    values, as those two do."""
+    return {
+        key: eval_config[key]
+        for key in eval_config
+        if key in objectives.SAMPLING_FIELDS and key not in ("num_sample_steps", "clip_sample")
+    }
+
+
 def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) -> dict:
     """Restores the latest checkpoint in `workdir`, evaluates it, and writes
     `results.json`, `rollouts.npz` and (if `eval_config.plot`) `rollouts.png` there.
@@ -152,6 +163,7 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
         use_ema=eval_config.use_ema,
         num_sample_steps=eval_config.num_sample_steps,
         clip_sample=eval_config.get("clip_sample"),
+        sampling=sampling_overrides(eval_config),
     )
     env_names = _env_list(eval_config.env)
     if not env_names:

@@ -149,6 +149,7 @@ class Policy:
         use_ema: bool = True,
         num_sample_steps: int | None = None,
         clip_sample: bool | None = None,
+        sampling: dict | None = None,
         param_dtype: str | None = None,
         batch_sizes=(),
         dataset: str | None = None,
@@ -168,6 +169,9 @@ class Policy:
           use_ema: restore the EMA parameters (else the raw ones).
           num_sample_steps, clip_sample: override the sampler settings (None: as in the
             config); they change how the model is sampled, not what it learned.
+          sampling: other sampling settings of the objective to override, e.g.
+            {"num_candidates": 4} (each must be in `objectives.SAMPLING_FIELDS` and one the
+            objective's sampler takes; None or {}: as in the config).
           param_dtype: serve with parameters in this dtype (default: the model's compute
             dtype, `config.model.dtype`; "float32" keeps the master weights' precision).
           batch_sizes: compile the sampler ahead of time for these batch sizes (`compile`).
@@ -203,6 +207,14 @@ class Policy:
                     f"{ckpt_dir} has no clip_sample setting"
                 )
             config.objective.clip_sample = bool(clip_sample)
+        for key, value in (sampling or {}).items():
+            if key not in objectives.SAMPLING_FIELDS or key == "num_sample_steps":
+                raise ValueError(
+                    f"sampling override {key!r} is not a sampling setting of an objective; "
+                    f"known: {sorted(objectives.SAMPLING_FIELDS - {'num_sample_steps'})}"
+                )
+            with config.unlocked():
+                config.objective[key] = value
         _, abstract_params = models.abstract_checkpoint_params(config, norm_stats)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 

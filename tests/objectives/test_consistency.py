@@ -14,6 +14,7 @@ import pytest
 from action_gen import checkpoint, main, models, objectives
 from action_gen.data import schema
 from action_gen.objectives import consistency, diffusion
+from action_gen.sample.policy import Policy
 from action_gen.train import teacher as teacher_lib
 from configs import consistency_unet_obstacle
 
@@ -320,3 +321,13 @@ def test_distillation_chain_teacher_student_one_step_eval(tmp_path):
     assert main.train_teacher(config, workdir)  # a finished teacher is reused as it is
     assert metadata(f"{workdir}/teacher/checkpoints")[0] == teacher_steps
     assert student_steps == [2]
+    # The 1-step eval keeps the most stable of the config's candidates; --mode=eval under
+    # `eval.num_candidates` (linked to the objective's) overrides the checkpoint's value.
+    assert results["num_candidates"] == consistency_unet_obstacle.CANDIDATES > 1
+    config.eval.num_candidates = 1
+    assert config.objective.num_candidates == 1
+    assert main.run(config, workdir, "eval")["num_candidates"] == 1
+    with pytest.raises(ValueError, match="'schedule' is not a sampling setting"):
+        Policy.from_checkpoint(workdir, sampling={"schedule": "linear"})
+    with pytest.raises(ValueError, match="does not take"):
+        Policy.from_checkpoint(workdir, sampling={"eta": 0.5})  # a diffusion setting
