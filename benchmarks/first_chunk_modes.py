@@ -19,7 +19,8 @@ collision rate is an upper bound of the closed-loop one; the blend fraction is t
 quantity a few-step method has to drive down.
 
   python benchmarks/first_chunk_modes.py --workdir=W [--teacher=W/teacher] \
-      [--num_sample_steps=1,2] [--checkpoint_steps=2000,3000] [--starts=20] [--samples=200]
+      [--num_sample_steps=1,2] [--checkpoint_steps=2000,3000] [--num_candidates=4]
+      [--starts=20] [--samples=200]
 
 prints one JSON object per (policy, steps). Needs no TensorFlow.
 """
@@ -97,6 +98,13 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--checkpoint_steps", default="", help="e.g. 2000,3000 (default: the latest)"
     )
+    parser.add_argument(
+        "--num_candidates",
+        type=int,
+        default=None,
+        help="sample the most stable of M chunks (objectives/from_noise.py; default: the "
+        "run's stored setting); not applied to --teacher",
+    )
     parser.add_argument("--starts", type=int, default=20)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument(
@@ -109,15 +117,20 @@ def main(argv=None) -> None:
     def ints(text):
         return [int(s) for s in text.split(",") if s] or [None]
 
+    student_sampling = (
+        {} if args.num_candidates is None else {"num_candidates": args.num_candidates}
+    )
     runs = [
-        (args.workdir, s, c)
+        (args.workdir, s, c, student_sampling)
         for c in ints(args.checkpoint_steps)
         for s in ints(args.num_sample_steps)
     ]
     if args.teacher:
-        runs.append((args.teacher, None, None))
-    for workdir, num_steps, checkpoint_step in runs:
-        policy = Policy.from_checkpoint(workdir, step=checkpoint_step, num_sample_steps=num_steps)
+        runs.append((args.teacher, None, None, {}))
+    for workdir, num_steps, checkpoint_step, sampling in runs:
+        policy = Policy.from_checkpoint(
+            workdir, step=checkpoint_step, num_sample_steps=num_steps, sampling=sampling
+        )
         extra = set(policy.observation_spec) - {schema.OBS_STATE, schema.OBS_PAD_MASK}
         if extra:
             raise ValueError(
@@ -137,6 +150,7 @@ def main(argv=None) -> None:
                     "workdir": workdir,
                     "checkpoint_step": checkpoint_step,  # None: the latest
                     "objective": policy.config.objective.name,
+                    **policy.objective.sampling_settings,
                     "num_sample_steps": policy.num_sample_steps,
                     **stats,
                 }

@@ -107,7 +107,8 @@ def distillation_config(
     # the blends a one-step map makes between modes (BUILD_NOTES, issue 16).
     candidates = ml_collections.FieldReference(int(num_candidates))
     objective.num_candidates = candidates
-    objective.candidate_perturbation = 0.1
+    perturbation = ml_collections.FieldReference(0.1)
+    objective.candidate_perturbation = perturbation
     if teacher_free:
         objective.teacher_workdir = ""
         objective.teacher_solver = "data"
@@ -125,7 +126,9 @@ def distillation_config(
     student.train.num_steps = int(num_steps)
     student.eval.num_sample_steps = num_sample_steps
     student.eval.clip_sample = clip
-    student.eval.num_candidates = candidates  # --mode=eval overrides the checkpoint's
+    # Linked sampling settings: --mode=eval overrides the checkpoint's values with these.
+    student.eval.num_candidates = candidates
+    student.eval.candidate_perturbation = perturbation
     return student
 
 

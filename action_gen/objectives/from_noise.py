@@ -81,7 +81,8 @@ def select_stable_candidate(
     the pair (x_m, x_m + δ u_m) with the observation unbatched, so observation-only work
     (an encoder, π0's prefix) is not repeated and the sampler's step count is unchanged;
     the network's batch grows 2M-fold. The score covers every entry of the chunk, padded
-    action dims included.
+    action dims included. Only `sample` selects: `sample_from_noise` (given noise) and the
+    guided sampler of real-time chunking draw one chunk per observation.
 
     Args:
       run: (rng, noise [B, H, A]) -> chunk [B, H, A], the sampler from a given noise.

@@ -91,3 +91,19 @@ def test_consistency_distillation_of_a_pi0_teacher():
         plain_chunk = objective(2).sample(uncached, student, obs, jax.random.key(5), steps)
         assert cached_chunk.shape == (B, H, A)
         np.testing.assert_allclose(np.asarray(cached_chunk), np.asarray(plain_chunk), atol=1e-5)
+
+
+def test_best_of_m_sampling_on_pi0():
+    """Best-of-M sampling by stability (`num_candidates`) runs π0's sampler vmapped over
+    the candidates with the observation unbatched: the chunk with the prefix KV cache
+    equals the one without it."""
+    model, obs, params, _ = _setup()
+    config = dict(name="flow", time_scale=100.0, clip_sample=False, num_candidates=3)
+    objective = objectives.create_objective(config, (H, A))
+    rng = jax.random.key(6)
+    chunks = [
+        jax.jit(lambda p, r, f=apply: objective.sample(f, p, obs, r, 2))(params, rng)
+        for apply in (models.make_apply_fn(model), models.make_uncached_apply_fn(model))
+    ]
+    assert chunks[0].shape == (B, H, A) and np.isfinite(np.asarray(chunks[0])).all()
+    np.testing.assert_allclose(np.asarray(chunks[0]), np.asarray(chunks[1]), atol=1e-5)
