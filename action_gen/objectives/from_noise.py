@@ -153,15 +153,10 @@ def sampler(sample_from_noise: Callable, *, split_key: bool) -> Callable:
         )
 
     signature = inspect.signature(sample_from_noise)
-    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    selection = inspect.signature(sample).parameters  # its own defaults, written once
     sample.__signature__ = signature.replace(
         parameters=[p for name, p in signature.parameters.items() if name != "noise"]
-        + [
-            inspect.Parameter("num_candidates", keyword_only, default=1, annotation=int),
-            inspect.Parameter(
-                "candidate_perturbation", keyword_only, default=0.1, annotation=float
-            ),
-        ]
+        + [selection["num_candidates"], selection["candidate_perturbation"]]
     )
     sample.__module__ = sample_from_noise.__module__
     key_use = (
