@@ -66,6 +66,8 @@ def config_differences(
 # (`check_dataset_identity`).
 # `lora` and the optimizer's trainable / frozen split fix the train state's tree (adapters,
 # which leaves carry optimizer state and EMA): resuming under another layout cannot work.
+# A robot adapter's conventions (joints, delta actions, widths) fix the units of the model's
+# inputs and outputs; its default prompt and where a dataset keeps each part do not.
 FIXED_SECTIONS = ("model", "objective", "lora")
 FIXED_KEYS = (
     "data.obs_horizon",
@@ -74,6 +76,12 @@ FIXED_KEYS = (
     "data.action_norm",
     "optimizer.trainable",
     "optimizer.frozen_dtype",
+    "robot.name",
+    "robot.state",
+    "robot.state_dims",
+    "robot.action_dim",
+    "robot.delta_action_dims",
+    "robot.joints",
 )
 
 

@@ -94,8 +94,12 @@ def measure_stream(
     obs_horizon: int = 2,
     action_horizon: int = 16,
 ) -> dict:
-    """Steady-state windows/s of the training stream over the RLDS dataset at `path`."""
-    from action_gen.data import pipeline
+    """Steady-state windows/s of the training stream over the RLDS dataset at `path`: the
+    tf.data stream and the host transform pipeline (normalization), as the train loop runs
+    them."""
+    import ml_collections
+
+    from action_gen.data import pipeline, transforms
 
     start = time.perf_counter()
     stats = pipeline.compute_dataset_norm_stats(path)
@@ -108,7 +112,12 @@ def measure_stream(
         norm_stats=stats,
         shuffle_buffer=shuffle_buffer,
     )
-    iterator = pipeline.iterate_numpy_batches(dataset)
+    config = ml_collections.ConfigDict(
+        {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": obs_horizon},
+         "model": {}}
+    )  # fmt: skip
+    transform = transforms.create_pipeline(config, stats)
+    iterator = (transform.inputs(b)[0] for b in pipeline.iterate_numpy_batches(dataset))
     start = time.perf_counter()
     next(iterator)
     first_s = time.perf_counter() - start

@@ -110,7 +110,7 @@ def _teacher_config(config):
 def export(spec: str, data_dir: str, max_batches: int, patience: int) -> None:
     """Writes every distinct training window of `spec`'s data to `data_dir`."""
     from action_gen import main as cli
-    from action_gen.data import normalize, pipeline, transforms
+    from action_gen.data import pipeline, transforms
     from action_gen.train import loop
 
     config = load_config(spec)
@@ -134,12 +134,14 @@ def export(spec: str, data_dir: str, max_batches: int, patience: int) -> None:
         action_horizon=data.action_horizon,
         batch_size=data.batch_size,
         norm_stats=norm_stats,
-        state_norm=data.state_norm,
-        action_norm=data.action_norm,
         shuffle_buffer=data.shuffle_buffer,
         seed=teacher.seed,
     )
-    prepare = transforms.make_batch_preparer(teacher, normalize.feature_dims(norm_stats)[1])
+    transform = transforms.create_pipeline(teacher, norm_stats)
+
+    def prepare(batch):
+        return transform.inputs(batch)[0]
+
     batches = pipeline.iterate_numpy_batches(dataset)
     seen, rows = set(), {}
     since_new = 0

@@ -145,3 +145,63 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
         config.eval.num_episodes = 4
         num_sample_steps.set(3)
     return config
+
+
+# The π0 expert's own input/output projections (not transformer layers).
+PI0_HEADS = "state_proj|action_in_proj|time_mlp_in|time_mlp_out|action_out"
+FINETUNE_VARIANTS = {"lora", "frozen_backbone"}
+
+
+def pi0_finetune_layout(config, flags, frozen_dtype: str = "") -> None:
+    """Declares `config.lora` (rank 0: off) and `optimizer.{trainable, frozen_dtype}`, and
+    fills them for the fine-tuning variant in `flags`:
+      lora             LoRA (rank 16, alpha 16) on every attention (q, kv, out) and MLP
+                       (gate_up, down) kernel of the backbone and the expert; the expert's
+                       input/output projections train fully, all other base weights frozen.
+      frozen_backbone  the backbone (ViT, image projection, token embedding, backbone
+                       layers) frozen; the expert and its projections train.
+      (neither)        full fine-tuning.
+    `frozen_dtype` holds the frozen leaves (e.g. "bfloat16"; "" keeps float32)."""
+    if {"lora", "frozen_backbone"} <= set(flags):
+        raise ValueError("choose one of lora, frozen_backbone")
+    config.lora = ml_collections.ConfigDict()
+    config.lora.rank = 0  # > 0: LoRA adapters (models/lora.py)
+    config.lora.alpha = 16.0
+    # Per-layer (backbone_0/q/kernel) or scanned (layers/backbone/q/kernel [L, I, O]).
+    config.lora.targets = r"(backbone|expert)[^/]*/(q|kv|out|gate_up|down)/kernel$"
+    config.optimizer.trainable = ""  # regex over parameter paths; "" = every leaf
+    config.optimizer.frozen_dtype = ""
+    if "lora" in flags:
+        config.lora.rank = 16
+        config.optimizer.trainable = f"^({PI0_HEADS})/"
+        config.optimizer.frozen_dtype = frozen_dtype
+    if "frozen_backbone" in flags:
+        config.optimizer.trainable = rf"(^|/)(expert[^/]*|{PI0_HEADS})/"
+        config.optimizer.frozen_dtype = frozen_dtype
+
+
+def robot_section(name: str = "") -> ml_collections.ConfigDict:
+    """`config.robot`: a robot adapter (action_gen/data/robots.py) by `name` ("" = our own
+    layout), every other field empty = the named entry's value; set any of them to override
+    it, or all of cameras / state / state_dims / action_dim for a robot of your own:
+      cameras            "slot=client key,..."             optional_cameras  "k1,k2"
+      state              "key1,key2" (concatenated)        state_dims        "7,1"
+      action_dim         int                               delta_action_dims "6,-1,6,-1"
+      joints             none | aloha_pi                   image_layout      hwc_or_chw | chw
+      default_prompt     text of a request / episode without an instruction
+      dataset            "client key=dataset feature,...": where a dataset keeps each part
+                         ("actions" and "prompt" for the action and instruction features)
+    """
+    robot = ml_collections.ConfigDict()
+    robot.name = name
+    robot.cameras = ""
+    robot.optional_cameras = ""
+    robot.image_layout = ""
+    robot.state = ""
+    robot.state_dims = ""
+    robot.action_dim = 0
+    robot.delta_action_dims = ""
+    robot.joints = ""
+    robot.default_prompt = ""
+    robot.dataset = ""
+    return robot

@@ -43,7 +43,7 @@ from configs import common
 
 def get_config(arg=None):
     flags, values = common.parse_arg(arg)
-    known = {"runlocal", "pi0", "smoke", "lora", "frozen_backbone"}
+    known = {"runlocal", "pi0", "smoke"} | common.FINETUNE_VARIANTS
     unknown = flags - known
     if unknown:
         raise ValueError(f"unknown config variant(s) {sorted(unknown)}; use {sorted(known)}")
@@ -92,20 +92,6 @@ def get_config(arg=None):
         config.train.checkpoint_every = 1_000
         config.eval.num_episodes = 100
 
-    # The expert's own input/output projections (not transformer layers).
-    heads = "state_proj|action_in_proj|time_mlp_in|time_mlp_out|action_out"
     config.train.init_from = ""  # a run dir / checkpoint dir to fine-tune from
-    if "lora" in flags:
-        config.lora = ml_collections.ConfigDict()
-        config.lora.rank = 16
-        config.lora.alpha = 16.0
-        # Per-layer (backbone_0/q/kernel) or scanned (layers/backbone/q/kernel [L, I, O]).
-        config.lora.targets = r"(backbone|expert)[^/]*/(q|kv|out|gate_up|down)/kernel$"
-        config.optimizer.trainable = f"^({heads})/"
-        config.optimizer.frozen_dtype = "bfloat16" if "pi0" in flags else ""
-    if "frozen_backbone" in flags:
-        if "lora" in flags:
-            raise ValueError("choose one of lora, frozen_backbone")
-        config.optimizer.trainable = rf"(^|/)(expert[^/]*|{heads})/"
-        config.optimizer.frozen_dtype = "bfloat16" if "pi0" in flags else ""
+    common.pi0_finetune_layout(config, flags, frozen_dtype="bfloat16" if "pi0" in flags else "")
     return config

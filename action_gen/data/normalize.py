@@ -178,8 +178,11 @@ def _bounds(stats: Mapping, mode: str) -> tuple[np.ndarray, np.ndarray]:
     return (hi + lo) / 2, (hi - lo) / 2
 
 
-def _affine(stats: Mapping, mode: str, inverse: bool) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (scale, offset) of normalize (or of unnormalize if ``inverse``)."""
+def _affine(
+    stats: Mapping, mode: str, inverse: bool, dtype=np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) of normalize (or of unnormalize if ``inverse``), computed in float64
+    and returned in ``dtype`` (float32 by default)."""
     center, half = _bounds(stats, mode)
     constant = half < _EPS / 2 if mode != "meanstd" else half < _EPS
     safe = np.where(constant, 1.0, half)
@@ -197,7 +200,7 @@ def _affine(stats: Mapping, mode: str, inverse: bool) -> tuple[np.ndarray, np.nd
     else:
         scale = np.where(constant, 0.0, 1.0 / safe)
         offset = np.where(constant, 0.0, -center / safe)
-    return scale.astype(np.float32), offset.astype(np.float32)
+    return scale.astype(dtype), offset.astype(dtype)
 
 
 def normalize(x, stats: Mapping, mode: str):
@@ -302,13 +305,13 @@ DATASETS = "_datasets"
 CAMERAS = "_cameras"
 
 
-def affine_params(stats: Mapping, mode: str, *, inverse: bool = False):
-    """float32 (scale [D], offset [D]) with normalize(x) = x * scale + offset (or of
+def affine_params(stats: Mapping, mode: str, *, inverse: bool = False, dtype=np.float32):
+    """(scale [D], offset [D]) in ``dtype`` with normalize(x) = x * scale + offset (or of
     unnormalize with ``inverse``); mode "none" is (1, 0)."""
     if mode == "none":
         dim = len(stats["min"])
-        return np.ones(dim, np.float32), np.zeros(dim, np.float32)
-    return _affine(stats, mode, inverse=inverse)
+        return np.ones(dim, dtype), np.zeros(dim, dtype)
+    return _affine(stats, mode, inverse=inverse, dtype=dtype)
 
 
 def pad_stats(stats: Mapping, dim: int) -> dict:

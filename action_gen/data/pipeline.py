@@ -1,9 +1,11 @@
-"""The training input stream: RLDS episodes -> windows -> shuffled, normalized batches.
+"""The training input stream: RLDS episodes -> windows -> shuffled batches, in the robot's units.
 
 Per dataset (this process's share of its episodes), the stream is a sequence of *blocks*:
 
     block j = the episodes at positions [jE, (j+1)E) of the infinite episode sequence
-              (epoch e = a seeded permutation of all N episodes, stateless in (seed, e))
+              (epoch e = a seeded permutation of all N episodes, stateless in (seed, e));
+              E = min(N, max(`episodes_per_block`, the episodes the shuffle buffer holds)),
+              so a dataset that fits the buffer is one block per epoch (a global shuffle)
       -> read by byte offset (rlds.episode_index / read_episodes: no earlier episode read)
       -> standardized (data/standardize.py; foreign layouts only), filtered
       -> windows, one per step (windows.make_windows), padded to the run's state / action
@@ -13,9 +15,10 @@ Per dataset (this process's share of its episodes), the stream is a sequence of 
 
 Several datasets are mixed window by window: in every run of Q consecutive windows
 dataset d contributes exactly q_d = round(Q w_d / sum w) of them (largest remainder), in
-an order permuted by (seed, run index). Then: batch (drop remainder) -> per-window
-normalization with the window's own dataset's stats (`normalize.DATASETS`), camera crop
--> prefetch.
+an order permuted by (seed, run index). Then: batch (drop remainder) -> camera crop ->
+prefetch. Each window carries `schema.DATASET_INDEX`; the run's transform pipeline
+(data/transforms.py: robot conventions, delta actions, normalization with the window's own
+dataset's stats, prompt, padding) runs on the host batches, as it does for a served policy.
 
 Every position is a closed-form function of (seed, window index), so resuming at batch k
 does not replay the stream: window n = k * B is block n // M at offset n % M (mixtures:
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 NORM_STATS_FILE = "action_gen_norm_stats.json"
 _FINGERPRINT = "_fingerprint"
 _EPISODES = "_episodes"
+_STEPS = "_steps"
 # Defaults of the block stream (module docstring): episodes per block E, and Q, the run of
 # windows over which a mixture's quotas are exact.
 EPISODES_PER_BLOCK = 64
@@ -55,10 +59,11 @@ def dataset_fingerprint(data_dir) -> str:
     return hashlib.sha256((path / rlds.DATASET_INFO).read_bytes()).hexdigest()
 
 
-def _accumulate_norm_stats(path, state_acc, action_acc, mapping=None) -> int:
+def _accumulate_norm_stats(path, state_acc, action_acc, mapping=None, rows=None):
     """Feeds every episode's states and actions of the RLDS dataset at `path` (images not
-    decoded; standardized by `mapping` when given) into the two accumulators; returns the
-    number of episodes fed (after the mapping's filters)."""
+    decoded; standardized by `mapping` when given; through `rows(state, action) -> (state
+    rows, action rows)` when given: the model-space rows of data/transforms.py) into the two
+    accumulators; returns (episodes fed after the mapping's filters, their steps)."""
     episodes = rlds.load_rlds_episodes(path, decode_images=False)
     if mapping is not None:
         described = standardize.describe_features(rlds.load_builder(path).info.features)
@@ -68,37 +73,47 @@ def _accumulate_norm_stats(path, state_acc, action_acc, mapping=None) -> int:
     episodes = episodes.map(
         lambda tr: (tr[schema.RLDS_OBSERVATION][schema.RLDS_STATE], tr[schema.RLDS_ACTION])
     )
-    count = 0
+    count = steps = 0
     for state, action in _reraise_data_loss(episodes.as_numpy_iterator()):
-        state_acc.update(state.reshape(state.shape[0], -1))
-        action_acc.update(action.reshape(action.shape[0], -1))
+        state = state.reshape(state.shape[0], -1)
+        action = action.reshape(action.shape[0], -1)
+        steps += len(action)
+        if rows is not None:
+            state, action = rows(state, action)
+        state_acc.update(state)
+        action_acc.update(action)
         count += 1
-    return count
+    return count, steps
 
 
-def compute_dataset_norm_stats(data_dir, cache: bool = True, *, mapping=None, name=None) -> dict:
+def compute_dataset_norm_stats(
+    data_dir, cache: bool = True, *, mapping=None, name=None, rows=None, rows_tag: str = ""
+) -> dict:
     """Normalization stats of observation/state and action over a whole RLDS dataset.
 
     One streaming pass over the episodes (images are not decoded); with `mapping` (a
-    foreign layout, data/standardize.py) over the standardized states and actions. With
+    foreign layout, data/standardize.py) over the standardized states and actions; with
+    `rows` (`transforms.model_space_rows`: a robot's joint convention, delta actions) over
+    what the model is fed before normalization, `rows_tag` naming it in the cache file. With
     ``cache``, the result is stored beside the dataset as ``action_gen_norm_stats.json``
-    (``action_gen_norm_stats_<name>_<mapping hash>.json`` for a mapping) together with a
-    fingerprint of dataset_info.json; a cache whose fingerprint no longer matches (the
-    dataset was rewritten) is recomputed. A read-only dataset directory only loses the
-    cache (with a warning).
+    (``action_gen_norm_stats_<name>_<mapping hash>[_<rows_tag>].json`` for a mapping)
+    together with a fingerprint of dataset_info.json; a cache whose fingerprint no longer
+    matches (the dataset was rewritten) is recomputed. A read-only dataset directory only
+    loses the cache (with a warning).
 
     Returns:
-      ``{"state": stats, "actions": stats, "_fingerprint": str, "_episodes": int}``
-      (see normalize.py; ``_episodes``: episodes kept, for the stream's block size).
+      ``{"state": stats, "actions": stats, "_fingerprint": str, "_episodes": int,
+      "_steps": int}`` (see normalize.py; ``_episodes`` / ``_steps``: episodes kept and
+      their steps, for the stream's block size).
     """
     path = rlds.resolve_dataset_dir(data_dir)
     fingerprint = dataset_fingerprint(path)
     cache_file = path / NORM_STATS_FILE
-    if mapping is not None:
+    if mapping is not None or rows_tag:
         slug = sources.task_slug(name or "mapped")
-        cache_file = (
-            path / f"action_gen_norm_stats_{slug}_{standardize.mapping_fingerprint(mapping)}.json"
-        )
+        digest = standardize.mapping_fingerprint(mapping) if mapping is not None else "native"
+        tag = f"_{sources.task_slug(rows_tag)}" if rows_tag else ""
+        cache_file = path / f"action_gen_norm_stats_{slug}_{digest}{tag}.json"
     if cache and cache_file.exists():
         try:
             stats = norm.load_norm_stats(cache_file)
@@ -111,7 +126,7 @@ def compute_dataset_norm_stats(data_dir, cache: bool = True, *, mapping=None, na
 
     state_acc = norm.NormStatsAccumulator()
     action_acc = norm.NormStatsAccumulator()
-    episodes = _accumulate_norm_stats(path, state_acc, action_acc, mapping)
+    episodes, steps = _accumulate_norm_stats(path, state_acc, action_acc, mapping, rows)
     if not episodes:
         raise ValueError(f"RLDS dataset {path}: no episode left after the mapping's filters")
     stats = {
@@ -119,6 +134,7 @@ def compute_dataset_norm_stats(data_dir, cache: bool = True, *, mapping=None, na
         norm.ACTIONS: action_acc.finalize(),
         _FINGERPRINT: fingerprint,
         _EPISODES: episodes,
+        _STEPS: steps,
     }
     if cache:
         try:
@@ -135,8 +151,6 @@ def create_train_dataset(
     action_horizon: int,
     batch_size: int,
     norm_stats: Mapping,
-    state_norm: str = "minmax",
-    action_norm: str = "minmax",
     shuffle_buffer: int = 10_000,
     seed: int = 0,
     shard_index: int = 0,
@@ -151,7 +165,8 @@ def create_train_dataset(
     episodes_per_block: int = EPISODES_PER_BLOCK,
     mixture_block: int = MIXTURE_BLOCK,
 ) -> tf.data.Dataset:
-    """Infinite, deterministic stream of normalized training batches (module docstring).
+    """Infinite, deterministic stream of training batches, not yet normalized (module
+    docstring; `transforms.TransformPipeline.inputs` prepares them for the model).
 
     Args:
       data_dir: RLDS dataset directory (see ``rlds.load_rlds_episodes``), or a list of
@@ -159,10 +174,9 @@ def create_train_dataset(
       obs_horizon: T, observations per window.
       action_horizon: H, actions per window.
       batch_size: B per process.
-      norm_stats: ``{"state": ..., "actions": ...}`` (``compute_dataset_norm_stats``) used
-        for every dataset, or with per-dataset stats under ``normalize.DATASETS`` (keyed by
-        ``dataset_names``): each window is normalized with its own dataset's.
-      state_norm, action_norm: normalization modes (``normalize.MODES``).
+      norm_stats: ``{"state": ..., "actions": ...}`` (``compute_dataset_norm_stats``), or
+        with per-dataset stats under ``normalize.DATASETS`` (keyed by ``dataset_names``):
+        the run's state / action dims and each dataset's own dims and mean episode length.
       shuffle_buffer: windows in the shuffle buffer (per block).
       seed: seed of every permutation and shuffle.
       shard_index, num_shards: this process's share of the episodes.
@@ -183,13 +197,11 @@ def create_train_dataset(
 
     Returns:
       Batches ``OBS_STATE`` [B, T, S] float32, ``OBS_PAD_MASK`` [B, T] bool, ``ACTIONS``
-      [B, H, A] float32, ``ACTION_PAD_MASK`` [B, H] bool, ``PROMPT`` [B] string,
+      [B, H, A] float32 (raw: the dataset's units, a dataset's missing dims 0),
+      ``ACTION_PAD_MASK`` [B, H] bool, ``PROMPT`` [B] string, ``DATASET_INDEX`` [B] int32,
       ``image_key(cam)`` [B, T, h, w, 3] uint8 per camera, optional
-      ``image_mask_key(cam)`` [B] bool and ``ACTION_DIM_MASK`` [B, A] bool.
+      ``image_mask_key(cam)`` [B] bool.
     """
-    for mode in (state_norm, action_norm):
-        if mode not in norm.MODES:
-            raise ValueError(f"unknown normalization mode {mode!r}; expected one of {norm.MODES}")
     norm.validate_norm_stats(norm_stats, source="norm_stats")
     if start_batch < 0:
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
@@ -207,9 +219,13 @@ def create_train_dataset(
         norm.dataset_stats(norm_stats, n if norm.DATASETS in norm_stats else None) for n in names
     ]
     state_dim, action_dim = norm.feature_dims(norm_stats)
-    dims = [norm.feature_dims(s) for s in own]
-    tables = _normalization_tables(own, state_dim, action_dim, state_norm, action_norm)
-    heterogeneous = len({a for _, a in dims}) > 1
+    for i, stats in enumerate(own):
+        s, a = norm.feature_dims(stats)
+        if s > state_dim or a > action_dim:
+            raise ValueError(
+                f"dataset {i} has (state, action) dims {(s, a)}, more than the run's "
+                f"{(state_dim, action_dim)} (norm_stats' top-level dims)"
+            )
 
     cameras = {str(k): tuple(int(x) for x in v) for k, v in (cameras or {}).items()}
     checked = [
@@ -245,7 +261,8 @@ def create_train_dataset(
         total_episodes = own[i].get(_EPISODES) or norm_stats.get(_EPISODES)
         if not total_episodes:
             total_episodes = index.builder.info.splits[split.split("[")[0]].num_examples
-        mean_length = own[i][norm.ACTIONS]["count"] / max(1, int(total_episodes))
+        steps = own[i].get(_STEPS) or norm_stats.get(_STEPS) or own[i][norm.ACTIONS]["count"]
+        mean_length = steps / max(1, int(total_episodes))
         streams.append(
             _block_stream(
                 index,
@@ -260,57 +277,17 @@ def create_train_dataset(
     _check_same_fields(streams, data_dirs)
     ds = streams[0] if count == 1 else _mix(streams, mixing, seed, start_batch * batch_size)
     ds = ds.batch(batch_size, drop_remainder=True)
-    # The batch index seeds the crop offsets: the stream stays a function of the seed.
-    ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, 2**62), ds)
-    state_scale, state_offset, action_scale, action_offset, dim_masks = (
-        tf.constant(t) for t in tables
-    )
-
-    def normalize_batch(index, batch):
-        batch = dict(batch)
-        which = batch.pop(_DATASET)
-        if image_crop:
-            batch = augment.crop_batch_images(batch, image_crop, seed, index)
-        batch[schema.OBS_STATE] = (
-            batch[schema.OBS_STATE] * tf.gather(state_scale, which)[:, None, :]
-            + tf.gather(state_offset, which)[:, None, :]
+    if image_crop:
+        # The batch index seeds the crop offsets: the stream stays a function of the seed.
+        ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, 2**62), ds)
+        ds = ds.map(
+            lambda index, batch: augment.crop_batch_images(batch, image_crop, seed, index),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
-        batch[schema.ACTIONS] = (
-            batch[schema.ACTIONS] * tf.gather(action_scale, which)[:, None, :]
-            + tf.gather(action_offset, which)[:, None, :]
-        )
-        if heterogeneous:
-            batch[schema.ACTION_DIM_MASK] = tf.gather(dim_masks, which)
-        return batch
-
-    ds = ds.map(normalize_batch, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)
-
-
-# Window key of the dataset a window comes from (int32; consumed by normalize_batch).
-_DATASET = "_dataset"
-
-
-def _normalization_tables(own, state_dim, action_dim, state_norm, action_norm):
-    """float32 tables [D, S] / [D, A] of each dataset's (scale, offset), padded dims 0,
-    and the action-dim masks [D, A] (True on each dataset's own dims)."""
-    tables = [np.zeros((len(own), state_dim), np.float32) for _ in range(2)]
-    tables += [np.zeros((len(own), action_dim), np.float32) for _ in range(2)]
-    dim_masks = np.zeros((len(own), action_dim), bool)
-    for i, stats in enumerate(own):
-        s, a = norm.feature_dims(stats)
-        if s > state_dim or a > action_dim:
-            raise ValueError(
-                f"dataset {i} has (state, action) dims {(s, a)}, more than the run's "
-                f"{(state_dim, action_dim)} (norm_stats' top-level dims)"
-            )
-        tables[0][i, :s], tables[1][i, :s] = norm.affine_params(stats[norm.STATE], state_norm)
-        tables[2][i, :a], tables[3][i, :a] = norm.affine_params(stats[norm.ACTIONS], action_norm)
-        dim_masks[i, :a] = True
-    return (*tables, dim_masks)
 
 
 def _window_fn(
@@ -345,7 +322,7 @@ def _window_fn(
         traj = dict(traj, **{schema.RLDS_OBSERVATION: observation, schema.RLDS_ACTION: action})
         out = windows.make_windows(traj, obs_horizon, action_horizon)
         length = tf.shape(action)[0]
-        out[_DATASET] = tf.fill([length], tf.constant(which, tf.int32))
+        out[schema.DATASET_INDEX] = tf.fill([length], tf.constant(which, tf.int32))
         if masks_needed:
             for slot in slots:
                 out[schema.image_mask_key(slot)] = traj["image_mask"][slot]
@@ -376,7 +353,12 @@ def _block_stream(
 ) -> tf.data.Dataset:
     """One dataset's infinite window stream from window `start_window` on (docstring)."""
     num = len(index)
-    per_block = min(int(episodes_per_block), num)
+    # A block is the unit of shuffling: it holds as many episodes as the shuffle buffer has
+    # room for (at least `episodes_per_block`), so a dataset that fits the buffer is shuffled
+    # as a whole every epoch, as a global shuffle would; blocks of fewer episodes than that
+    # would restrict every run of consecutive batches to a subset of the episodes.
+    fit = int(shuffle_buffer // max(mean_length, 1.0))
+    per_block = min(max(int(episodes_per_block), fit), num)
     windows_per_block = max(1, int(round(per_block * mean_length)))
     first_block, offset = divmod(int(start_window), windows_per_block)
 
@@ -462,11 +444,12 @@ def compute_mixture_norm_stats(data_dirs: Sequence) -> dict:
     cached), for a mixture of one layout: every dataset is normalized the same way."""
     state_acc = norm.NormStatsAccumulator()
     action_acc = norm.NormStatsAccumulator()
-    episodes = sum(_accumulate_norm_stats(path, state_acc, action_acc) for path in data_dirs)
+    counts = [_accumulate_norm_stats(path, state_acc, action_acc) for path in data_dirs]
     return {
         norm.STATE: state_acc.finalize(),
         norm.ACTIONS: action_acc.finalize(),
-        _EPISODES: episodes,
+        _EPISODES: sum(c[0] for c in counts),
+        _STEPS: sum(c[1] for c in counts),
     }
 
 

@@ -20,6 +20,9 @@ A training batch is a flat ``dict[str, np.ndarray | jax.Array]``:
                                   it repeats the last action (window past the episode end).
   ``action_dim_mask``            [B, A] bool  True on the robot's real action dims, False on
                                   dims padded up to the model's action dim (optional).
+  ``dataset_index``              [B] int32  which dataset of a mixture a training window
+                                  comes from (the stream's; consumed by normalization in
+                                  data/transforms.py, never fed to a model).
 
 An *observation* (what a policy gets at inference) is the same dict without
 ``actions`` and ``action_pad_mask``.
@@ -38,6 +41,7 @@ IMAGE_MASK_PREFIX = "image_mask/"
 ACTIONS = "actions"
 ACTION_PAD_MASK = "action_pad_mask"
 ACTION_DIM_MASK = "action_dim_mask"
+DATASET_INDEX = "dataset_index"
 
 # Keys that belong to the target, not to the observation a policy conditions on.
 TARGET_KEYS = (ACTIONS, ACTION_PAD_MASK, ACTION_DIM_MASK)

@@ -5,8 +5,9 @@ built-in task name or a list (one per directory). An empty `data.dataset_dir` me
 `<workdir>/dataset` for one task and `<workdir>/dataset/<task>` for each of several.
 A mixture of external datasets may instead list `data.dataset_dirs` (comma-separated), and
 `data.dataset_names` names each one's layout (data/standardize.py); a `lerobot` entry's
-directory is a LeRobot dataset, converted once by the data step into
-`<workdir>/dataset/lerobot_<dir name>` (`lerobot_conversions`), which the run then reads.
+directory (or, without names, any directory holding a LeRobot dataset's meta/info.json) is
+converted once by the data step into `<workdir>/dataset/lerobot_<dir name>`
+(`lerobot_conversions`), which the run then reads.
 Built-in demos are collected by an explicit data step (`envs.collect.collect_builtin_datasets`,
 which `python -m action_gen.main` runs before training), never by the train loop.
 """
@@ -61,12 +62,21 @@ def _configured_dirs(data_config: ml_collections.ConfigDict) -> list[str]:
     return dirs
 
 
+def is_lerobot_dir(path) -> bool:
+    """Whether `path` holds a LeRobot dataset (its `meta/info.json`)."""
+    return os.path.isfile(os.path.join(os.fspath(path), "meta", "info.json"))
+
+
 def lerobot_conversions(data_config: ml_collections.ConfigDict, workdir: str) -> list:
-    """(LeRobot source directory, RLDS root it is converted into) of each `lerobot` entry."""
+    """(LeRobot source directory, RLDS root it is converted into) of each `lerobot` entry,
+    and, when `data.dataset_names` is empty, of each directory that is a LeRobot dataset
+    (`is_lerobot_dir`: its meta/info.json)."""
     dirs = _configured_dirs(data_config)
+    names = dataset_names(data_config)
     out = []
-    for name, src in zip(dataset_names(data_config), dirs, strict=False):
-        if name == LEROBOT:
+    for i, src in enumerate(dirs):
+        name = names[i] if i < len(names) else None
+        if name == LEROBOT or (not names and is_lerobot_dir(src)):
             slug = task_slug(os.path.basename(os.path.normpath(src))) or "dataset"
             out.append((src, os.path.join(workdir, "dataset", f"lerobot_{slug}")))
     return out

@@ -580,14 +580,20 @@ def _instruction(flat: Mapping, keys: Sequence[str], length):
 
 
 def _resize(images, size):
-    """[L, H, W, 3] uint8 -> [L, h, w, 3] uint8, aspect kept, padded with black."""
+    """[L, H, W, 3] uint8 -> [L, h, w, 3] uint8, aspect kept, padded with black: the policy
+    server's own resize (data/images.py, PIL), so recordings and robot requests of any size
+    give the model the same pixels."""
     import tensorflow as tf
+
+    from action_gen.data import images as image_lib  # noqa: PLC0415
 
     height, width = (int(s) for s in size)
     if images.shape[1:3] == (height, width):
         return images
-    resized = tf.image.resize_with_pad(images, height, width, antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    out = tf.numpy_function(
+        lambda x: image_lib.resize_frames(x, height, width), [images], tf.uint8, stateful=False
+    )
+    return tf.ensure_shape(out, [None, height, width, 3])
 
 
 def _motion_dims(mapping: Mapping, action_dim: int) -> np.ndarray:

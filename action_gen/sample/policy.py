@@ -1,7 +1,8 @@
-"""A trained policy: raw observation in, raw action chunk out, as one compiled program."""
+"""A trained policy: raw observation (or a robot's own dict) in, raw action chunk out."""
 
 import functools
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from action_gen import checkpoint, models, objectives
-from action_gen.data import normalize, schema, spec, transforms
+from action_gen.data import normalize, robots, schema, spec, transforms
 from action_gen.models import lora
 
 # β of the guided sampler's ahead-of-time programs (the RTC paper's value).
@@ -23,21 +24,27 @@ def _checkpoint_dir(path: str) -> str:
 
 
 class Policy:
-    """Normalizes an observation, samples a normalized chunk, unnormalizes it.
+    """A trained policy: the run's transform pipeline around one compiled sampler.
 
-    The three stages run inside ONE jitted function (normalization is a few fused
-    elementwise ops; the sampler is a `lax.scan`), so a chunk costs one dispatch.
+    observation (our schema, or a robot's own dict: `infer`) → the pipeline's input stages
+    (robot conventions, delta actions, normalize, prompt, tokenize, pad; data/transforms.py,
+    the same pipeline the training stream runs) → ONE jitted program (the objective's
+    sampler, a `lax.scan`, with the observation-only work such as π0's prefix cache done
+    once per chunk) → the output stages (unpad, unnormalize, absolute actions, robot).
+    The host stages are a few numpy operations per call.
 
     Attributes:
       config: the run's ConfigDict (as stored in the checkpoint).
       params: the parameters sampled with (EMA weights by default).
       norm_stats: normalization statistics of the training data.
+      transforms: the run's `transforms.TransformPipeline`.
+      robot: the robot adapter requests come in (data/robots.py), or None for our schema.
       num_sample_steps: denoising / integration steps per chunk.
-      observation_spec: what a caller sends, per unbatched observation: key -> (shape,
-        dtype); `observation/state` (T, S) float32, images (T, h, w, 3) uint8, and `prompt`
-        ((), "string") for language-conditioned policies. `obs_pad_mask` (T,) bool is
+      observation_spec: what a caller sends in our schema, per unbatched observation: key
+        -> (shape, dtype); `observation/state` (T, S) float32, images (T, h, w, 3) uint8, and
+        `prompt` ((), "string") for language-conditioned policies. `obs_pad_mask` (T,) bool is
         optional (default: all real).
-      action_shape: (H, A) of the returned chunks (A: the dataset's action dim).
+      action_shape: (H, A) of the returned chunks (A: the robot's / dataset's action dim).
       objective: the `objectives.Objective` sampled with (its capabilities and settings).
       supports_rtc: whether `sample_actions_rtc` is available (the objective has guided
         sampling).
@@ -67,35 +74,34 @@ class Policy:
             self.params = params
         self.norm_stats = norm_stats
         # A run over several datasets (robots) stored each one's stats: this policy serves
-        # `dataset`'s robot, with its own state / action dims and cameras, padded to the
-        # model's inside `prepare_observation` (normalize.dataset_stats).
-        self.dataset, sampling_stats, self._robot = _robot_of(norm_stats, dataset)
-        model_state_dim, model_data_action_dim = normalize.feature_dims(norm_stats)
-        self.state_dim, self.action_dim = normalize.feature_dims(sampling_stats)
-        self.model_action_dim = spec.model_action_dim(config.model, model_data_action_dim)
+        # `dataset`'s, with its own state / action dims and cameras (normalize.dataset_stats).
+        self.dataset, own_stats, dataset_cameras = _dataset_of(norm_stats, dataset)
+        self.transforms = transforms.create_pipeline(config, norm_stats, dataset=self.dataset)
+        self.robot = self.transforms.robot
+        self.state_dim = (
+            self.robot.state_dim if self.robot else normalize.feature_dims(own_stats)[0]
+        )
+        self.action_dim = self.transforms.data_action_dim
+        self.model_action_dim = self.transforms.model_action_dim
         self.obs_horizon = int(config.data.obs_horizon)
         self.action_horizon = int(config.data.action_horizon)
         self.action_shape = (self.action_horizon, self.action_dim)
         self.num_sample_steps = int(num_sample_steps or config.objective.num_sample_steps)
-        self.model_observation_spec = spec.observation_spec(config.data, model_state_dim)
-        self.observation_spec = _robot_spec(
-            _client_spec(self.model_observation_spec), self.state_dim, self._robot
+        self.model_observation_spec = spec.observation_spec(
+            config.data, self.transforms.model_state_dim
         )
-        if self._robot is not None and self._robot["cameras"] is not None:
-            self._robot["missing"] = {
-                key: shape
-                for key, (shape, _) in self.model_observation_spec.items()
-                if key.startswith(schema.OBS_IMAGE_PREFIX)
-                and key.removeprefix(schema.OBS_IMAGE_PREFIX) not in self._robot["cameras"]
-            }
-        norm_stats = {
-            "state": normalize.pad_stats(sampling_stats["state"], model_state_dim),
-            "actions": sampling_stats["actions"],
+        # Camera slots this dataset's robot lacks (a multi-robot run in our schema): black
+        # with image_mask False, as in training. A robot adapter fills its own.
+        self._missing_cameras = {
+            key: shape
+            for key, (shape, _) in self.model_observation_spec.items()
+            if key.startswith(schema.OBS_IMAGE_PREFIX)
+            and self.robot is None
+            and dataset_cameras is not None
+            and key.removeprefix(schema.OBS_IMAGE_PREFIX) not in dataset_cameras
         }
-        # Stats for prompt formats that write the normalized state (openpi_pi05); the state
-        # the model gets stays raw here and is normalized inside the jitted sampler.
-        self._prepare_observation = transforms.make_observation_preparer(
-            config, state_stats=norm_stats["state"]
+        self.observation_spec = _client_spec(
+            self.model_observation_spec, self.state_dim, self._missing_cameras
         )
         self.model = models.create_model(config.model)
         self.objective = objectives.create_objective(
@@ -104,33 +110,24 @@ class Policy:
         # The split apply function: observation-only work (π0's prefix KV cache) runs once
         # per chunk, before the sampler's scan, on every path below.
         apply_fn = models.make_apply_fn(self.model)
-        normalization = dict(
-            action_dim=self.action_dim,
-            norm_stats=norm_stats,
-            state_norm=config.data.state_norm,
-            action_norm=config.data.action_norm,
-        )
+        common = dict(apply_fn=apply_fn, num_steps=self.num_sample_steps)
         self._sample = jax.jit(
-            functools.partial(
-                _sample_raw,
-                apply_fn=apply_fn,
-                sample_fn=self.objective.sample,
-                num_steps=self.num_sample_steps,
-                **normalization,
-            )
+            functools.partial(_sample_model, sample_fn=self.objective.sample, **common)
         )
+        self._sample_noise = None
+        if self.objective.sample_from_noise is not None:
+            self._sample_noise = jax.jit(
+                functools.partial(
+                    _sample_model_from_noise, noise_fn=self.objective.sample_from_noise, **common
+                )
+            )
         # Real-time chunking inpaints with the objective's guided sampler, where it has one.
         self.supports_rtc = self.objective.supports_guided_sampling
         self._sample_rtc = None
         if self.supports_rtc:
             self._sample_rtc = jax.jit(
                 functools.partial(
-                    _sample_raw_guided,
-                    apply_fn=apply_fn,
-                    guided_fn=self.objective.sample_guided,
-                    num_steps=self.num_sample_steps,
-                    model_action_dim=self.model_action_dim,
-                    **normalization,
+                    _sample_model_guided, guided_fn=self.objective.sample_guided, **common
                 ),
                 static_argnames=("max_guidance",),
             )
@@ -242,6 +239,84 @@ class Policy:
             policy.compile(batch_sizes)
         return policy
 
+    # -- robot requests -------------------------------------------------------------------
+
+    @property
+    def reads_language(self) -> bool:
+        return self.transforms.tokenizer is not None
+
+    def observation_from_request(self, request) -> dict:
+        """One request of this policy's robot (its client's own dict, nested maps allowed;
+        data/robots.py) → one unbatched observation in our schema (state [T, S], images
+        [T, h, w, 3] resized as openpi's server does, camera masks, `prompt`), the single
+        frame repeated over the T of a history model with `obs_pad_mask` marking the copies.
+
+        Raises:
+          robots.RobotInputError naming the key that is missing or malformed (no robot:
+          a ValueError; validate our schema's requests with `serve.protocol`).
+        """
+        if self.robot is None:
+            raise ValueError(
+                "this policy takes observations in our schema (observation_spec); it was not "
+                "trained or imported for a robot's own dict (config.robot)"
+            )
+        sizes = {
+            key.removeprefix(schema.OBS_IMAGE_PREFIX): shape[1:3]
+            for key, (shape, _) in self.model_observation_spec.items()
+            if key.startswith(schema.OBS_IMAGE_PREFIX)
+        }
+        obs = self.robot.from_client(request, sizes)
+        if self.reads_language:
+            prompt = obs.get(schema.PROMPT, "")
+            if not str(prompt).strip() and not self.transforms.default_prompt:
+                raise robots.RobotInputError(
+                    f"{self.robot.name} request has no {robots.PROMPT_KEY!r} and the policy has "
+                    "no default prompt (import with --default_prompt, or set "
+                    "config.robot.default_prompt)"
+                )
+            obs[schema.PROMPT] = prompt
+        if self.obs_horizon > 1:
+            repeat = self.obs_horizon
+            for key in list(obs):
+                if key == schema.OBS_STATE or key.startswith(schema.OBS_IMAGE_PREFIX):
+                    obs[key] = np.repeat(obs[key], repeat, axis=0)
+            obs[schema.OBS_PAD_MASK] = np.arange(repeat) == repeat - 1
+        return obs
+
+    def infer(self, obs: dict, *, noise: np.ndarray | None = None, rng=None) -> dict:
+        """openpi's `Policy.infer`: one unbatched observation in, one chunk out.
+
+        Args:
+          obs: the robot client's dict (a policy with `config.robot`: e.g. LIBERO's
+            `observation/image`, `observation/wrist_image`, `observation/state`, `prompt`;
+            ALOHA's `images` {cam_high, cam_left_wrist, cam_right_wrist} CHW, `state`), or
+            one observation in our schema (`observation_spec`, no batch dim).
+          noise: [H, A_model] (openpi: [H, 32]) initial noise: the same noise gives the same
+            actions. None: drawn from `rng`.
+          rng: a jax PRNG key or an int seed (default 0; ignored given `noise` by
+            deterministic samplers).
+        Returns:
+          {"actions": [H, A] float32 in the robot's units and width, "policy_timing":
+          {"infer_ms": ...}}.
+        """
+        start = time.perf_counter()
+        if self.robot is not None:
+            observation = self.observation_from_request(obs)
+        else:
+            observation = dict(obs)
+        batched = {k: _batch_of_one(v) for k, v in observation.items()}
+        key = _as_key(0 if rng is None else rng)
+        if noise is None:
+            actions = self.sample_actions(batched, key)
+        else:
+            actions = self.sample_actions_from_noise(batched, key, np.asarray(noise)[None])
+        return {
+            "actions": actions[0],
+            "policy_timing": {"infer_ms": (time.perf_counter() - start) * 1e3},
+        }
+
+    # -- batched sampling -----------------------------------------------------------------
+
     def sample_actions(self, observation: dict, rng) -> np.ndarray:
         """Samples one action chunk per observation in the batch.
 
@@ -254,8 +329,26 @@ class Policy:
         Returns:
           [B, H, A] float32 numpy array of raw (unnormalized) actions.
         """
-        obs = self.prepare_observation(observation)
-        return self._run("plain", obs, _as_key(rng))
+        obs, context = self._prepare(observation)
+        return self.transforms.outputs(self._run("plain", obs, _as_key(rng)), context)
+
+    def sample_actions_from_noise(self, observation: dict, rng, noise: np.ndarray) -> np.ndarray:
+        """`sample_actions` from given initial noise [B, H, A_model] (the model's padded
+        action dim; openpi's `sample_actions(..., noise=)`): deterministic for deterministic
+        samplers (`rng` only feeds stochastic ones)."""
+        if self._sample_noise is None:
+            raise ValueError(
+                f"the {self.objective.name!r} objective has no initial noise to give "
+                "(sample_from_noise)"
+            )
+        obs, context = self._prepare(observation)
+        batch = obs[schema.OBS_STATE].shape[0]
+        noise = np.asarray(noise, np.float32)
+        want = (batch, self.action_horizon, self.model_action_dim)
+        if noise.shape != want:
+            raise ValueError(f"noise has shape {noise.shape}; expected [B, H, A_model] = {want}")
+        out = self._sample_noise(self.params, obs, _as_key(rng), noise)
+        return self.transforms.outputs(np.asarray(out), context)
 
     def sample_actions_rtc(
         self,
@@ -270,8 +363,8 @@ class Policy:
         objective's guided sampler (`Objective.sample_guided`; flow's ΠGDM guidance).
 
         See `objectives.flow.sample_guided` for the math and `sample.executor` for how the
-        prefix and weights are built. The prefix is normalized like the training actions
-        (and zero-padded to the model's action dim) inside the same jitted program.
+        prefix and weights are built. The prefix goes through the same input stages as the
+        training targets (robot convention, delta actions, normalize, pad).
 
         Args:
           observation: as for `sample_actions`, batch B.
@@ -288,8 +381,7 @@ class Policy:
                 f"real-time chunking needs an objective with guided sampling; this policy's "
                 f"{self.objective.name!r} objective has none"
             )
-        obs = self.prepare_observation(observation)
-        batch = obs[schema.OBS_STATE].shape[0]
+        batch = np.asarray(observation[schema.OBS_STATE]).shape[0]
         prefix = np.asarray(prefix, np.float32)
         if prefix.shape != (batch, *self.action_shape):
             raise ValueError(
@@ -303,11 +395,16 @@ class Policy:
                 f"prefix_weights shape {weights.shape} is neither [H] nor [B, H] "
                 f"(H={self.action_horizon}, B={batch})"
             ) from None
-        return self._run("guided", obs, _as_key(rng), (prefix, weights), max_guidance)
+        obs, context = self._prepare(observation, actions=prefix)
+        target = obs.pop(schema.ACTIONS)
+        obs.pop(schema.ACTION_DIM_MASK, None)
+        out = self._run("guided", obs, _as_key(rng), (target, weights), max_guidance)
+        return self.transforms.outputs(out, context)
 
     def sample_prepared(self, obs: dict, rng) -> np.ndarray:
-        """`sample_actions` on an observation already through `prepare_observation` (no host
-        transforms): the compiled program alone, for benchmarks and batching servers."""
+        """The compiled program alone on an observation already through
+        `prepare_observation` (benchmarks): the model's normalized, padded chunk
+        [B, H, A_model] (no output stages)."""
         return self._run("plain", obs, _as_key(rng))
 
     def compile(self, batch_sizes=(1,), *, guided: bool = True) -> None:
@@ -325,12 +422,12 @@ class Policy:
                 raise ValueError(f"batch sizes must be >= 1, got {size}")
             if size in self._compiled:
                 continue
-            obs = spec.example_observation(self.model_observation_spec, size)
+            obs = self._example_model_observation(size)
             rng = jax.random.key(0)
             programs = {"plain": self._sample.lower(self.params, obs, rng).compile()}
             np.asarray(programs["plain"](self.params, obs, rng))  # warm-up: allocations
             if self.supports_rtc and guided:
-                prefix = np.zeros((size, *self.action_shape), np.float32)
+                prefix = np.zeros((size, self.action_horizon, self.model_action_dim), np.float32)
                 weights = np.zeros((size, self.action_horizon), np.float32)
                 programs["guided"] = self._sample_rtc.lower(
                     self.params, obs, rng, prefix, weights, max_guidance=DEFAULT_MAX_GUIDANCE
@@ -338,6 +435,28 @@ class Policy:
                 np.asarray(programs["guided"](self.params, obs, rng, prefix, weights))
             self._compiled[size] = programs
         self.compiled_batch_sizes = tuple(sorted(self._compiled))
+
+    def _example_model_observation(self, size: int) -> dict:
+        """The model-ready observation keys of a real call (camera masks included where the
+        robot or dataset adds them), all-valid, batch `size`."""
+        obs = spec.example_observation(self.model_observation_spec, size)
+        for key in self._model_mask_keys():
+            obs[key] = np.ones((size,), bool)
+        return obs
+
+    def _model_mask_keys(self) -> list[str]:
+        """`image_mask/<slot>` keys every prepared observation carries."""
+        slots = [
+            k.removeprefix(schema.OBS_IMAGE_PREFIX)
+            for k in self.model_observation_spec
+            if k.startswith(schema.OBS_IMAGE_PREFIX)
+        ]
+        if self.robot is not None:
+            return [schema.image_mask_key(s) for s in slots]
+        return [
+            schema.image_mask_key(k.removeprefix(schema.OBS_IMAGE_PREFIX))
+            for k in self._missing_cameras
+        ]
 
     def _run(
         self,
@@ -348,11 +467,12 @@ class Policy:
         max_guidance: float = DEFAULT_MAX_GUIDANCE,
     ) -> np.ndarray:
         """Runs the `kind` ("plain" or "guided") sampler on `obs` and the batched `extras`
-        (the guided sampler's prefix [B, H, A] and weights [B, H]): on an ahead-of-time
-        program when one fits (padding / splitting the batch), else on the jitted one."""
+        (the guided sampler's normalized prefix [B, H, A_model] and weights [B, H]): on an
+        ahead-of-time program when one fits (padding / splitting the batch), else on the
+        jitted one. Returns the model's normalized chunk [B, H, A_model]."""
         aot = (
             self._compiled
-            and set(obs) == set(self.model_observation_spec)
+            and set(obs) == set(self.model_observation_spec) | set(self._model_mask_keys())
             and max_guidance == DEFAULT_MAX_GUIDANCE
             and all(kind in programs for programs in self._compiled.values())
         )
@@ -381,41 +501,62 @@ class Policy:
         return np.asarray(out)[:batch]
 
     def prepare_observation(self, observation: dict) -> dict:
-        """Raw batched observation -> the model-ready arrays of `model_observation_spec`
-        (prompt tokenized, pad mask defaulted, dtypes fixed); normalization happens in jit.
+        """Raw batched observation (our schema) -> the model-ready arrays of
+        `model_observation_spec`: the pipeline's input stages (normalized state, tokens,
+        padding), pad mask defaulted, dtypes fixed.
 
         Raises:
           KeyError: a key of `observation_spec` is missing (the message lists them all).
           ValueError: an array's shape is not [B, *spec shape] with one B for all keys.
         """
-        missing = [k for k in self.observation_spec if k not in observation]
+        return self._prepare(observation)[0]
+
+    def _prepare(self, observation: dict, actions: np.ndarray | None = None):
+        """(model-ready observation, the output stages' context) of a raw batch."""
+        expected = dict(self.observation_spec)
+        if self.robot is not None or self.transforms.default_prompt:
+            expected.pop(schema.PROMPT, None)  # the default prompt fills it
+        missing = [k for k in expected if k not in observation]
         if missing:
             raise KeyError(
                 f"observation is missing {missing}; expected {sorted(self.observation_spec)}"
             )
-        observation = self._prepare_observation(_to_model_layout(observation, self._robot))
-        state = np.asarray(observation[schema.OBS_STATE], np.float32)
-        if state.ndim != 3:
+        state = np.asarray(observation[schema.OBS_STATE])
+        want = tuple(self.observation_spec[schema.OBS_STATE][0])
+        if state.ndim != 3 or state.shape[1:] != want:
             raise ValueError(
                 f"observation[{schema.OBS_STATE!r}] has shape {state.shape}; expected "
-                f"[B, T, S] = [B, *{self.model_observation_spec[schema.OBS_STATE][0]}]"
+                f"[B, T, S] = [B, *{want}]"
             )
+        batch = dict(observation)
+        for key, shape in self._missing_cameras.items():  # slots this dataset lacks
+            batch[key] = np.zeros((state.shape[0], *shape), np.uint8)
+            batch[schema.image_mask_key(key.removeprefix(schema.OBS_IMAGE_PREFIX))] = np.zeros(
+                state.shape[0], bool
+            )
+        if actions is not None:
+            batch[schema.ACTIONS] = actions
+        prepared, context = self.transforms.inputs(batch)
         obs = {}
         for key, (shape, dtype) in self.model_observation_spec.items():
-            if key == schema.OBS_PAD_MASK and key not in observation:
+            if key == schema.OBS_PAD_MASK and key not in prepared:
                 obs[key] = np.ones(state.shape[:2], bool)
             else:
-                obs[key] = np.asarray(observation[key], dtype)
+                obs[key] = np.asarray(prepared[key], dtype)
             if obs[key].shape != (state.shape[0], *shape):
                 raise ValueError(
                     f"observation[{key!r}] has shape {obs[key].shape}; expected "
                     f"[B, *{tuple(shape)}] with B = {state.shape[0]} (the batch of "
                     f"{schema.OBS_STATE!r})"
                 )
-        for key, value in observation.items():  # optional camera-presence masks
+        for key, value in prepared.items():  # camera-presence masks
             if key.startswith(schema.IMAGE_MASK_PREFIX):
-                obs[key] = np.asarray(value, bool)
-        return obs
+                obs[key] = np.asarray(value, bool).reshape(state.shape[0])
+        if actions is not None:
+            obs[schema.ACTIONS] = prepared[schema.ACTIONS]
+            if schema.ACTION_DIM_MASK in prepared:
+                obs[schema.ACTION_DIM_MASK] = prepared[schema.ACTION_DIM_MASK]
+        return obs, context
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -426,9 +567,9 @@ def _cast_float_params(params, dtype):
     )
 
 
-def _robot_of(norm_stats: dict, dataset: str | None):
-    """(dataset name or None, its stats, how its robot maps to the model: {"state_pad":
-    int, "cameras": [slot] or None} or None) for checkpoint stats with per-dataset entries."""
+def _dataset_of(norm_stats: dict, dataset: str | None):
+    """(dataset name or None, its stats, the camera slots it has or None for all) for
+    checkpoint stats with per-dataset entries (our own layout: (None, stats, None))."""
     if not normalize.dataset_names(norm_stats):
         if dataset is not None:
             raise ValueError(
@@ -438,46 +579,32 @@ def _robot_of(norm_stats: dict, dataset: str | None):
         return None, norm_stats, None
     own = normalize.dataset_stats(norm_stats, dataset)
     name = dataset or normalize.dataset_names(norm_stats)[0]
-    model_state_dim = normalize.feature_dims(norm_stats)[0]
-    robot = {
-        "state_pad": model_state_dim - normalize.feature_dims(own)[0],
-        "cameras": own.get(normalize.CAMERAS),
-    }
-    return name, own, robot
+    return name, own, own.get(normalize.CAMERAS)
 
 
-def _robot_spec(client_spec: dict, state_dim: int, robot: dict | None) -> dict:
-    """The client spec of one robot of a multi-robot model: its own state dim, only the
+def _client_spec(model_spec: dict, state_dim: int, missing_cameras) -> dict:
+    """The spec a caller fills in our schema: the model's, with the raw `prompt` string in
+    place of its tokens, the pad mask optional, this robot's own state dim and only the
     cameras it has."""
-    if robot is None:
-        return client_spec
-    out = {}
-    for key, (shape, dtype) in client_spec.items():
+    client = {}
+    for key, (shape, dtype) in model_spec.items():
+        if key in (schema.PROMPT_TOKENS, schema.PROMPT_MASK, schema.OBS_PAD_MASK):
+            continue
+        if key in missing_cameras:
+            continue
         if key == schema.OBS_STATE:
             shape = (*shape[:-1], state_dim)
-        elif key.startswith(schema.OBS_IMAGE_PREFIX) and robot["cameras"] is not None:
-            if key.removeprefix(schema.OBS_IMAGE_PREFIX) not in robot["cameras"]:
-                continue
-        out[key] = (shape, dtype)
-    return out
+        client[key] = (shape, dtype)
+    if schema.PROMPT_TOKENS in model_spec:
+        client[schema.PROMPT] = ((), "string")
+    return client
 
 
-def _to_model_layout(observation: dict, robot: dict | None) -> dict:
-    """One robot's observation -> the model's: state zero-padded to the model's dims (as in
-    training), cameras the robot lacks black with `image_mask/<camera>` False."""
-    if robot is None:
-        return observation
-    out = dict(observation)
-    state = np.asarray(out[schema.OBS_STATE], np.float32)
-    if robot["state_pad"]:
-        pad = [(0, 0)] * (state.ndim - 1) + [(0, robot["state_pad"])]
-        out[schema.OBS_STATE] = np.pad(state, pad)
-    for key, shape in robot.get("missing", {}).items():
-        out[key] = np.zeros((state.shape[0], *shape), np.uint8)
-        out[schema.image_mask_key(key.removeprefix(schema.OBS_IMAGE_PREFIX))] = np.zeros(
-            state.shape[0], bool
-        )
-    return out
+def _batch_of_one(value):
+    """One unbatched value with a leading batch axis of 1 (strings: a [1] object array)."""
+    if isinstance(value, str | bytes):
+        return np.asarray([value], dtype=object)
+    return np.asarray(value)[None]
 
 
 def _as_key(rng) -> jax.Array:
@@ -497,43 +624,20 @@ def _pad_batch(tree, size: int):
     return jax.tree.map(pad, tree)
 
 
-def _client_spec(model_spec: dict) -> dict:
-    """The spec a caller fills: the model's, with the raw `prompt` string in place of its
-    tokens and the pad mask left optional."""
-    client = {
-        k: v
-        for k, v in model_spec.items()
-        if k not in (schema.PROMPT_TOKENS, schema.PROMPT_MASK, schema.OBS_PAD_MASK)
-    }
-    if schema.PROMPT_TOKENS in model_spec:
-        client[schema.PROMPT] = ((), "string")
-    return client
+def _sample_model(params, obs: dict, rng: jax.Array, *, apply_fn, sample_fn, num_steps: int):
+    """The objective's sampler on a model-ready observation → the normalized chunk
+    [B, H, A_model]; traced once per shape."""
+    return sample_fn(apply_fn, params, obs, rng, num_steps)
 
 
-def _sample_raw(
-    params,
-    obs: dict,
-    rng: jax.Array,
-    *,
-    apply_fn,
-    sample_fn,
-    num_steps: int,
-    action_dim: int,
-    norm_stats: dict,
-    state_norm: str,
-    action_norm: str,
-) -> jax.Array:
-    """normalize(obs) → objective sampler → drop padded action dims → unnormalize; traced
-    once per shape."""
-    obs = dict(obs)
-    obs[schema.OBS_STATE] = normalize.normalize(
-        obs[schema.OBS_STATE], norm_stats["state"], state_norm
-    ).astype(jnp.float32)
-    actions = sample_fn(apply_fn, params, obs, rng, num_steps)[..., :action_dim]
-    return normalize.unnormalize(actions, norm_stats["actions"], action_norm)
+def _sample_model_from_noise(
+    params, obs: dict, rng: jax.Array, noise: jax.Array, *, apply_fn, noise_fn, num_steps: int
+):
+    """`_sample_model` started from `noise` [B, H, A_model]."""
+    return noise_fn(apply_fn, params, obs, rng, num_steps, noise)
 
 
-def _sample_raw_guided(
+def _sample_model_guided(
     params,
     obs: dict,
     rng: jax.Array,
@@ -543,24 +647,10 @@ def _sample_raw_guided(
     apply_fn,
     guided_fn,
     num_steps: int,
-    action_dim: int,
-    model_action_dim: int,
-    norm_stats: dict,
-    state_norm: str,
-    action_norm: str,
     max_guidance: float,
-) -> jax.Array:
-    """`_sample_raw` with the objective's guided (RTC) sampler: the raw prefix [B, H, A] is
-    normalized (and zero-padded to the model's action dim) like the training actions."""
-    obs = dict(obs)
-    obs[schema.OBS_STATE] = normalize.normalize(
-        obs[schema.OBS_STATE], norm_stats["state"], state_norm
-    ).astype(jnp.float32)
-    target = normalize.normalize(prefix, norm_stats["actions"], action_norm).astype(jnp.float32)
-    pad = model_action_dim - action_dim
-    if pad:
-        target = jnp.pad(target, ((0, 0), (0, 0), (0, pad)))
-    actions = guided_fn(
-        apply_fn, params, obs, rng, num_steps, target, prefix_weights, max_guidance=max_guidance
-    )[..., :action_dim]
-    return normalize.unnormalize(actions, norm_stats["actions"], action_norm)
+):
+    """`_sample_model` with the objective's guided (RTC) sampler towards the normalized,
+    padded `prefix` [B, H, A_model]."""
+    return guided_fn(
+        apply_fn, params, obs, rng, num_steps, prefix, prefix_weights, max_guidance=max_guidance
+    )

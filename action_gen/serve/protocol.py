@@ -175,6 +175,29 @@ def validate_observation(
     return out, rtc
 
 
+def split_rtc(request: Any, action_shape: tuple[int, int] | None) -> tuple[Any, dict | None]:
+    """(the request without its real-time-chunking keys, rtc {"prefix" [H, A], "weights"
+    [H]} or None), for requests in a robot's own layout (validated by its adapter).
+
+    Raises:
+      ProtocolError naming the RTC key that is malformed, or sent to a policy without RTC.
+    """
+    if not isinstance(request, dict) or (RTC_PREFIX not in request and RTC_WEIGHTS not in request):
+        return request, None
+    if action_shape is None:
+        raise ProtocolError(f"{RTC_PREFIX!r}: this policy has no real-time chunking")
+    if (RTC_PREFIX in request) != (RTC_WEIGHTS in request):
+        raise ProtocolError(f"send both {RTC_PREFIX!r} and {RTC_WEIGHTS!r}, or neither")
+    rest = {k: v for k, v in request.items() if k not in (RTC_PREFIX, RTC_WEIGHTS)}
+    rtc = {
+        "prefix": _check_value(RTC_PREFIX, request[RTC_PREFIX], tuple(action_shape), "float32"),
+        "weights": _check_value(RTC_WEIGHTS, request[RTC_WEIGHTS], (action_shape[0],), "float32"),
+    }
+    if np.any((rtc["weights"] < 0) | (rtc["weights"] > 1)):
+        raise ProtocolError(f"{RTC_WEIGHTS!r} must lie in [0, 1]")
+    return rest, rtc
+
+
 def _check_value(key: str, value: Any, shape: tuple, dtype: str):
     if dtype == "string":
         if isinstance(value, bytes):

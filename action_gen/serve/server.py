@@ -4,7 +4,10 @@ Protocol (see protocol.py for the encoding):
   connect     ws://HOST:PORT (optionally `Authorization: Api-Key <key>`); the server sends
               one binary frame of metadata: observation_spec {key: {shape, dtype}} of one
               unbatched observation, action_shape [H, A], and what else a client needs.
-  request     one binary frame: the observation dict (no batch dim); flow policies also
+  request     one binary frame: the observation dict (no batch dim): in our schema
+              (`observation_spec`), or, for a policy trained or imported for a robot
+              (`config.robot`), exactly the dict that robot's openpi client sends (nested
+              maps such as ALOHA's `images` included; data/robots.py); flow policies also
               take `rtc/prefix` [H, A] + `rtc/weights` [H] for real-time chunking.
   reply       one binary frame {"actions": [H, A] float32, "server_timing": {...}}, or a
               TEXT frame naming the problem (openpi's client raises it as an error). A bad
@@ -36,6 +39,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
+from action_gen.data import robots
 from action_gen.serve import protocol
 
 logger = logging.getLogger(__name__)
@@ -136,6 +140,11 @@ class PolicyServer:
             "rtc": bool(getattr(policy, "supports_rtc", False)),
             "max_batch": self.max_batch,
         }
+        robot = getattr(policy, "robot", None)
+        if robot is not None:
+            self.metadata["robot"] = robot.name
+            self.metadata["client_keys"] = robot.describe()
+            self.metadata["default_prompt"] = policy.transforms.default_prompt
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Future | None = None
@@ -164,13 +173,8 @@ class PolicyServer:
             async for message in ws:
                 received = time.perf_counter()
                 try:
-                    request = protocol.unpack(message)
-                    observation, rtc = protocol.validate_observation(
-                        request,
-                        self.policy.observation_spec,
-                        action_shape=self.policy.action_shape if self.metadata["rtc"] else None,
-                    )
-                except protocol.ProtocolError as e:
+                    observation, rtc = self._read_request(protocol.unpack(message))
+                except (protocol.ProtocolError, robots.RobotInputError) as e:
                     await ws.send(f"invalid request: {e}")
                     continue
                 future = asyncio.get_running_loop().create_future()
@@ -186,6 +190,16 @@ class PolicyServer:
             pass
         finally:
             self._connections -= 1
+
+    def _read_request(self, request) -> tuple[dict, dict | None]:
+        """(one unbatched observation in our schema, rtc or None) of a decoded request."""
+        rtc_shape = self.policy.action_shape if self.metadata["rtc"] else None
+        if getattr(self.policy, "robot", None) is None:
+            return protocol.validate_observation(
+                request, self.policy.observation_spec, action_shape=rtc_shape
+            )
+        request, rtc = protocol.split_rtc(request, rtc_shape)
+        return self.policy.observation_from_request(request), rtc
 
     # -- batching --------------------------------------------------------------------------
 
@@ -218,7 +232,7 @@ class PolicyServer:
             if isinstance(values[0], str):
                 obs[key] = np.array(values, dtype=object)
             else:
-                obs[key] = np.stack(values)
+                obs[key] = np.stack([np.asarray(v) for v in values])
         if requests[0].rtc is None:
             return self.policy.sample_actions(obs, rng)
         prefix = np.stack([r.rtc["prefix"] for r in requests])

@@ -435,9 +435,17 @@ def import_checkpoint(
     max_token_len: int | None = None,
     lora_scale: float = 1.0,
     prompt_format: str | None = None,
+    robot: str | None = None,
+    default_prompt: str | None = None,
+    delta_action_dims: str | None = None,
 ) -> dict:
     """Writes SRC's parameters and norm stats as our checkpoint in `workdir` (module
-    docstring); returns a summary (model variant, config arg, counts)."""
+    docstring); returns a summary (model variant, config arg, counts).
+
+    With `robot` (a data/robots.py adapter name: libero, aloha, aloha_sim, droid), the
+    checkpoint serves that robot's openpi client unchanged (`--mode=serve`), with
+    `default_prompt` for requests without one and `delta_action_dims` overriding the
+    adapter's delta actions (openpi notation "6,-1"; "none" for none)."""
     import jax  # noqa: PLC0415
     from flax import traverse_util  # noqa: PLC0415
 
@@ -463,7 +471,21 @@ def import_checkpoint(
         arg += [f"tokenizer={tokenizer}"]
     arg += [f"max_token_len={max_token_len}"] if max_token_len else []
     arg += [f"prompt_format={prompt_format}"] if prompt_format else []
+    arg += [f"robot={robot}"] if robot else []
     config = flow_pi0_openpi.get_config(",".join(arg))
+    if default_prompt:
+        config.robot.default_prompt = default_prompt
+    if delta_action_dims:
+        config.robot.delta_action_dims = delta_action_dims
+    adapter = transforms.robot_of(config)  # the named robot exists, its fields are valid
+    if adapter is not None:
+        widths = normalize.feature_dims(norm_stats)
+        if widths[0] < adapter.state_dim or widths[1] < adapter.action_dim:
+            raise ValueError(
+                f"{assets_dir}/{asset_id}: norm stats of (state, action) widths {widths} are "
+                f"narrower than robot {robot!r}'s ({adapter.state_dim}, {adapter.action_dim}); "
+                "pass the --asset_id of this robot's stats"
+            )
     tok = transforms.create_prompt_tokenizer(config)  # the file loads; the format is known
     transforms.prompt_format(config)
     vocab = size.vocab_size  # the embedding table read off the checkpoint
@@ -527,6 +549,10 @@ def import_checkpoint(
         "prompt_format": config.data.prompt_format,
         "prompt_max_len": config.data.prompt_max_len,
         "tokenizer": config.data.tokenizer,
+        "robot": robot or None,
+        "default_prompt": config.robot.default_prompt or None,
+        "delta_action_dims": list(adapter.delta_action_dims) if adapter is not None else None,
+        "serve": f"python -m action_gen.main --mode=serve --workdir={os.path.abspath(workdir)}",
         **(
             {"warning": "no --tokenizer: prompts are byte ids, not PaliGemma's"}
             if tok.name == "bytes"
@@ -592,16 +618,46 @@ def sample_reference(ref: dict, policy, num_steps: int) -> np.ndarray:
     return np.asarray(sample(policy.params, reference_observation(ref), noise))
 
 
+def reference_request(ref: dict):
+    """The robot client's dict of a `Policy.infer` reference: `obs_json` with its array
+    leaves ("@leaf_<k>") taken from the file (docs/openpi_reference/make_policy_ref.py)."""
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, str) and node.startswith("@leaf_"):
+            return ref[node[1:]]
+        return node
+
+    return walk(json.loads(str(ref["obs_json"])))
+
+
 def compare(ref_path: str, workdir: str, tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Our actions from REF.npz's inputs and noise vs openpi's (module docstring)."""
+    """Our actions from REF.npz's inputs and noise vs openpi's (module docstring).
+
+    Two kinds of reference: model inputs (`state`, `image/<cam>`, tokens; openpi's
+    `sample_actions`), or a robot client's dict (`obs_json` + leaves; openpi's
+    `Policy.infer(obs, noise=)`), which our Policy answers through its robot adapter and
+    transform pipeline (`Policy.infer`)."""
     with np.load(ref_path) as data:
         ref = dict(data)
-    for key in ("state", "noise", "actions"):
+    policy_ref = "obs_json" in ref
+    for key in ("noise", "actions") + (() if policy_ref else ("state",)):
         if key not in ref:
             raise KeyError(f"{ref_path} has no {key!r} (has {sorted(ref)})")
     num_steps = int(ref.get("num_steps", 10))
-    ours = sample_reference(ref, load_policy(os.path.abspath(workdir)), num_steps)
+    policy = load_policy(os.path.abspath(workdir))
+    if policy_ref:
+        if policy.num_sample_steps != num_steps:
+            raise ValueError(
+                f"{ref_path}: {num_steps} steps; the policy samples {policy.num_sample_steps}"
+            )
+        ours = policy.infer(reference_request(ref), noise=np.asarray(ref["noise"]))["actions"]
+    else:
+        ours = sample_reference(ref, policy, num_steps)
     theirs = np.asarray(ref["actions"], np.float32)
+    if ours.shape != theirs.shape:
+        raise ValueError(f"our actions {ours.shape} vs openpi's {theirs.shape} in {ref_path}")
     err = np.abs(ours - theirs)
     max_abs = float(err.max())
     max_rel = max_abs / max(float(np.abs(theirs).max()), 1e-12)
@@ -649,6 +705,19 @@ def _command_line_flags() -> flags.FlagValues:
         "Override the prompt format.",
         flag_values=fv,
     )
+    flags.DEFINE_string(
+        "robot",
+        None,
+        "Serve this robot's openpi client dict: libero, aloha, aloha_sim, droid.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("default_prompt", None, "Prompt of a request without one.", flag_values=fv)
+    flags.DEFINE_string(
+        "delta_action_dims",
+        None,
+        "Override the robot's delta actions, openpi notation: 6,-1 (pi0_libero); none.",
+        flag_values=fv,
+    )
     return fv
 
 
@@ -678,6 +747,9 @@ def main(argv: list[str]) -> None:
         max_token_len=fv.max_token_len,
         lora_scale=fv.lora_scale,
         prompt_format=fv.prompt_format,
+        robot=fv.robot,
+        default_prompt=fv.default_prompt,
+        delta_action_dims=fv.delta_action_dims,
     )
     print(json.dumps(result), flush=True)
 

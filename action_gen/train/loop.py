@@ -48,16 +48,21 @@ def existing_dataset_dirs(config: ml_collections.ConfigDict, workdir: str) -> li
     return resolved
 
 
-def _compute_norm_stats(dataset_dirs: list[str], layouts=None) -> dict:
+def _compute_norm_stats(dataset_dirs: list[str], layouts=None, config=None) -> dict:
     """One dataset's stats (cached beside it), or a mixture's joint stats; with `layouts`
-    ((names, mappings) of foreign layouts, data/standardize.py) each dataset's own stats
-    (`normalize.DATASETS`)."""
+    ((names, mappings) of foreign layouts or a robot's recordings, data/standardize.py,
+    data/robots.py) each dataset's own stats (`normalize.DATASETS`), in the model's space
+    when the run's robot converts joints or learns delta actions (`transforms.
+    model_space_rows`: openpi computes its stats after the same transforms)."""
     if layouts is not None:
         names, mappings = layouts
+        rows, tag = _model_space_rows(config)
         return normalize.combine_dataset_stats(
             {
                 name: dict(
-                    pipeline.compute_dataset_norm_stats(path, mapping=mapping, name=name),
+                    pipeline.compute_dataset_norm_stats(
+                        path, mapping=mapping, name=name, rows=rows, rows_tag=tag
+                    ),
                     **{normalize.CAMERAS: sorted(mapping["cameras"])},
                 )
                 for name, path, mapping in zip(names, dataset_dirs, mappings, strict=True)
@@ -68,14 +73,41 @@ def _compute_norm_stats(dataset_dirs: list[str], layouts=None) -> dict:
     return pipeline.compute_mixture_norm_stats(dataset_dirs)
 
 
-def _resolve_layouts(config: ml_collections.ConfigDict, dataset_dirs: list[str]):
-    """(unique names, mappings) of a run over named datasets (`data.dataset_names`), or None
-    for our own layout. Fills `data.cameras` (the mappings' camera slots at
+def _model_space_rows(config):
+    """(rows function, cache tag) of the run's robot / delta stages, or (None, "")."""
+    if config is None:
+        return None, ""
+    robot = transforms.robot_of(config)
+    if robot is None:
+        return None, ""
+    mask = transforms.delta_mask_of(robot, robot.action_dim)
+    horizon = int(config.data.action_horizon)
+    tag = transforms.stats_fingerprint(robot, mask, horizon)
+    if not tag:
+        return None, ""
+    return transforms.model_space_rows(robot, mask, horizon), tag
+
+
+def resolve_layouts(config: ml_collections.ConfigDict, dataset_dirs: list[str]):
+    """(unique names, mappings) of a run over named datasets (`data.dataset_names`) or a
+    robot's recordings (`config.robot`: the adapter's dataset mapping, data/robots.py), or
+    None for our own layout. Fills `data.cameras` (the mappings' camera slots at
     `data.image_size`) when the config leaves it empty, before the config is stored."""
     names = sources.dataset_names(config.data)
-    if not names:
+    robot = transforms.robot_of(config)
+    if robot is not None:
+        names = names or [robot.name] * len(dataset_dirs)
+        overrides = config.robot.get("dataset") or None
+        mappings = [
+            robot.dataset_mapping(
+                standardize.describe_features(rlds.load_builder(path).info.features), overrides
+            )
+            for path in dataset_dirs
+        ]
+    elif not names:
         return None
-    mappings = standardize.resolve_mappings(names, dataset_dirs, config.data.get("mappings"))
+    else:
+        mappings = standardize.resolve_mappings(names, dataset_dirs, config.data.get("mappings"))
     if not config.data.get("cameras"):
         size = [int(s) for s in config.data.get("image_size", (224, 224))]
         with config.unlocked():
@@ -83,18 +115,64 @@ def _resolve_layouts(config: ml_collections.ConfigDict, dataset_dirs: list[str])
     return standardize.unique_names(names), mappings
 
 
-def _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints, layouts) -> None:
+def _check_feature_dims(
+    norm_stats, dataset_dirs, stored_data, fingerprints, layouts, config
+) -> None:
     """On data other than the checkpoint's (allowed by the override), the state and action
     dims must still be the checkpoint's: the parameters' shapes depend on them."""
     if stored_data.get("dataset_fingerprints") in (None, fingerprints):
         return
     stored = normalize.feature_dims(norm_stats)
-    current = normalize.feature_dims(_compute_norm_stats(dataset_dirs, layouts))
+    current = normalize.feature_dims(_compute_norm_stats(dataset_dirs, layouts, config))
     if stored != current:
         raise ValueError(
             f"cannot resume on {dataset_dirs}: its (state dim, action dim) {current} differ "
             f"from the checkpoint's {stored}; the parameters' shapes depend on them"
         )
+
+
+def create_training_stream(
+    config: ml_collections.ConfigDict,
+    dataset_dirs: list[str],
+    norm_stats: dict,
+    layouts=None,
+    *,
+    weights=None,
+    start_batch: int = 0,
+    batch_size: int | None = None,
+):
+    """(iterator of raw numpy batches from `start_batch` on, the run's transform pipeline):
+    this process's share of the training stream (data/pipeline.py) and the ordered
+    transforms that prepare each batch for the model (data/transforms.py), the same
+    pipeline a Policy restored from the run's checkpoint builds.
+
+    Args:
+      layouts: `resolve_layouts(config, dataset_dirs)` (None: our own layout).
+      batch_size: the global batch (default `data.batch_size`), split over processes.
+    """
+    num_processes = jax.process_count()
+    dataset = pipeline.create_train_dataset(
+        dataset_dirs[0] if len(dataset_dirs) == 1 else dataset_dirs,
+        obs_horizon=config.data.obs_horizon,
+        action_horizon=config.data.action_horizon,
+        batch_size=(batch_size or config.data.batch_size) // num_processes,
+        norm_stats=norm_stats,
+        shuffle_buffer=config.data.shuffle_buffer,
+        seed=config.seed,
+        shard_index=jax.process_index(),
+        num_shards=num_processes,
+        weights=weights,
+        image_crop=config.data.get("image_crop"),
+        split=config.data.get("split", "train"),
+        mappings=None if layouts is None else layouts[1],
+        dataset_names=None if layouts is None else layouts[0],
+        cameras=spec.cameras_of(config.data) if layouts is not None else None,
+        start_batch=start_batch,  # the stream is built at its position: no replay
+    )
+    transform = transforms.create_pipeline(
+        config, norm_stats, dataset_names=None if layouts is None else layouts[0]
+    )
+    return pipeline.iterate_numpy_batches(dataset), transform
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None):
@@ -116,7 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     weights = sources.mixture_weights(config.data, len(dataset_dirs))
     fingerprints = [pipeline.dataset_fingerprint(d) for d in dataset_dirs]
     dataset_dir = dataset_dirs[0] if len(dataset_dirs) == 1 else dataset_dirs
-    layouts = _resolve_layouts(config, dataset_dirs)  # before the config is stored
+    layouts = resolve_layouts(config, dataset_dirs)  # before the config is stored
     manager = checkpoint.create_checkpoint_manager(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.train.keep_checkpoints,
@@ -143,7 +221,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
             allowed=config.train.get("allow_dataset_change", False),
             where=str(manager.directory),
         )
-        _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints, layouts)
+        _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints, layouts, config)
     else:
         if config.data.get("validate", True):
             # A fresh run checks its data once (data/validate.py) and stops on errors
@@ -156,14 +234,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
                 )
         # One dataset: its stats are cached beside it. A mixture of our own layout is
         # normalized jointly; named (foreign) layouts each by their own stats.
-        norm_stats = _compute_norm_stats(dataset_dirs, layouts)
+        norm_stats = _compute_norm_stats(dataset_dirs, layouts, config)
     teacher_path = teacher_lib.teacher_dir(config, workdir)
     if teacher_path is not None and not resuming:
         # A distilled student learns, and is served, in its teacher's normalized units.
         norm_stats = teacher_lib.read_teacher_metadata(teacher_path)[1]
     state_dim, data_action_dim = normalize.feature_dims(norm_stats)
     action_dim = spec.model_action_dim(config.model, data_action_dim)
-    obs_horizon, action_horizon = config.data.obs_horizon, config.data.action_horizon
+    action_horizon = config.data.action_horizon
     num_steps = config.train.num_steps
 
     mesh = sharding.create_mesh(config.mesh)
@@ -216,29 +294,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %.2fM parameters", config.model.name, num_params / 1e6)
 
-    num_processes = jax.process_count()
-    dataset = pipeline.create_train_dataset(
-        dataset_dir,
-        obs_horizon=obs_horizon,
-        action_horizon=action_horizon,
-        batch_size=config.data.batch_size // num_processes,
-        norm_stats=norm_stats,
-        state_norm=config.data.state_norm,
-        action_norm=config.data.action_norm,
-        shuffle_buffer=config.data.shuffle_buffer,
-        seed=config.seed,
-        shard_index=jax.process_index(),
-        num_shards=num_processes,
-        weights=weights,
-        image_crop=config.data.get("image_crop"),
-        split=config.data.get("split", "train"),
-        mappings=None if layouts is None else layouts[1],
-        dataset_names=None if layouts is None else layouts[0],
-        cameras=spec.cameras_of(config.data) if layouts is not None else None,
-        start_batch=start_step,  # the stream is built at its position: no replay
+    batches, transform = create_training_stream(
+        config, dataset_dirs, norm_stats, layouts, weights=weights, start_batch=start_step
     )
-    batches = pipeline.iterate_numpy_batches(dataset)
-    prepare_batch = transforms.make_batch_preparer(config, data_action_dim)
+
+    def prepare_batch(batch):
+        return transform.inputs(batch)[0]
 
     step_fn = program.step_fn
 

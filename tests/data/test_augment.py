@@ -1,10 +1,11 @@
 """Random crop in tf.data (DP's image augmentation) and dataset mixing with weights."""
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from action_gen.data import augment, pipeline, rlds, schema
+from action_gen.data import augment, pipeline, rlds, schema, transforms
 
 
 def test_random_crop_matches_numpy_windows_and_is_seeded():
@@ -53,7 +54,7 @@ def test_mixture_follows_weights_and_crops_images(tmp_path):
     b = _write(tmp_path, "b", 10.0, image=True)
     stats = pipeline.compute_mixture_norm_stats([a, b])
     kwargs = dict(obs_horizon=2, action_horizon=4, batch_size=50, norm_stats=stats)
-    kwargs.update(state_norm="minmax", action_norm="minmax", shuffle_buffer=16, seed=3)
+    kwargs.update(shuffle_buffer=16, seed=3)
     ds = pipeline.create_train_dataset([a, b], weights=[3.0, 1.0], image_crop=(8, 8), **kwargs)
     batches = list(pipeline.iterate_numpy_batches(ds.take(8)))
     prompts = np.concatenate([x[schema.PROMPT] for x in batches])
@@ -65,8 +66,12 @@ def test_mixture_follows_weights_and_crops_images(tmp_path):
     resumed = next(pipeline.iterate_numpy_batches(ds2, start_batch=5))
     for key in batches[5]:
         np.testing.assert_array_equal(resumed[key], batches[5][key])
-    # Actions normalized with the joint stats: dataset a's 0 -> -1, b's 10 -> +1.
-    actions = np.concatenate([x[schema.ACTIONS][:, 0, 0] for x in batches])
+    # Actions normalized with the joint stats (the run's pipeline): a's 0 -> -1, b's 10 -> +1.
+    config = ml_collections.ConfigDict(
+        {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": 2}, "model": {}}
+    )
+    pipe = transforms.create_pipeline(config, stats)
+    actions = np.concatenate([pipe.inputs(x)[0][schema.ACTIONS][:, 0, 0] for x in batches])
     np.testing.assert_allclose(np.sort(np.unique(actions.round(5))), [-1.0, 1.0])
 
 

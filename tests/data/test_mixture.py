@@ -5,10 +5,11 @@ on the 3-way mixture, restored as a Policy that serves one of its robots."""
 
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
-from action_gen.data import normalize, pipeline, schema, standardize
+from action_gen.data import normalize, pipeline, schema, standardize, transforms
 from tests.data.oxe_fixtures import write_layout
 
 NAMES = ("fractal20220817_data", "taco_play", "aloha")  # state 8 / 7 / 14, action 7 / 7 / 14
@@ -55,9 +56,20 @@ def _take(dataset, n):
     return [next(it) for _ in range(n)]
 
 
+def _normalized(batches, stats):
+    """The batches through the run's transform pipeline: each window normalized with its
+    own dataset's stats (by `schema.DATASET_INDEX`), action dims masked per robot."""
+    config = ml_collections.ConfigDict(
+        {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": T}, "model": {}}
+    )
+    pipe = transforms.create_pipeline(config, stats, dataset_names=NAMES)
+    return [pipe.inputs(b)[0] for b in batches]
+
+
 def test_mixture_batches_pad_mask_and_normalize_per_dataset(mixture):
     _, _, _, stats, cameras = mixture
-    batches = _take(_stream(mixture), 10)  # 60 windows: 3 mixing runs of 20
+    raw = _take(_stream(mixture), 10)  # 60 windows: 3 mixing runs of 20
+    batches = _normalized(raw, stats)
     batch = batches[0]
     assert batch[schema.OBS_STATE].shape == (B, T, 14)
     assert batch[schema.ACTIONS].shape == (B, H, 14)

@@ -4,11 +4,12 @@ import json
 import os
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 
 from action_gen.data import normalize as norm
-from action_gen.data import pipeline, rlds, schema
+from action_gen.data import pipeline, rlds, schema, transforms
 from tests.data.test_rlds import make_episodes
 
 T, H, B = 2, 4, 5
@@ -91,9 +92,18 @@ def test_batches_follow_schema(dataset_dir, stats):
     assert all(p.startswith(b"push block") for p in batch[schema.PROMPT])
 
 
+def _normalized(batches, stats):
+    """The batches through the run's transform pipeline (normalization on the host)."""
+    config = ml_collections.ConfigDict(
+        {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": T}, "model": {}}
+    )
+    pipe = transforms.create_pipeline(config, stats)
+    return [pipe.inputs(b)[0] for b in batches]
+
+
 def test_actions_in_unit_range(dataset_dir, stats):
     # 22 windows per epoch, 9 batches of 5: crosses epoch boundaries.
-    batches = _take(_train(dataset_dir, stats), 9)
+    batches = _normalized(_take(_train(dataset_dir, stats), 9), stats)
     actions = np.stack([b[schema.ACTIONS] for b in batches])
     assert actions.min() >= -1 - 1e-5 and actions.max() <= 1 + 1e-5
     assert actions.min() < -0.9 and actions.max() > 0.9
@@ -115,8 +125,41 @@ def test_deterministic_and_exact_resume(dataset_dir, stats):
     assert not np.array_equal(other[schema.ACTIONS], full[0][schema.ACTIONS])
 
 
+def test_small_dataset_is_shuffled_as_a_whole(tmp_path):
+    """A dataset that fits the shuffle buffer is one block per epoch: the first batches
+    draw windows from across all episodes, not from the first `episodes_per_block` of the
+    epoch's permutation (blocks of 64 of 200 episodes restricted every run of ~25 demo
+    batches to a third of the data; the make-demo regression of issue #32)."""
+    episodes = make_episodes([3] * 200, images=False)
+    for i, episode in enumerate(episodes):  # the state names the episode
+        episode["observation"]["state"][:] = i
+    path = rlds.write_rlds_dataset(episodes, tmp_path, shard_size=50)
+    stats = pipeline.compute_dataset_norm_stats(path)
+    batches = _take(
+        pipeline.create_train_dataset(
+            path,
+            obs_horizon=1,
+            action_horizon=2,
+            batch_size=64,
+            norm_stats=stats,
+            shuffle_buffer=10_000,
+            seed=0,
+            episodes_per_block=64,
+        ),
+        3,
+    )
+    seen = {int(s) for b in batches for s in b[schema.OBS_STATE][:, -1, 0]}
+    # 192 windows drawn from all 200 episodes: ~123 distinct expected; from 64: at most 64.
+    assert len(seen) > 100, len(seen)
+
+
 def test_bad_arguments(dataset_dir, stats):
     with pytest.raises(ValueError, match="'zscore'"):
-        _train(dataset_dir, stats, action_norm="zscore")
+        transforms.create_pipeline(
+            ml_collections.ConfigDict(
+                {"data": {"state_norm": "minmax", "action_norm": "zscore"}, "model": {}}
+            ),
+            stats,
+        )
     with pytest.raises(ValueError, match="'actions'"):
         _train(dataset_dir, {"state": stats["state"]})

@@ -116,36 +116,44 @@ def _config(fmt, tok="bytes", state_norm="minmax"):
     return ml_collections.ConfigDict(
         {
             "data": {"obs_horizon": 2, "prompt_max_len": 40, "tokenizer": tok,
-                     "prompt_format": fmt, "state_norm": state_norm},
+                     "prompt_format": fmt, "state_norm": state_norm,
+                     "action_norm": "minmax"},
             "model": {"name": "pi0"},
         }
     )  # fmt: skip
 
 
-def test_preparers_write_the_normalized_current_state(sp_file, sp):
-    """Training batches arrive normalized: their last step is written as it is; raw
-    observations are normalized (data.state_norm) for the prompt only."""
+def _stats(state_min, state_max, action_dim=2):
+    def one(lo, hi):
+        lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+        return {"min": lo.tolist(), "max": hi.tolist(), "mean": ((lo + hi) / 2).tolist(),
+                "std": ((hi - lo) / 4).tolist(), "q01": lo.tolist(), "q99": hi.tolist(),
+                "count": 10}  # fmt: skip
+
+    return {"state": one(state_min, state_max), "actions": one([-1] * action_dim, [1] * action_dim)}
+
+
+def test_pipeline_writes_the_normalized_current_state(sp_file, sp):
+    """The prompt stage follows normalize: the current step of the state, normalized with
+    data.state_norm, is written into a π0.5 prompt, for training batches and observations
+    alike (one pipeline)."""
     config = _config("openpi_pi05", sp_file)
-    state = np.array([[[9.0, 9.0], [0.0, 0.5]]], np.float32)  # [B=1, T=2, S=2]
+    # minmax: [0, 3] → [0, 0.5] → bins 128, 192; the older step [9, 9] is not written.
+    pipe = transforms.create_pipeline(config, _stats([-2.0, 0.0], [2.0, 4.0]))
+    state = np.array([[[9.0, 9.0], [0.0, 3.0]]], np.float32)  # [B=1, T=2, S=2]
     batch = {schema.PROMPT: np.array([b"pick up the cup"], object), schema.OBS_STATE: state}
-    out = transforms.make_batch_preparer(config, data_action_dim=2)(batch)
+    out, _ = pipe.inputs(batch)
     want = sp.encode("Task: pick up the cup, State: 128 192;\nAction: ", add_bos=True)
     np.testing.assert_array_equal(out[schema.PROMPT_TOKENS][0], _padded(want, 40)[0])
-
-    stats = {"min": [-2.0, 0.0], "max": [2.0, 4.0]}  # minmax: [0, 3] → [0, 0.5] → 128, 192
-    raw = {**batch, schema.OBS_STATE: np.array([[[0.0, 3.0]]], np.float32)}
-    out = transforms.make_observation_preparer(config, state_stats=stats)(raw)
-    np.testing.assert_array_equal(out[schema.PROMPT_TOKENS][0], _padded(want, 40)[0])
-    np.testing.assert_array_equal(out[schema.OBS_STATE], raw[schema.OBS_STATE])  # still raw
-    with pytest.raises(ValueError, match="state_stats"):
-        transforms.make_observation_preparer(config)
+    np.testing.assert_allclose(out[schema.OBS_STATE][0, -1], [0.0, 0.5])
     # π0's format reads no state; the byte tokenizer takes every format too.
-    pi0 = transforms.make_observation_preparer(_config("openpi_pi0"))({schema.PROMPT: ["a_b "]})
+    pi0 = transforms.create_pipeline(_config("openpi_pi0"), _stats([0.0], [1.0]))
+    out, _ = pi0.inputs({schema.PROMPT: ["a_b "], schema.OBS_STATE: np.zeros((1, 1, 1))})
     np.testing.assert_array_equal(
-        pi0[schema.PROMPT_TOKENS][0, :5], [tokenizer.BOS_ID, *(b + 3 for b in b"a b\n"), 0][:5]
+        out[schema.PROMPT_TOKENS][0, :5], [tokenizer.BOS_ID, *(b + 3 for b in b"a b\n"), 0][:5]
     )
     with pytest.raises(ValueError, match="data.prompt_format='openpi'"):
-        transforms.make_batch_preparer(_config("openpi"), data_action_dim=2)
+        transforms.create_pipeline(_config("openpi"), _stats([0.0], [1.0]))
 
 
 def test_imported_pi05_policy_tokenizes_the_request_with_its_state(sp_file, sp, tmp_path):

@@ -4,13 +4,19 @@ import ml_collections
 import numpy as np
 import pytest
 
-from action_gen.data import schema, spec, tokenizer, transforms
+from action_gen.data import normalize, schema, spec, tokenizer, transforms
 
 
 def _config(prompt_max_len=0, action_dim=None, cameras=None, tok="bytes"):
     config = ml_collections.ConfigDict()
     config.data = ml_collections.ConfigDict(
-        {"obs_horizon": 2, "prompt_max_len": prompt_max_len, "tokenizer": tok}
+        {
+            "obs_horizon": 2,
+            "prompt_max_len": prompt_max_len,
+            "tokenizer": tok,
+            "state_norm": "minmax",
+            "action_norm": "minmax",
+        }
     )
     if cameras is not None:
         config.data.cameras = cameras
@@ -71,30 +77,65 @@ def test_sentencepiece_model_file(tmp_path):
         tokenizer.create_tokenizer(str(tmp_path / "nope.model"))
 
 
-def test_batch_preparer_tokenizes_and_pads_actions():
+def _stats(state_dim, action_dim, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = lambda d: rng.normal(size=(50, d)) * 3 + 1  # noqa: E731
+    return {
+        "state": normalize.compute_norm_stats([rows(state_dim)]),
+        "actions": normalize.compute_norm_stats([rows(action_dim)]),
+    }
+
+
+def test_pipeline_normalizes_tokenizes_and_pads_actions():
     config = _config(prompt_max_len=8, action_dim=5)
+    stats = _stats(3, 2)
+    pipe = transforms.create_pipeline(config, stats)
+    state = np.random.default_rng(1).normal(size=(2, 2, 3)).astype(np.float32)
     batch = {
+        schema.OBS_STATE: state,
         schema.PROMPT: np.array([b"left", b"right"], dtype=object),
         schema.ACTIONS: np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2),
     }
-    out = transforms.make_batch_preparer(config, data_action_dim=2)(batch)
+    out, context = pipe.inputs(batch)
     expected_tokens, expected_mask = tokenizer.tokenize(["left", "right"], 8)
     np.testing.assert_array_equal(out[schema.PROMPT_TOKENS], expected_tokens)
     np.testing.assert_array_equal(out[schema.PROMPT_MASK], expected_mask)
+    np.testing.assert_array_equal(
+        out[schema.OBS_STATE], normalize.normalize(state, stats["state"], "minmax")
+    )
     assert out[schema.ACTIONS].shape == (2, 3, 5)
-    np.testing.assert_array_equal(out[schema.ACTIONS][..., :2], batch[schema.ACTIONS])
+    np.testing.assert_allclose(
+        out[schema.ACTIONS][..., :2],
+        normalize.normalize(batch[schema.ACTIONS], stats["actions"], "minmax"),
+        rtol=1e-6,
+    )
     assert not out[schema.ACTIONS][..., 2:].any()
     np.testing.assert_array_equal(out[schema.ACTION_DIM_MASK][0], [1, 1, 0, 0, 0])
     assert schema.ACTION_DIM_MASK not in schema.observation_of(out)
+    # unpad → unnormalize: the model's chunk back in the data's units.
+    back = pipe.outputs(out[schema.ACTIONS], context)
+    np.testing.assert_allclose(back, batch[schema.ACTIONS], atol=1e-5)
 
 
-def test_preparer_is_identity_without_language_or_padding():
-    batch = {schema.ACTIONS: np.zeros((2, 3, 4), np.float32)}
-    out = transforms.make_batch_preparer(_config(), data_action_dim=4)(batch)
-    assert set(out) == {schema.ACTIONS}
+def test_pipeline_adds_nothing_without_language_or_padding():
+    pipe = transforms.create_pipeline(_config(), _stats(3, 4))
+    batch = {
+        schema.OBS_STATE: np.zeros((2, 2, 3), np.float32),
+        schema.ACTIONS: np.zeros((2, 3, 4), np.float32),
+    }
+    out, _ = pipe.inputs(batch)
+    assert set(out) == {schema.OBS_STATE, schema.ACTIONS}
+    assert out[schema.OBS_STATE].dtype == np.float32
 
 
 def test_missing_prompt_names_the_key():
-    prepare = transforms.make_observation_preparer(_config(prompt_max_len=8))
+    pipe = transforms.create_pipeline(_config(prompt_max_len=8), _stats(3, 2))
     with pytest.raises(KeyError, match="'prompt'"):
-        prepare({schema.OBS_STATE: np.zeros((1, 2, 3), np.float32)})
+        pipe.inputs({schema.OBS_STATE: np.zeros((1, 2, 3), np.float32)})
+
+
+def test_stage_order_is_declared_once():
+    assert transforms.INPUT_STAGES == (
+        "robot", "delta_actions", "normalize", "prompt", "tokenize", "pad"
+    )  # fmt: skip
+    assert transforms.OUTPUT_STAGES == ("unpad", "unnormalize", "absolute_actions", "robot")

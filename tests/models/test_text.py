@@ -79,4 +79,4 @@ def test_tokenizer_larger_than_embedding_table_is_rejected():
         {"data": {"prompt_max_len": 16, "tokenizer": "bytes"}, "model": {"vocab_size": 100}}
     )
     with pytest.raises(ValueError, match="model.vocab_size=100"):
-        transforms.make_batch_preparer(config, data_action_dim=4)
+        transforms.create_prompt_tokenizer(config)

@@ -179,7 +179,7 @@ def test_pi0_policy_runs_the_prefix_once_per_chunk():
         jax.make_jaxpr(policy._sample)(policy.params, obs, key).jaxpr, patch_features
     )
     assert counts == {"outside": 2, "inside": 0}, counts  # two cameras, once each
-    prefix = np.zeros((2, *policy.action_shape), np.float32)
+    prefix = np.zeros((2, policy.action_horizon, policy.model_action_dim), np.float32)
     weights = np.ones((2, policy.action_horizon), np.float32)
     guided = jax.make_jaxpr(lambda *a: policy._sample_rtc(*a, max_guidance=5.0))(
         policy.params, obs, key, prefix, weights
