@@ -1,4 +1,6 @@
-"""Self-describing orbax checkpoints: train state + config JSON + normalization stats.
+"""Self-describing orbax checkpoints: train state + config JSON + normalization stats (the
+orbax I/O only: which config fields a checkpoint fixes is action_gen/compat.py's, where a
+run's checkpoints live and how parameters are restored is action_gen/run.py's).
 
 Layout of `<workdir>/checkpoints/<step>/`:
   state/       TrainState (step, params, ema_params, opt_state)   PyTree item
@@ -17,133 +19,14 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
-from flax import traverse_util
-
-from action_gen import objectives
 
 STATE, CONFIG, NORM_STATS, DATA = "state", "config", "norm_stats", "data"
 ITEM_NAMES = (STATE, CONFIG, NORM_STATS, DATA)
-
-
-def config_to_json_dict(config: ml_collections.ConfigDict) -> dict:
-    """Plain JSON dict of a config (FieldReferences resolved)."""
-    return json.loads(config.to_json_best_effort())
-
-
-def config_differences(
-    stored: dict, current: dict, relevant: Callable[[str], bool]
-) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (stored value, current value)}, sorted by key, for the keys
-    (`"model.channels"`) where `relevant(key)` holds and two config JSON dicts (a
-    checkpoint's and a run's) differ; a key missing on one side has the value None there.
-
-    Values are compared in JSON form: a stored config has lists where a live one has tuples.
-    """
-    old = traverse_util.flatten_dict(stored, sep=".")
-    new = traverse_util.flatten_dict(current, sep=".")
-    keys = sorted(k for k in old.keys() | new.keys() if relevant(k))
-    return {
-        k: (old.get(k), new.get(k))
-        for k in keys
-        if json.dumps(old.get(k)) != json.dumps(new.get(k))
-    }
-
-
-# What a checkpoint fixes: the config fields that define what its parameters mean (their
-# shapes, what the network predicts, the units of its inputs and outputs). Resume, sweep
-# evaluation and `Policy.from_checkpoint(config=...)` refuse any other value for these.
-# The objective's sampling-only fields (objectives.SAMPLING_FIELDS: sampler, eta,
-# clip_sample, num_sample_steps, ...) change how a model is sampled, not what it learned,
-# and may differ. The dims of states and actions are fixed through the norm stats, which
-# always come from the checkpoint; the dataset's identity is checked on resume
-# (`check_dataset_identity`).
-# `lora` and the optimizer's trainable / frozen split fix the train state's tree (adapters,
-# which leaves carry optimizer state and EMA): resuming under another layout cannot work.
-# A robot adapter's conventions (joints, delta actions, widths) fix the units of the model's
-# inputs and outputs; its default prompt and where a dataset keeps each part do not.
-FIXED_SECTIONS = ("model", "objective", "lora")
-FIXED_KEYS = (
-    "data.obs_horizon",
-    "data.action_horizon",
-    "data.state_norm",
-    "data.action_norm",
-    "optimizer.trainable",
-    "optimizer.frozen_dtype",
-    "robot.name",
-    "robot.state",
-    "robot.state_dims",
-    "robot.action_dim",
-    "robot.delta_action_dims",
-    "robot.joints",
-)
-
-
-def is_fixed_by_checkpoint(key: str) -> bool:
-    """Whether the dotted config key is one a checkpoint fixes (see FIXED_SECTIONS)."""
-    section, _, field = key.partition(".")
-    if section == "objective" and field in objectives.SAMPLING_FIELDS:
-        return False
-    return section in FIXED_SECTIONS or key in FIXED_KEYS
-
-
-def check_config_compatible(stored: dict, current: dict, where: str, remedy: str) -> None:
-    """Raises ValueError naming every field the checkpoint fixes that differs between its
-    config (`stored`) and `current` (both config JSON dicts).
-
-    Args:
-      where: the checkpoint directory, for the message.
-      remedy: what the user can do instead (e.g. "use a new --workdir").
-    """
-    differing = config_differences(stored, current, is_fixed_by_checkpoint)
-    if differing:
-        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
-        raise ValueError(
-            f"the checkpoint in {where} was trained with another config: {details} differ "
-            f"(a checkpoint fixes model.*, objective.* except its sampling settings, lora.*, "
-            f"and {', '.join(FIXED_KEYS)}). {remedy}"
-        )
-
-
-def check_dataset_identity(
-    stored_fingerprints: list[str] | None,
-    current_fingerprints: list[str],
-    stored_dirs,
-    current_dirs,
-    *,
-    allowed: bool,
-    where: str,
-) -> None:
-    """Refuses to resume on other data than the checkpoint was trained on.
-
-    Each dataset is identified by `pipeline.dataset_fingerprint` (its dataset_info.json:
-    shard lengths, byte count, features), not by its path, so a moved copy resumes. With
-    `allowed` (`--config.train.allow_dataset_change=True`) the new data is accepted; the
-    checkpoint's norm stats are kept either way. A checkpoint without fingerprints (older
-    format) is accepted with a warning.
-    """
-    if stored_fingerprints is None:
-        logging.warning(
-            "%s records no dataset fingerprint (older checkpoint): the dataset is not checked",
-            where,
-        )
-        return
-    if list(stored_fingerprints) == list(current_fingerprints) or allowed:
-        return
-    raise ValueError(
-        f"cannot resume from {where}: it was trained on {stored_dirs} (fingerprint "
-        f"{[f[:12] for f in stored_fingerprints]}), but this run reads {current_dirs} "
-        f"(fingerprint {[f[:12] for f in current_fingerprints]}). Point data.dataset_dir at "
-        "the original data, use a new --workdir, or pass "
-        "--config.train.allow_dataset_change=True to continue training on the new data "
-        "(normalized with the checkpoint's stats)."
-    )
 
 
 # Orbax's keep-last-K deletion renames a step into this folder (one atomic rename) instead

@@ -18,7 +18,6 @@ steps found (distinct directories, with the files each one had), resume mismatch
 launches, damaged steps that a manager start moved aside, wall time and the machine.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 import warnings
+
+from action_gen import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESUMED = re.compile(r"Resumed from \S+ at step (\d+)")
@@ -116,7 +117,7 @@ def _machine() -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--max_delay", type=float, default=0.4, help="seconds after a step")
     parser.add_argument("--num_steps", type=int, default=200, help="per run (then a new run)")
@@ -218,4 +219,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

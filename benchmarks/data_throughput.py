@@ -26,13 +26,14 @@ Output: one JSON object per section as it finishes, then one object with all of 
 the machine (cores, TF version).
 """
 
-import argparse
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+
+from action_gen import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -225,7 +226,7 @@ QUICK = dict(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="lowdim,png,jpeg,mp4")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds; the test)")
     parser.add_argument("--episodes", type=int, default=200, help="low-dim episodes")
@@ -262,4 +263,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.quiet_logs()
+    cli.run_command(main)

@@ -29,7 +29,6 @@ the data order (uniform over the same windows, not tf.data's stream), and no che
 (parameters stay in memory; media recording is off).
 """
 
-import argparse
 import ast
 import hashlib
 import importlib
@@ -42,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from action_gen import cli
 from benchmarks import first_chunk_modes  # noqa: E402
 
 WINDOWS_FILE = "windows.npz"
@@ -265,7 +265,7 @@ def run(
 ):
     import jax
 
-    from action_gen import checkpoint, models, objectives
+    from action_gen import compat, models, objectives
     from action_gen.data import spec as spec_lib
     from action_gen.train import teacher as teacher_lib
 
@@ -335,9 +335,9 @@ def run(
         if smoke_steps:
             student.train.num_steps = smoke_steps
         student.teacher = teacher_config
-        teacher_lib.check_student_config(
-            checkpoint.config_to_json_dict(teacher_config),
-            checkpoint.config_to_json_dict(student),
+        compat.check_distillation(
+            compat.config_to_json_dict(teacher_config),
+            compat.config_to_json_dict(student),
             teacher.directory,
         )
         print(f"[{spec}] student {name}: {student.train.num_steps} steps", flush=True)
@@ -349,7 +349,7 @@ def run(
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", action="store_true")
     parser.add_argument("--run", action="store_true")
     parser.add_argument("--config", default="", help="configs/NAME.py:ARG (export)")
@@ -380,4 +380,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

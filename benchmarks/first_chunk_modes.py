@@ -25,7 +25,6 @@ quantity a few-step method has to drive down.
 prints one JSON object per (policy, steps). Needs no TensorFlow.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -34,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from action_gen import cli
 from action_gen.data import schema  # noqa: E402
 from action_gen.envs import obstacle  # noqa: E402
 from action_gen.eval import rollout  # noqa: E402
@@ -91,7 +91,7 @@ def first_chunk_modes(
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a trained obstacle run")
     parser.add_argument("--teacher", default="", help="another run to measure beside it")
     parser.add_argument("--num_sample_steps", default="", help="e.g. 1,2 (default: config's)")
@@ -160,4 +160,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

@@ -28,7 +28,6 @@ Needs only JAX, Flax, Optax, Orbax, chex, numpy, msgpack, websockets and ml_coll
 (no TensorFlow).
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -54,6 +53,8 @@ import sampler  # noqa: E402
 import serve  # noqa: E402
 import train_throughput  # noqa: E402
 from timing import device_report  # noqa: E402
+
+from action_gen import cli  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +296,8 @@ def _norm_stats(state_dim: int, action_dim: int) -> dict:
 def write_checkpoint(workdir: str, config_arg: str | None, state_dim=20, action_dim=2) -> str:
     """A servable run directory: the low-dim diffusion U-Net config (DDIM-10) with random
     parameters, saved as the train loop saves it (orbax; config and norm stats beside)."""
-    from action_gen import checkpoint, models
+    from action_gen import checkpoint, compat, models
+    from action_gen import run as run_lib
     from action_gen.data import spec
     from configs import diffusion_unet_obstacle
 
@@ -305,14 +307,12 @@ def write_checkpoint(workdir: str, config_arg: str | None, state_dim=20, action_
     params = models.init_params(
         model, jax.random.key(0), example, (config.data.action_horizon, action_dim)
     )
-    manager = checkpoint.create_checkpoint_manager(
-        os.path.join(workdir, "checkpoints"), async_save=False
-    )
+    manager = run_lib.create_manager(workdir, async_save=False)
     checkpoint.save_checkpoint(
         manager,
         0,
         {"params": params, "ema_params": params},
-        config=checkpoint.config_to_json_dict(config),
+        config=compat.config_to_json_dict(config),
         norm_stats=_norm_stats(state_dim, action_dim),
         data_state={},
     )
@@ -420,7 +420,7 @@ def summary(rec: Recorder) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU test)")
     parser.add_argument(
         "--switches", action="store_true", help="compare the speed switches instead"
@@ -455,4 +455,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

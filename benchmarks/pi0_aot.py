@@ -23,15 +23,16 @@ The layers are scanned (`nn.scan`), so the compile times are those of one layer 
 stack (backbone, expert, ViT) plus the rest, whatever the depth.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 
+from action_gen import cli
+
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--remat", default="full", help="model.remat of the scanned layers")
@@ -141,4 +142,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from action_gen import cli
+
 METHODS = {"full": "", "lora": ",lora", "frozen_backbone": ",frozen_backbone"}
 
 
@@ -93,7 +95,7 @@ def measure(method: str, variant: str, batch: int, steps: int, remat: str = "non
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="pi0")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
@@ -121,4 +123,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

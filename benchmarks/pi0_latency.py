@@ -22,7 +22,6 @@ for init). Needs no TensorFlow. Prints one JSON object. `build`, `benchmark` and
 `policy_benchmark` are also the π0 section of benchmarks/gpu_suite.py.
 """
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -33,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from timing import device_report, median_ms  # benchmarks/timing.py
 
-from action_gen import models
+from action_gen import cli, models
 from action_gen.data import schema, tokenizer
 from action_gen.models import pi0
 from action_gen.objectives import flow
@@ -210,7 +209,7 @@ def policy_benchmark(built: Built, runs: int, batch: int = 1) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="pi0", choices=sorted(pi0.SIZES))
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--batch", type=int, default=1)
@@ -241,4 +240,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

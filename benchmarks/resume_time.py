@@ -13,7 +13,6 @@ a header read per episode (already part of opening the dataset) plus at most one
 of windows per dataset recomputed (data/pipeline.py module docstring).
 """
 
-import argparse
 import json
 import os
 import platform
@@ -22,6 +21,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from action_gen import cli
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,7 +49,7 @@ def _episode(i: int, length: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--length", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64)
@@ -132,4 +133,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

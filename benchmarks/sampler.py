@@ -23,7 +23,6 @@ measured on an H200 is in BUILD_NOTES (issue 17); the 1-D conv as cuDNN's convol
 (`lax.conv_general_dilated`) instead of im2col + GEMM was 2.8x slower there and is gone.
 """
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -41,7 +40,7 @@ from timing import device_report, median_ms  # benchmarks/timing.py
 # Runnable from a plain checkout (the GPU machine has no install of this package).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from action_gen import models, objectives  # noqa: E402
+from action_gen import cli, models, objectives  # noqa: E402
 from action_gen.data import schema  # noqa: E402
 from action_gen.objectives import diffusion, flow  # noqa: E402
 from action_gen.train.step import cast_floats, wrap_apply_fn  # noqa: E402
@@ -417,7 +416,7 @@ def summarize(scan: dict, loop_ms: float, num_steps: int) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--models", default="dp,tiny", help=f"comma list of {sorted(MODELS)}")
@@ -440,4 +439,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

@@ -18,7 +18,6 @@ Prints one JSON object per run with, per C:
 `benchmark` is also the server section of benchmarks/gpu_suite.py.
 """
 
-import argparse
 import http.client
 import json
 import os
@@ -31,6 +30,7 @@ import time
 import numpy as np
 import websockets.sync.client
 
+from action_gen import cli
 from action_gen.serve import protocol
 
 
@@ -162,7 +162,7 @@ def benchmark(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="trained run (checkpoint) to serve")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--requests_per_client", type=int, default=30)
@@ -182,4 +182,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

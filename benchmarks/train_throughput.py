@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from action_gen import cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -113,7 +115,7 @@ def measure(
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--platform", default="cpu", choices=["cpu", "gpu", "tpu"])
     parser.add_argument("--device_counts", default="1,8", help="CPU: fake device counts")
     parser.add_argument("--dtypes", default="float32", help="comma list: float32,bfloat16")
@@ -157,4 +159,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

@@ -21,13 +21,17 @@ def parse_arg(arg: str | None) -> tuple[set[str], dict[str, str]]:
 def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """A U-Net policy with objective `objective` on the built-in obstacle task.
 
-    Variants: none (DP's low-dim sizes), 'demo' (CPU scale, `make demo`), 'runlocal'
-    (tiny, seconds).
+    Variants: none (DP's low-dim sizes), 'demo' (CPU scale, `make demo`), 'runlocal' /
+    'smoke' (tiny, seconds).
     """
     flags, values = parse_arg(arg)
-    unknown = flags - {"demo", "runlocal"}
+    unknown = flags - {"demo", "runlocal", "smoke"}
     if unknown:
-        raise ValueError(f"unknown config variant(s) {sorted(unknown)}; use demo or runlocal")
+        raise ValueError(
+            f"unknown config variant(s) {sorted(unknown)}; use demo, runlocal or smoke"
+        )
+    if "smoke" in flags:  # every config's name for its few-second check: here runlocal
+        flags = (flags - {"smoke"}) | {"runlocal"}
 
     config = ml_collections.ConfigDict()
     config.seed = int(values.get("seed", 0))

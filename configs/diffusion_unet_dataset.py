@@ -14,7 +14,8 @@ Arg (comma-separated; the part after ':'):
   name=NAME        a registered mapping (action_gen/data/standardize.py REGISTRY):
                    fractal20220817_data, bridge, bridge_dataset, taco_play,
                    libero_{10,goal,object,spatial}_no_noops, droid, aloha; a name of your
-                   own with its mapping in data.mappings.NAME; `lerobot` for a LeRobot
+                   own with its mapping in a JSON file {NAME: mapping} passed as
+                   --config.data.mapping_file=FILE; `lerobot` for a LeRobot
                    directory (converted once to RLDS in <workdir>/dataset/lerobot_<dir>
                    by the data step); `native` for an RLDS dataset in our own layout.
   name=A+B+C       a mixture: data.dataset_dirs (comma-separated, one per name), weights
@@ -58,9 +59,11 @@ def get_config(arg=None):
     data.dataset_names = names
     data.dataset_dir = ""  # one dataset (name=NAME)
     data.dataset_dirs = ""  # a mixture: comma-separated, one per name
-    data.weights = [1.0] * len(names)
+    data.weights = tuple([1.0] * len(names))  # a tuple: overridable, "(2.0, 1.0, 1.0)"
     data.split = "train"  # or "test", "val", a TFDS slice "train[:95%]"
     data.mappings = ml_collections.ConfigDict()  # NAME -> mapping (standardize.py)
+    # A JSON file {NAME: mapping}: mappings from the command line (--config.data.mapping_file).
+    data.mapping_file = ""
     size = int(values.get("size", 32 if smoke else 224))
     data.image_size = [size, size]  # every camera slot, aspect kept (black padding)
     # {slot: [h, w]}; None: the slots of the datasets' mappings at data.image_size, filled

@@ -19,7 +19,7 @@ Arg (comma-separated; the part after ':'):
   cpu              CPU scale (U-Net (64, 128, 256), batch 128, 2k steps): what the
                    BUILD_NOTES numbers used. With image=: ResNet (1, 1, 1, 1) blocks at
                    width 16, batch 64.
-  runlocal         tiny, a handful of steps, 2 demos, 2 eval episodes: a smoke test.
+  runlocal, smoke  tiny, a handful of steps, 2 demos, 2 eval episodes: a smoke test.
   demos=N, steps=N, seed=N   overrides.
   post_success=N   keep N expert steps past each demo's first success (default 0: demos
                    end at success); its own data.dataset_dir, as the demos differ.
@@ -34,7 +34,7 @@ import ml_collections
 from configs import common
 
 DEFAULT_TASK = "push"
-_VARIANTS = {"cpu", "runlocal"}
+_VARIANTS = {"cpu", "runlocal", "smoke"}
 
 
 def metaworld_config(objective: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -43,6 +43,8 @@ def metaworld_config(objective: str, arg: str | None = None) -> ml_collections.C
     unknown = flags - _VARIANTS
     if unknown:
         raise ValueError(f"unknown config variant(s) {sorted(unknown)}; use {sorted(_VARIANTS)}")
+    if "smoke" in flags:  # every config's name for its few-second check: here runlocal
+        flags = (flags - {"smoke"}) | {"runlocal"}
     tasks = [t for t in values.get("task", DEFAULT_TASK).split("+") if t]
     if not tasks:
         raise ValueError("task= names no task; e.g. task=push or task=reach+push")

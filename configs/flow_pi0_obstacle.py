@@ -72,6 +72,7 @@ def get_config(arg=None):
     config.model.time_scale = time_scale
     config.model.dtype = "float32"
     config.model.vocab_size = 259  # byte tokenizer (data/tokenizer.py)
+    config.model.remat = "none"  # none | full | a jax.checkpoint_policies name
 
     if "pi0" in flags:
         config.model.variant = "pi0"

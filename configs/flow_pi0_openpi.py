@@ -39,6 +39,8 @@ Variants (the arg after ':', comma-separated; key=value pairs too):
                    a π0.5 trained with openpi's discrete_state_input=False (pi05_libero) takes
                    openpi_pi0.
   steps=, batch=   fine-tuning length and batch (openpi: 30,000 × 32).
+  smoke            a few-second check: the `tiny` size, H = 4, 2 steps of batch 2, short
+                   prompts (with pi0 / pi05; `variant=`, `horizon=` still override).
 
 Fine-tuning data: `data.dataset_dir` is a LeRobot dataset (meta/info.json: converted once to
 RLDS in the workdir by the data step) or an RLDS dataset; the robot adapter finds its
@@ -58,7 +60,7 @@ CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi's IM
 
 def get_config(arg=None):
     flags, values = common.parse_arg(arg)
-    known = {"pi0", "pi05"} | common.FINETUNE_VARIANTS
+    known = {"pi0", "pi05", "smoke"} | common.FINETUNE_VARIANTS
     unknown = flags - known
     models = flags & {"pi0", "pi05"}
     if unknown or len(models) != 1:
@@ -67,10 +69,11 @@ def get_config(arg=None):
             f"{sorted(common.FINETUNE_VARIANTS)}; got {sorted(flags)}"
         )
     pi05 = "pi05" in flags
+    smoke = "smoke" in flags
     config = common.obstacle_config(objective="flow")
 
-    variant = values.get("variant", "pi0")
-    horizon = int(values.get("horizon", 50))
+    variant = values.get("variant", "tiny" if smoke else "pi0")
+    horizon = int(values.get("horizon", 4 if smoke else 50))
     config.data.builtin_task = ""  # a robot's own data: data.dataset_dir
     config.data.dataset_dir = ""  # a LeRobot (v3.0 / v2.1) or RLDS dataset directory
     config.data.dataset_names = ""  # "" = the robot's recordings (or lerobot, detected)
@@ -78,13 +81,14 @@ def get_config(arg=None):
     config.data.obs_horizon = 1
     config.data.action_horizon = horizon
     config.data.cameras = {name: (224, 224) for name in CAMERAS}
-    config.data.prompt_max_len = int(values.get("max_token_len", 200 if pi05 else 48))
+    default_len = 16 if smoke else (200 if pi05 else 48)
+    config.data.prompt_max_len = int(values.get("max_token_len", default_len))
     config.data.tokenizer = values.get("tokenizer", "bytes")
     config.data.prompt_format = values.get("prompt_format", "openpi_pi05" if pi05 else "openpi_pi0")
     norm = values.get("norm", "quantile" if pi05 else "meanstd")
     config.data.state_norm = norm
     config.data.action_norm = norm
-    config.data.batch_size = int(values.get("batch", 32))
+    config.data.batch_size = int(values.get("batch", 2 if smoke else 32))
     config.data.shuffle_buffer = 2_000  # windows of 224² frames are large
 
     config.robot = common.robot_section(values.get("robot", ""))
@@ -117,7 +121,7 @@ def get_config(arg=None):
     config.optimizer.b2 = 0.95
     config.optimizer.weight_decay = 1e-10
     config.optimizer.final_lr_fraction = 0.1
-    config.train.num_steps = int(values.get("steps", 30_000))
+    config.train.num_steps = int(values.get("steps", 2 if smoke else 30_000))
     config.train.checkpoint_every = min(1_000, config.train.num_steps)
     config.train.ema_max_decay = 0.99
     config.train.init_from = ""  # the imported checkpoint's workdir

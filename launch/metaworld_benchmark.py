@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from action_gen import cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV_TASKS = (
     "reach",
@@ -51,7 +53,7 @@ METHODS = {"diffusion": "dp", "flow": "flow", "regression": "reg"}  # method -> 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="Runs, datasets and the table.")
     parser.add_argument("--tasks", type=_csv, default=list(DEV_TASKS), help="Task names.")
     parser.add_argument("--methods", type=_csv, default=list(METHODS), help="Objectives.")
@@ -333,4 +335,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

@@ -39,7 +39,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from action_gen import objectives
+from action_gen import cli, objectives
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_SCRIPT = os.path.abspath(__file__)
@@ -553,8 +553,7 @@ def _dataset_actions(dataset_dir: str):
 def main(argv):
     FLAGS = flags.FLAGS  # noqa: N806 - absl's conventional name
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger().setLevel(logging.INFO)
+        raise cli.UserError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.eval_checkpoint:
         evaluate_run(FLAGS.config, FLAGS.workdir, FLAGS.eval_checkpoint)
         return
@@ -613,4 +612,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.absl_main(main, __doc__)

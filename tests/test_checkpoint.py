@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from action_gen import checkpoint
+from action_gen import checkpoint, compat
 
 
 def _state(step: int) -> dict:
@@ -206,9 +206,9 @@ def test_a_fine_tuning_layout_is_fixed_by_the_checkpoint():
         "optimizer": {"lr": 1e-3, "trainable": "expert"},
     }
     same_but_lr = {**stored, "optimizer": {"lr": 5e-4, "trainable": "expert"}}
-    checkpoint.check_config_compatible(stored, same_but_lr, "W", "use a new --workdir")
+    compat.check_resume(stored, same_but_lr, "W", "use a new --workdir")
     other = {**stored, "lora": {"rank": 8, "alpha": 16.0}, "optimizer": {"lr": 1e-3}}
     with pytest.raises(
         ValueError, match=r"lora\.rank.*optimizer\.trainable|optimizer\.trainable.*lora\.rank"
     ):
-        checkpoint.check_config_compatible(stored, other, "W", "use a new --workdir")
+        compat.check_resume(stored, other, "W", "use a new --workdir")

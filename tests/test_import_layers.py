@@ -30,29 +30,48 @@ PACKAGE = "action_gen"
 
 # Layer (a subpackage, or a top-level module of action_gen) -> the layers it may import.
 ALLOWED = {
-    "data": set(),
-    "envs": {"data"},
+    # The front door (user errors, logs, progress): stdlib only, usable from any layer.
+    "cli": set(),
+    "data": {"cli"},
+    "envs": {"cli", "data"},
     "models": {"data"},
     "objectives": {"data", "models"},
-    # The checkpoint *format*: what train/ writes and sample/ reads, so sample/ never
-    # loads the trainer. It knows the objectives' sampling-only fields (what a checkpoint
-    # does not fix).
-    "checkpoint": {"data", "objectives"},
-    "train": {"checkpoint", "data", "models", "objectives"},
-    "sample": {"checkpoint", "data", "models", "objectives"},
-    "eval": {"checkpoint", "data", "envs", "models", "objectives", "sample"},
+    # The checkpoint *format* (orbax I/O): what train/ writes and sample/ reads, so
+    # sample/ never loads the trainer.
+    "checkpoint": set(),
+    # The compatibility rules (resume, init_from, distillation): they know the objectives'
+    # sampling-only fields and ODE settings.
+    "compat": {"data", "objectives"},
+    # A run directory's owner: its checkpoints and the one parameter-restore path.
+    "run": {"checkpoint", "data", "models"},
+    "train": {"checkpoint", "cli", "compat", "data", "models", "objectives", "run"},
+    "sample": {"checkpoint", "compat", "data", "models", "objectives", "run"},
+    "eval": {"checkpoint", "cli", "data", "envs", "models", "objectives", "run", "sample"},
     "serve": {"checkpoint", "data", "models", "objectives", "sample"},
     # Command-line converters of other projects' formats (openpi checkpoints): they write
     # our checkpoint format and check it through the served policy.
-    "tools": {"checkpoint", "data", "models", "objectives", "sample", "train"},
+    "tools": {
+        "checkpoint",
+        "cli",
+        "compat",
+        "data",
+        "models",
+        "objectives",
+        "run",
+        "sample",
+        "train",
+    },
     # The command-line entry point dispatches to every mode.
     "main": {
         "checkpoint",
+        "cli",
+        "compat",
         "data",
         "envs",
         "eval",
         "models",
         "objectives",
+        "run",
         "sample",
         "serve",
         "train",

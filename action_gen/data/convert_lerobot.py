@@ -10,16 +10,16 @@ printed last. Re-running with the same SRC and DST returns the existing conversi
 ``data/lerobot.py`` for the mapping and the checks.
 """
 
-import argparse
 import logging
 import sys
 import time
 
+from action_gen import cli
 from action_gen.data import lerobot
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m action_gen.data.convert_lerobot", description=__doc__.split("\n")[0]
     )
     parser.add_argument("src", help="LeRobot dataset directory (holding meta/info.json)")
@@ -61,5 +61,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def entry_point() -> None:
+    cli.quiet_logs()
+    cli.run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -6,13 +6,14 @@ DIR is `<data_dir>`, `<data_dir>/<name>` or `<data_dir>/<name>/<version>` (the n
 version is read). Prints the TFDS name, version, splits with their episode counts, every
 step / episode feature with its shape and dtype, the registered mapping that fits the
 dataset (data/standardize.py REGISTRY) if any, and a starter mapping to edit into
-`--config.data.mappings.<name>` — the same text an unknown dataset's error carries.
+a JSON file passed as `--config.data.mapping_file=FILE` — the same text an unknown
+dataset's error carries.
 """
 
 import os
 import pprint
-import sys
 
+from action_gen import cli
 from action_gen.data import rlds, standardize
 
 
@@ -41,13 +42,20 @@ def describe(data_dir) -> str:
     return "\n".join(lines)
 
 
-def main(argv) -> int:
-    if len(argv) != 2:
-        print("usage: python -m action_gen.data.inspect DIR", file=sys.stderr)
-        return 2
-    print(describe(argv[1]))
+def main(argv=None) -> int:
+    parser = cli.ArgumentParser(
+        prog="python -m action_gen.data.inspect", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("dir", help="<data_dir>, <data_dir>/<name> or <data_dir>/<name>/<version>")
+    args = parser.parse_args(argv)
+    print(describe(args.dir))
     return 0
 
 
+def entry_point() -> None:
+    cli.quiet_logs()
+    cli.run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    entry_point()

@@ -38,6 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from action_gen import cli
 from action_gen.data import augment, rlds, schema, sources, standardize, windows
 from action_gen.data import normalize as norm
 
@@ -74,7 +75,11 @@ def _accumulate_norm_stats(path, state_acc, action_acc, mapping=None, rows=None)
         lambda tr: (tr[schema.RLDS_OBSERVATION][schema.RLDS_STATE], tr[schema.RLDS_ACTION])
     )
     count = steps = 0
+    splits = rlds.load_builder(path).info.splits
+    total = splits["train"].num_examples if "train" in splits else 0
+    bar = cli.progress(total, f"norm stats {os.path.basename(os.fspath(path))}")
     for state, action in _reraise_data_loss(episodes.as_numpy_iterator()):
+        bar.update(1)
         state = state.reshape(state.shape[0], -1)
         action = action.reshape(action.shape[0], -1)
         steps += len(action)

@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from flax import traverse_util
 
+from action_gen import cli
 from action_gen.data import schema
 
 # The data layer only runs on the host; keep TensorFlow from grabbing accelerator memory
@@ -253,22 +254,19 @@ def write_rlds_dataset(
 
 def _write_shards(episodes, out_dir: epath.Path, name: str, shard_size: int, image_encoding):
     """Streams serialized episodes into ``shard-XXXXX.tmp`` files (renamed by the caller)."""
-    from tqdm.auto import tqdm
-
-    total = len(episodes) if hasattr(episodes, "__len__") else None
-    progress = tqdm(
-        episodes,
-        total=total,
-        desc=f"writing {name}",
-        unit="episode",
-        disable=total is not None and total < _PROGRESS_MIN_EPISODES,
+    total = len(episodes) if hasattr(episodes, "__len__") else 0
+    progress = cli.progress(
+        total,
+        f"writing {name} (episodes)",
+        disable=not total or total < _PROGRESS_MIN_EPISODES,
     )
     features = None
     shard_lengths: list[int] = []
     num_bytes = 0
     writer = None
     try:
-        for index, episode in enumerate(progress):
+        for index, episode in enumerate(episodes):
+            progress.update(1)
             if features is None:
                 features = _infer_features(episode, image_encoding)
             record = _to_record(episode, index)

@@ -47,14 +47,16 @@ A mapping (keys are the trajectory's "/"-joined feature paths, as
     tfds_names:   TFDS names the dataset is stored under, when they differ from the
                   registry name (read from dataset_info.json, never from the path).
 
-A user adds a dataset with `--config.data.mappings.<name>` (or in a config file): no code
-change. An unknown name, or a mapping whose keys the dataset lacks, raises
+A user adds a dataset with a JSON file {"<name>": mapping} passed as
+`--config.data.mapping_file=FILE` (`load_mapping_file`), or with `data.mappings.<name>` in a
+config file: no code change. An unknown name, or a mapping whose keys the dataset lacks, raises
 `LayoutError` listing every feature (key, shape, dtype) and a starter mapping.
 """
 
 import copy
 import hashlib
 import json
+import os
 import pprint
 import re
 from collections.abc import Mapping, Sequence
@@ -304,14 +306,40 @@ def mapping_fingerprint(mapping: Mapping) -> str:
 
 
 def get_mapping(name: str, user_mappings: Mapping | None = None) -> dict | None:
-    """The mapping of dataset `name`: the user's (`data.mappings.<name>`) first, then the
-    registry's; None when neither has one."""
+    """The mapping of dataset `name`: the user's (`data.mappings.<name>`, `data.mapping_file`)
+    first, then the registry's; None when neither has one."""
     user = _plain(user_mappings or {})
     if name in user:
         return check_mapping(user[name], name)
     if name in REGISTRY:
         return check_mapping(REGISTRY[name], name)
     return None
+
+
+def load_mapping_file(path: str) -> dict:
+    """{name: mapping} from a JSON file (`data.mapping_file`), each mapping checked.
+
+    Raises:
+      FileNotFoundError / ValueError naming the file (and the dataset, for a bad mapping).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data.mapping_file: no such file: {path}")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"data.mapping_file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"data.mapping_file {path} must be a JSON object {{name: mapping}}")
+    return {name: check_mapping(mapping, f"{name} ({path})") for name, mapping in data.items()}
+
+
+def user_mappings(data_config) -> dict:
+    """The run's own mappings: `data.mappings` and those of `data.mapping_file`."""
+    out = dict(_plain(data_config.get("mappings") or {}))
+    if data_config.get("mapping_file"):
+        out.update(load_mapping_file(data_config.mapping_file))
+    return out
 
 
 def camera_slots(mappings: Sequence[Mapping]) -> list[str]:
@@ -409,8 +437,9 @@ def layout_report(path: str, name: str, described: Mapping) -> str:
     return (
         f"features of {path} (per step; episode-level under episode_metadata/):\n"
         f"{format_features(described)}\n"
-        f"starter mapping (edit, then pass it as --config.data.mappings.{name} or in your "
-        f"config file; conventions in action_gen/data/standardize.py):\n{starter}"
+        f"starter mapping (edit, save as JSON {{{name!r}: mapping}} and pass "
+        f"--config.data.mapping_file=FILE, or set data.mappings.{name} in a config file; "
+        f"conventions in action_gen/data/standardize.py):\n{starter}"
     )
 
 
@@ -451,8 +480,8 @@ def check_against_features(mapping: Mapping, described: Mapping, path: str, name
 def unknown_dataset_error(path: str, name: str, described: Mapping) -> LayoutError:
     known = ", ".join(sorted(REGISTRY))
     return LayoutError(
-        f"no mapping for dataset {name!r} (registered: {known}); add one as "
-        f"data.mappings.{name}.\n{layout_report(path, name, described)}"
+        f"no mapping for dataset {name!r} (registered: {known}); add one with "
+        f"--config.data.mapping_file=FILE.\n{layout_report(path, name, described)}"
     )
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -326,10 +325,13 @@ def check_dataset(
 def main(argv: list[str]) -> int:
     from absl import flags
 
+    from action_gen import cli
+
     values = flags.FLAGS
     if len(argv) != 2:
-        print("usage: python -m action_gen.data.validate DIR [flags]", file=sys.stderr)
-        return 2
+        raise cli.UserError(
+            "usage: python -m action_gen.data.validate DIR [--strict] [--action_quantiles=..]"
+        )
     lo, hi = (float(x) for x in values.action_quantiles.split(","))
     report = validate_dataset(
         argv[1], action_quantiles=(lo, hi), outlier_margin=values.outlier_margin
@@ -338,10 +340,18 @@ def main(argv: list[str]) -> int:
     return 0 if report.ok(values.strict) else 1
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def entry_point() -> None:
+    """`python -m action_gen.data.validate` / `action-gen-validate`. Flags are defined only
+    when run as a program (the train loop imports this module)."""
+    from absl import flags
+
+    from action_gen import cli
 
     flags.DEFINE_string("action_quantiles", "0.01,0.99", "q_lo,q_hi of the outlier fence.")
     flags.DEFINE_float("outlier_margin", 1.0, "Fence extension in units of q_hi - q_lo.")
     flags.DEFINE_bool("strict", False, "Warnings fail the check too.")
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.absl_main(main, __doc__, module=__name__)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -9,8 +9,9 @@ import functools
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 
+from action_gen import cli
 from action_gen.data import rlds, sources
 from action_gen.envs import expert, metaworld
 
@@ -113,7 +114,7 @@ def main(argv):
     env = values.env
     if env == "metaworld":
         if not values.task:
-            raise app.UsageError("--env=metaworld needs --task=NAME (e.g. --task=push)")
+            raise cli.UserError("--env=metaworld needs --task=NAME (e.g. --task=push)")
         camera, size = metaworld.parse_image_flag(values.image) if values.image else (None, None)
         env = metaworld.make_spec(values.task, camera, size)
     path = collect_to_rlds(
@@ -126,9 +127,10 @@ def main(argv):
     print(path)
 
 
-if __name__ == "__main__":
-    # Flags are defined only when run as a program, so importing this module (main.py's
-    # data step does) adds nothing to another program's command line.
+def entry_point() -> None:
+    """`python -m action_gen.envs.collect` / `action-gen-collect`. Flags are defined only
+    when run as a program, so importing this module (main.py's data step does) adds
+    nothing to another program's command line."""
     flags.DEFINE_string("env", "obstacle", "Task with a scripted expert.")
     flags.DEFINE_integer("episodes", 200, "Number of demonstrations.")
     flags.DEFINE_integer("seed", 0, "Base seed (episode seeds derive from it).")
@@ -138,4 +140,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer(
         "post_success_steps", 0, "Meta-World: expert steps kept past an episode's success."
     )
-    app.run(main)
+    cli.absl_main(main, __doc__, module=__name__)
+
+
+if __name__ == "__main__":
+    entry_point()

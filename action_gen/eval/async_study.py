@@ -23,14 +23,13 @@ Writes <out>/results.json and <out>/table.md (also printed).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 import numpy as np
 
-from action_gen import envs
+from action_gen import cli, envs
 from action_gen.data import schema
 from action_gen.envs import obstacle
 from action_gen.eval import metrics, rollout
@@ -211,7 +210,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="trained flow run (checkpoints/)")
     parser.add_argument("--out", required=True, help="directory for results.json, table.md")
     parser.add_argument("--delays", default="0,1,2,3,4")
@@ -246,4 +245,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_logs()
+    cli.run_command(main)

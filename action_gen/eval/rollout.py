@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from action_gen import cli
 from action_gen.envs import obstacle
 
 # policy_fn(obs_history [N, T, S] raw float32, obs_pad_mask [N, T] bool, rng_step)
@@ -129,6 +130,7 @@ def run_rollouts(
     layout: dict[str, list] = {k: [] for k in _LAYOUT_KEYS}
     call_times: list[float] = []
     rng_step = 0
+    bar = cli.progress(num_episodes, "eval episodes")
     for first in range(0, len(all_seeds), num_envs):
         obs, info = env.reset(seed=all_seeds[first : first + num_envs])
         frame_log = [_recorded_frame(obs)] if record_frames else []
@@ -181,10 +183,14 @@ def run_rollouts(
                 length += running
                 success = np.asarray(info["success"], bool)
                 collision = np.asarray(info["collision"], bool)
+                was_running = running
                 running = ~(np.asarray(terminated) | np.asarray(truncated))
+                ended = int(np.sum(was_running & ~running))
+                bar.update(min(ended, max(0, num_episodes - bar.n)))
                 history = np.concatenate([history[:, 1:], obs[:, None]], axis=1)
                 pad_mask = np.concatenate([pad_mask[:, 1:], np.ones((num_envs, 1), bool)], axis=1)
                 t += 1
+        bar.update(min(int(running.sum()), max(0, num_episodes - bar.n)))  # at the limit
         states = np.stack(state_log, axis=1)  # [N, t + 1, S]
         actions = np.stack(action_log, axis=1) if action_log else np.zeros((num_envs, 0, 0))
         frames = np.stack(frame_log, axis=1) if frame_log else None  # [N, t + 1, h, w, 3]
@@ -197,6 +203,7 @@ def run_rollouts(
         per_episode["collision"].append(collision)
         per_episode["length"].append(length)
 
+    bar.close()
     e = num_episodes
     result: dict[str, Any] = {k: np.concatenate(v)[:e] for k, v in per_episode.items()}
     result["timeout"] = ~(result["success"] | result["collision"])

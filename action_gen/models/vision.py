@@ -35,6 +35,17 @@ def checkpoint_policy(remat: bool | str | None):
     return policy
 
 
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """[B, h, w, c] → [B, (h/p)(w/p), p·p·c] patches in row-major order, each flattened as
+    (row, column, channel): the layout of a conv kernel [p, p, c, D] flattened."""
+    b, h, w, c = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image {h}x{w} not divisible by patch size {p}")
+    patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return patches.reshape(b, (h // p) * (w // p), p * p * c)
+
+
 def _layer_norm(dtype, name):
     return layers.layer_norm(dtype, name, epsilon=1e-6)  # SigLIP's epsilon
 
@@ -85,12 +96,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
-        b, h, w, c = images.shape
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image {h}x{w} not divisible by patch size {p}")
-        patches = images.astype(jnp.float32).reshape(b, h // p, p, w // p, p, c)
-        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p * p * c)
+        patches = patchify(images.astype(jnp.float32), self.patch_size)
         x = layers.dense(self.width, (None, AXIS_EMBED), dtype=jnp.float32, name="patch_embed")(
             patches
         )

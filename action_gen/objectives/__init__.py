@@ -138,6 +138,18 @@ def _sampling_fields() -> frozenset[str]:
 SAMPLING_FIELDS: frozenset[str] = _sampling_fields()
 
 
+def family_settings(family: str, objective_config: Mapping) -> dict[str, Any]:
+    """{setting: value} of the probability-flow ODE of objective `family` ("flow",
+    "diffusion": its module's FAMILY_SETTINGS) as `objective_config` states them, the
+    family's defaults (its `sample_from_noise`'s) where it does not: what a distillation
+    student must read of its teacher (compat.check_distillation)."""
+    module = OBJECTIVES.get(family)
+    if module is None or not hasattr(module, "FAMILY_SETTINGS"):
+        raise ValueError(f"objective {family!r} has no probability-flow ODE to distill")
+    defaults = _keyword_params(module.sample_from_noise)
+    return {k: objective_config.get(k, defaults[k]) for k in module.FAMILY_SETTINGS}
+
+
 def _bind(fn: Callable, fields: dict) -> Callable:
     """fn with those of `fields` that it takes as keyword-only arguments bound."""
     accepted = _keyword_params(fn)

@@ -7,14 +7,12 @@ network (same model, same time input, usually initialized from the teacher's wei
 `train.init_from_teacher`), trained on the teacher's discretized ODE.
 
 Grid. Positions i = 0 .. N (N = `num_teacher_steps`), i = 0 pure noise, i = N the data,
-with x_i = a_i x + b_i ε (x the normalized chunk, ε ~ N(0, I)) and the model's time input
-m_i, in the teacher's own convention (`parameterization`):
-  flow:       t_i = i / N,  a_i = t_i,  b_i = 1 - t_i,  m_i = t_i · time_scale;
-              data estimate D(x, out, i) = x + (1 - t_i) out            (out = velocity)
-  diffusion:  k_i = the DDIM chain of N steps over K = num_train_steps (diffusion.
-              sample_timesteps: [90, 80, ..., 0] for K = 100, N = 10), then the data end;
-              a_i = sqrt(ᾱ_{k_i}), b_i = sqrt(1 - ᾱ_{k_i}) (a_N = 1, b_N = 0), m_i = k_i;
-              D = diffusion.predict_x0_and_eps(x, out, ᾱ, prediction_type)[0].
+with x_i = a_i x + b_i ε (x the normalized chunk, ε ~ N(0, I)), the model's time input
+m_i, the data estimate D(x, out, i) and the solver step Φ(x, i → i+1): the teacher's
+family (`parameterization`) states them, in its own convention and settings
+(`flow.probability_flow`: t_i = i / N, a_i = t_i, m_i = t_i · time_scale, or the mirrored
+time of `time_convention="noise_at_1"`, openpi's; `diffusion.probability_flow`: the DDIM
+chain k_i, a_i = √ᾱ_{k_i}, m_i = k_i). objectives/ode.py describes the interface.
 
 Skip-scaling (EDM / Consistency Models' parameterization, with σ_i = b_i / a_i and the
 boundary σ_N = 0):
@@ -96,7 +94,6 @@ References:
   Techniques for Training Consistency Models" (iCT, 2023) for the stop-gradient target.
 """
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -106,66 +103,28 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
-from action_gen.objectives import diffusion, from_noise
+from action_gen.objectives import diffusion, flow, from_noise, ode
 from action_gen.objectives.regression import action_weights, batch_masked_mse
 
 PARAMETERIZATIONS = ("flow", "diffusion")
 # "data": consistency *training* (no teacher): x̂_{n+1} = a_{n+1} x + b_{n+1} ε with the
 # same ε, the one-sample estimate of the ODE step (Song et al. 2023, Sec. 5).
 DATA_ESTIMATE = "data"
-TEACHER_SOLVERS = {"flow": ("euler", "heun", DATA_ESTIMATE), "diffusion": ("ddim", DATA_ESTIMATE)}
+TEACHER_SOLVERS = {
+    "flow": (*flow.TEACHER_SOLVERS, DATA_ESTIMATE),
+    "diffusion": (*diffusion.TEACHER_SOLVERS, DATA_ESTIMATE),
+}
 TARGETS = ("ema", "online", "teacher")
 
 
-class Grid(NamedTuple):
-    """The teacher's discretized ODE, positions i = 0 (noise) .. N (data); numpy float32.
-
-    Attributes:
-      model_time: m_i [N+1], the network's time input.
-      signal: a_i [N+1] (x_i = a_i x + b_i ε).
-      noise: b_i [N+1].
-      alpha_bar: ᾱ_i [N+1] (diffusion; a_i² for flow, unused there).
-    """
-
-    model_time: np.ndarray
-    signal: np.ndarray
-    noise: np.ndarray
-    alpha_bar: np.ndarray
+# The teacher families: each states its probability-flow ODE (objectives/ode.py).
+_FAMILIES = {"flow": flow, "diffusion": diffusion}
 
 
-@functools.lru_cache(maxsize=32)
-def make_grid(
-    parameterization: str,
-    num_teacher_steps: int,
-    *,
-    time_scale: float = 100.0,
-    num_train_steps: int = 100,
-    schedule: str = "squaredcos_cap_v2",
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-) -> Grid:
-    """The grid of the module docstring (computed in float64, stored as float32)."""
-    n = int(num_teacher_steps)
-    if n < 1:
-        raise ValueError(f"num_teacher_steps={n} must be >= 1")
-    if parameterization == "flow":
-        t = np.arange(n + 1, dtype=np.float64) / n
-        a, b, m = t, 1.0 - t, t * float(time_scale)
-        alpha_bar = t**2
-    elif parameterization == "diffusion":
-        ks, _ = diffusion.sample_timesteps(int(num_train_steps), n)
-        cumprod = np.cumprod(
-            1.0 - diffusion._betas_np(schedule, int(num_train_steps), beta_start, beta_end)
-        )
-        alpha_bar = np.concatenate([cumprod[ks], [1.0]])
-        a, b = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
-        m = np.concatenate([ks.astype(np.float64), [0.0]])
-    else:
-        raise ValueError(
-            f"unknown parameterization {parameterization!r}; known: {PARAMETERIZATIONS}"
-        )
-    f32 = np.float32
-    return Grid(m.astype(f32), a.astype(f32), b.astype(f32), alpha_bar.astype(f32))
+def teacher_settings(parameterization: str, settings: dict) -> dict:
+    """The settings of `parameterization`'s ODE (the family's FAMILY_SETTINGS) among
+    `settings`."""
+    return {k: settings[k] for k in _FAMILIES[parameterization].FAMILY_SETTINGS if k in settings}
 
 
 def c_skip(signal: jax.Array, noise: jax.Array, sigma_data: float) -> jax.Array:
@@ -179,49 +138,41 @@ def c_skip(signal: jax.Array, noise: jax.Array, sigma_data: float) -> jax.Array:
 
 
 class _Family(NamedTuple):
-    """What the consistency function needs of the teacher's parameterization."""
+    """What the consistency function needs of the teacher: its ODE on the fine grid of
+    N k + 1 points (the student's positions are i k), and k."""
 
-    grid: Grid  # the fine grid: N k + 1 points; the student's positions are i k
-    denoise: Callable  # (x, out, fine index [B]) -> data estimate [B, H, A]
-    substeps: int  # k
+    flow: ode.ProbabilityFlow
+    substeps: int
+
+    @property
+    def grid(self) -> ode.Grid:
+        return self.flow.grid
+
+    def denoise(self, x, out, index):
+        return self.flow.denoise(x, out, index)
 
 
 def _family(
     parameterization: str,
     num_teacher_steps: int,
     teacher_substeps: int,
-    time_scale: float,
-    num_train_steps: int,
-    schedule: str,
-    prediction_type: str,
-    beta_start: float,
-    beta_end: float,
+    settings: dict,
+    solver: str | None = None,
+    teacher_clip: bool = True,
 ) -> _Family:
+    """The teacher's ODE (its family's `probability_flow` with `settings`, the family's
+    ODE settings) on N k points, and k."""
     if int(teacher_substeps) < 1:
         raise ValueError(f"teacher_substeps={teacher_substeps} must be >= 1")
-    grid = make_grid(
-        parameterization,
-        int(num_teacher_steps) * int(teacher_substeps),
-        time_scale=time_scale,
-        num_train_steps=num_train_steps,
-        schedule=schedule,
-        beta_start=beta_start,
-        beta_end=beta_end,
+    module = _FAMILIES[parameterization]
+    options = {"solver": solver} if solver not in (None, DATA_ESTIMATE) else {}
+    if parameterization == "diffusion":
+        options["clip"] = teacher_clip
+    points = int(num_teacher_steps) * int(teacher_substeps)
+    return _Family(
+        module.probability_flow(points, **teacher_settings(parameterization, settings), **options),
+        int(teacher_substeps),
     )
-    if parameterization == "flow":
-
-        def denoise(x, out, index):
-            t = jnp.asarray(grid.signal)[index][:, None, None]
-            return x + (1.0 - t) * out
-
-    else:
-        diffusion._check(prediction_type)
-
-        def denoise(x, out, index):
-            alpha_bar = jnp.asarray(grid.alpha_bar)[index][:, None, None]
-            return diffusion.predict_x0_and_eps(x, out, alpha_bar, prediction_type)[0]
-
-    return _Family(grid, denoise, int(teacher_substeps))
 
 
 def consistency_hypotheses(
@@ -343,53 +294,20 @@ def multiple_choice_loss(
     }
 
 
-def _teacher_step(
-    teacher_apply_fn,
-    teacher_params,
-    context,
-    x,
-    index,
-    family: _Family,
-    parameterization: str,
-    solver: str,
-    prediction_type: str,
-    teacher_clip: bool,
-):
+def _teacher_step(teacher_apply_fn, teacher_params, context, x, index, family: _Family):
     """x̂_{n+1} = Φ(x_n, n → n+1) [B, H, A]: one step of the teacher's ODE solver."""
-    grid = family.grid
-    m = jnp.asarray(grid.model_time)
-    out = teacher_apply_fn(teacher_params, context, x, m[index]).astype(jnp.float32)
-    if parameterization == "diffusion":
-        ab = jnp.asarray(grid.alpha_bar)
-        return diffusion.ddim_step(
-            x,
-            out,
-            ab[index][:, None, None],
-            ab[index + 1][:, None, None],
-            None,
-            prediction_type=prediction_type,
-            clip_sample=teacher_clip,
-        )
-    t = jnp.asarray(grid.signal)
-    dt = (t[index + 1] - t[index])[:, None, None]
-    x_next = x + dt * out
-    if solver == "heun":
-        out_next = teacher_apply_fn(teacher_params, context, x_next, m[index + 1])
-        x_next = x + 0.5 * dt * (out + out_next.astype(jnp.float32))
-    return x_next
+    return family.flow.step(teacher_apply_fn, teacher_params, context, x, index)
 
 
-def _teacher_step_chain(
-    teacher_step, teacher_params, context, x, index, family: _Family, *settings
-) -> jax.Array:
+def _teacher_step_chain(teacher_step, teacher_params, context, x, index, family: _Family):
     """x̂_{n+k} [B, H, A]: k = `family.substeps` teacher solver steps from fine index n."""
     for sub in range(family.substeps):
-        x = _teacher_step(teacher_step, teacher_params, context, x, index + sub, family, *settings)
+        x = _teacher_step(teacher_step, teacher_params, context, x, index + sub, family)
     return x
 
 
 def _teacher_solve_to_data(
-    teacher_step, teacher_params, context, x, index, family: _Family, *settings
+    teacher_step, teacher_params, context, x, index, family: _Family
 ) -> jax.Array:
     """The teacher's ODE solved from fine index n [B] to the data end [B, H, A]: every
     fine step i = 0 .. N k - 1 is taken by the rows with i >= n (N k teacher calls)."""
@@ -397,7 +315,7 @@ def _teacher_solve_to_data(
 
     def body(i, x):
         here = jnp.full_like(index, i)
-        moved = _teacher_step(teacher_step, teacher_params, context, x, here, family, *settings)
+        moved = _teacher_step(teacher_step, teacher_params, context, x, here, family)
         return jnp.where((i >= index)[:, None, None], moved, x)
 
     return jax.lax.fori_loop(0, total, body, x)
@@ -443,6 +361,7 @@ def loss(
     target: str = "ema",
     sigma_data: float = 0.0,
     time_scale: float = 100.0,
+    time_convention: str = "noise_at_0",
     num_train_steps: int = 100,
     schedule: str = "squaredcos_cap_v2",
     prediction_type: str = "epsilon",
@@ -477,9 +396,10 @@ def loss(
         (trajectory distillation at every grid position; (N - n) k teacher steps).
       sigma_data: σ_d of the EDM skip-scaling; 0: none (f = the teacher-style data
         estimate; see the module docstring).
-      time_scale: the flow teacher's time scale.
+      time_scale, time_convention: the flow teacher's (flow.probability_flow); the trainer
+        fills them from the teacher's stored config (compat.check_distillation).
       num_train_steps, schedule, prediction_type, beta_start, beta_end: the diffusion
-        teacher's (as in diffusion.loss).
+        teacher's (as in diffusion.loss), from its config the same way.
       num_hypotheses: K; > 1 trains a multiple-choice head (module docstring), which the
         model must have (`model.num_hypotheses` = K).
       hypothesis_relax: ε of the relaxed winner-takes-all (K > 1); 0: plain.
@@ -503,16 +423,22 @@ def loss(
             "the teacher's run, and the trainer binds it (objectives.create_objective(..., "
             "teacher=Teacher(apply_fn, params)))"
         )
+    settings = dict(
+        time_scale=time_scale,
+        time_convention=time_convention,
+        num_train_steps=num_train_steps,
+        schedule=schedule,
+        prediction_type=prediction_type,
+        beta_start=beta_start,
+        beta_end=beta_end,
+    )
     family = _family(
         parameterization,
         num_teacher_steps,
         teacher_substeps,
-        time_scale,
-        num_train_steps,
-        schedule,
-        prediction_type,
-        beta_start,
-        beta_end,
+        settings,
+        teacher_solver,
+        teacher_clip,
     )
     grid = family.grid
     x0 = batch[schema.ACTIONS].astype(jnp.float32)
@@ -534,18 +460,7 @@ def loss(
     else:
         teacher_step, teacher_context = models.split_apply_fn(teacher_apply_fn, teacher_params, obs)
         solve = _teacher_solve_to_data if target == "teacher" else _teacher_step_chain
-        x_next = solve(
-            teacher_step,
-            teacher_params,
-            teacher_context,
-            x_n,
-            n,
-            family,
-            parameterization,
-            teacher_solver,
-            prediction_type,
-            teacher_clip,
-        )
+        x_next = solve(teacher_step, teacher_params, teacher_context, x_n, n, family)
     if target == "teacher":
         # The teacher's whole remaining trajectory: no bootstrap from the student.
         target_value = x_next
@@ -603,6 +518,7 @@ def sample_from_noise(
     teacher_substeps: int = 1,
     sigma_data: float = 0.0,
     time_scale: float = 100.0,
+    time_convention: str = "noise_at_0",
     num_train_steps: int = 100,
     schedule: str = "squaredcos_cap_v2",
     prediction_type: str = "epsilon",
@@ -631,17 +547,16 @@ def sample_from_noise(
     """
     _check(parameterization)
     _check_hypotheses(num_hypotheses)
-    family = _family(
-        parameterization,
-        num_teacher_steps,
-        teacher_substeps,
-        time_scale,
-        num_train_steps,
-        schedule,
-        prediction_type,
-        beta_start,
-        beta_end,
+    settings = dict(
+        time_scale=time_scale,
+        time_convention=time_convention,
+        num_train_steps=num_train_steps,
+        schedule=schedule,
+        prediction_type=prediction_type,
+        beta_start=beta_start,
+        beta_end=beta_end,
     )
+    family = _family(parameterization, num_teacher_steps, teacher_substeps, settings)
     grid = family.grid
     x = from_noise.checked_noise(noise, obs, action_shape)
     batch_size = x.shape[0]

@@ -23,7 +23,7 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
-from action_gen.objectives import from_noise
+from action_gen.objectives import from_noise, ode
 from action_gen.objectives.regression import batch_masked_mse
 
 SCHEDULES = ("linear", "cosine", "squaredcos_cap_v2")
@@ -283,6 +283,66 @@ def ddim_step(
     if eta > 0:
         x_prev = x_prev + std * noise
     return x_prev
+
+
+# The settings that define a trained diffusion model's ODE (what a distilled student reads
+# from its teacher's config; defaults: `sample_from_noise`'s).
+FAMILY_SETTINGS = ("num_train_steps", "schedule", "prediction_type", "beta_start", "beta_end")
+# The ODE solvers a distillation teacher may take (consistency.py).
+TEACHER_SOLVERS = ("ddim",)
+
+
+def probability_flow(
+    num_points: int,
+    *,
+    num_train_steps: int = 100,
+    schedule: str = "squaredcos_cap_v2",
+    prediction_type: str = "epsilon",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    solver: str = "ddim",
+    clip: bool = True,
+) -> ode.ProbabilityFlow:
+    """The probability-flow ODE of a trained diffusion model on N = `num_points` DDIM steps
+    (η = 0), as distillation reads it (objectives/ode.py).
+
+    Positions i = 0 .. N-1 are the respaced chain k_i of `sample_timesteps(K, N)` ([90, 80,
+    ..., 0] for K = 100, N = 10) and i = N the data: ᾱ_i = ᾱ_{k_i} (ᾱ_N = 1), a_i = √ᾱ_i,
+    b_i = √(1 - ᾱ_i), the network's time m_i = k_i (m_N = 0);
+      D(x, out, i) = x̂_0 of `predict_x0_and_eps(x, out, ᾱ_i, prediction_type)`,
+      Φ(x, i → i+1) = `ddim_step(x, out, ᾱ_i, ᾱ_{i+1})` (x̂_0 clipped to [-1, 1] with `clip`).
+    """
+    _check(prediction_type)
+    if solver not in TEACHER_SOLVERS:
+        raise ValueError(f"diffusion teacher solver {solver!r} is not one of {TEACHER_SOLVERS}")
+    ks, _ = sample_timesteps(int(num_train_steps), int(num_points))
+    cumprod = _alphas_cumprod_np(schedule, int(num_train_steps), beta_start, beta_end)
+    alpha_bar = np.concatenate([cumprod[ks], [1.0]])
+    grid = ode.as_grid(
+        np.concatenate([ks.astype(np.float64), [0.0]]),
+        np.sqrt(alpha_bar),
+        np.sqrt(1.0 - alpha_bar),
+        alpha_bar,
+    )
+
+    def denoise(x, out, index):
+        ab = jnp.asarray(grid.alpha_bar)[index][:, None, None]
+        return predict_x0_and_eps(x, out, ab, prediction_type)[0]
+
+    def step(step_fn, params, context, x, index):
+        out = step_fn(params, context, x, jnp.asarray(grid.model_time)[index])
+        ab = jnp.asarray(grid.alpha_bar)
+        return ddim_step(
+            x,
+            out.astype(jnp.float32),
+            ab[index][:, None, None],
+            ab[index + 1][:, None, None],
+            None,
+            prediction_type=prediction_type,
+            clip_sample=clip,
+        )
+
+    return ode.ProbabilityFlow(grid, denoise, step)
 
 
 def sampler_constants(

@@ -32,7 +32,7 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
-from action_gen.objectives import from_noise
+from action_gen.objectives import from_noise, ode
 from action_gen.objectives.regression import batch_masked_mse
 
 TIME_DISTRIBUTIONS = ("uniform", "beta")
@@ -43,6 +43,21 @@ EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}
 TIME_CONVENTIONS = ("noise_at_0", "noise_at_1")
 # π0's Beta(1.5, 1) time distribution and its cutoff s (so t never reaches the data end).
 BETA_A, BETA_B, BETA_CUTOFF = 1.5, 1.0, 0.999
+# The settings that define a trained flow model's ODE (what a distilled student reads from
+# its teacher's config; defaults: `sample_from_noise`'s).
+FAMILY_SETTINGS = ("time_scale", "time_convention")
+# The ODE solvers a distillation teacher may take (consistency.py).
+TEACHER_SOLVERS = ("euler", "heun")
+
+
+def interpolate(x: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
+    """The path x_t = t x + (1 - t) ε (t the data fraction, broadcast against x)."""
+    return t * x + (1.0 - t) * eps
+
+
+def path_velocity(x: jax.Array, eps: jax.Array) -> jax.Array:
+    """u = dx_t/dt = x − ε, the path's (t-independent) velocity."""
+    return x - eps
 
 
 def _check(
@@ -124,9 +139,8 @@ def loss(
     t_rng, eps_rng = jax.random.split(rng)
     t = sample_time(t_rng, x1.shape[0], time_distribution)
     eps = jax.random.normal(eps_rng, x1.shape, jnp.float32)
-    t_b = t[:, None, None]
-    x_t = t_b * x1 + (1.0 - t_b) * eps
-    target = x1 - eps
+    x_t = interpolate(x1, eps, t[:, None, None])
+    target = path_velocity(x1, eps)
     model_t = t
     if time_convention == "noise_at_1":  # the same path in mirrored time
         model_t, target = 1.0 - t, eps - x1
@@ -215,6 +229,52 @@ def time_grid(num_steps: int, time_convention: str = "noise_at_0") -> tuple[np.n
         grid.append(tau)
         tau = np.float32(tau + step)
     return np.asarray(grid, np.float32), -1.0 / num_steps
+
+
+def probability_flow(
+    num_points: int,
+    *,
+    time_scale: float = 100.0,
+    time_convention: str = "noise_at_0",
+    solver: str = "euler",
+) -> ode.ProbabilityFlow:
+    """The flow ODE dx/dt = v(x, t) on N = `num_points` uniform steps, as distillation reads
+    it (objectives/ode.py).
+
+    Positions i = 0 .. N at the data fraction t_i = i / N: a_i = t_i, b_i = 1 - t_i (the
+    path x_t = t x + (1 - t) ε); the network's time m_i = t_i · time_scale ("noise_at_0") or
+    (1 - t_i) · time_scale ("noise_at_1", where it predicts ε − x, i.e. −v). With
+    v = ±out in the model's convention:
+      D(x, out, i) = x + (1 - t_i) v           (the data end of the straight path)
+      Φ(x, i → i+1) = x + Δ_i v                 (euler; Δ_i = t_{i+1} - t_i)
+                    = x + Δ_i / 2 (v + v(x + Δ_i v, t_{i+1}))   (heun)
+    """
+    _check(time_convention=time_convention)
+    if solver not in TEACHER_SOLVERS:
+        raise ValueError(f"flow teacher solver {solver!r} is not one of {TEACHER_SOLVERS}")
+    n = int(num_points)
+    if n < 1:
+        raise ValueError(f"num_points={n} must be >= 1")
+    t = np.arange(n + 1, dtype=np.float64) / n
+    model_t = t if time_convention == "noise_at_0" else 1.0 - t
+    grid = ode.as_grid(model_t * float(time_scale), t, 1.0 - t, t**2)
+    sign = 1.0 if time_convention == "noise_at_0" else -1.0
+
+    def denoise(x, out, index):
+        t_i = jnp.asarray(grid.signal)[index][:, None, None]
+        return x + (1.0 - t_i) * (sign * out)
+
+    def step(step_fn, params, context, x, index):
+        times, ts = jnp.asarray(grid.model_time), jnp.asarray(grid.signal)
+        v = sign * step_fn(params, context, x, times[index]).astype(jnp.float32)
+        dt = (ts[index + 1] - ts[index])[:, None, None]
+        x_next = x + dt * v
+        if solver == "heun":
+            v_next = sign * step_fn(params, context, x_next, times[index + 1]).astype(jnp.float32)
+            x_next = x + 0.5 * dt * (v + v_next)
+        return x_next
+
+    return ode.ProbabilityFlow(grid, denoise, step)
 
 
 def _integrate(

@@ -1,7 +1,8 @@
 """Shortcut models: flow matching with a step-size input, trained without a teacher to
 take large steps (Frans, Hafner, Levine & Abbeel 2024).
 
-Time convention as in flow.py: t ∈ [0, 1], t = 0 noise, t = 1 data, x_t = t x + (1 - t) ε.
+Flow matching's path and time convention (flow.interpolate, flow.path_velocity): t ∈ [0, 1],
+t = 0 noise, t = 1 data, x_t = t x + (1 - t) ε, u = x − ε.
 The network s_θ(x_t, t, d) predicts the normalized jump of one step of size d:
 x_{t+d} ≈ x_t + d s_θ(x_t, t, d). Step sizes are powers of two, d = 2^-j, j = 0 .. J
 (M = 2^J = `2 ** max_steps_log2` the finest grid); the model sees the pair
@@ -37,7 +38,7 @@ import numpy as np
 
 from action_gen import models
 from action_gen.data import schema
-from action_gen.objectives import from_noise
+from action_gen.objectives import flow, from_noise
 from action_gen.objectives.regression import batch_masked_mse
 
 TARGETS = ("ema", "online")
@@ -97,8 +98,7 @@ def loss(
     sections = jnp.exp2(j.astype(jnp.float32))  # 1 / d
     t = jnp.floor(jax.random.uniform(t_rng, (batch_size,)) * sections) / sections
     eps = jax.random.normal(eps_rng, x1.shape, jnp.float32)
-    t_b = t[:, None, None]
-    x_t = t_b * x1 + (1.0 - t_b) * eps
+    x_t = flow.interpolate(x1, eps, t[:, None, None])  # flow's path, flow's time convention
 
     # Self-consistency targets, on the first B_b rows only (two target-model calls).
     target_params = params if (target == "online" or ema_params is None) else ema_params
@@ -114,7 +114,7 @@ def loss(
     s2 = target_fn(
         target_params, target_context, x_mid, model_time(tb + half, jb, time_scale, step_scale)
     ).astype(jnp.float32)
-    flow_target = x1 - eps
+    flow_target = flow.path_velocity(x1, eps)
     targets = flow_target.at[rows].set(0.5 * (s1 + s2))
     targets = jax.lax.stop_gradient(targets)
     step_fn, context = models.split_apply_fn(apply_fn, params, obs)

@@ -1,7 +1,6 @@
 """A trained policy: raw observation (or a robot's own dict) in, raw action chunk out."""
 
 import functools
-import os
 import time
 
 import jax
@@ -9,18 +8,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from action_gen import checkpoint, models, objectives
+from action_gen import compat, models, objectives
+from action_gen import run as run_lib
 from action_gen.data import normalize, robots, schema, spec, transforms
-from action_gen.models import lora
 
 # β of the guided sampler's ahead-of-time programs (the RTC paper's value).
 DEFAULT_MAX_GUIDANCE = 5.0
-
-
-def _checkpoint_dir(path: str) -> str:
-    """Accepts a run's workdir or its `checkpoints/` directory."""
-    candidate = os.path.join(path, "checkpoints")
-    return candidate if os.path.isdir(candidate) else path
 
 
 class Policy:
@@ -160,7 +153,7 @@ class Policy:
           path: a run's workdir or its `checkpoints/` directory.
           config: sample under this config instead of the stored one (a sweep's run that
             shares a trained checkpoint); every field the checkpoint fixes
-            (`checkpoint.is_fixed_by_checkpoint`) must equal the stored value, else a
+            (`compat.fixed_for_resume`) must equal the stored value, else a
             ValueError names the differing fields. Only sampling settings may differ.
           step: the checkpoint step (default: the latest).
           use_ema: restore the EMA parameters (else the raw ones).
@@ -181,18 +174,15 @@ class Policy:
         ones, LoRA adapters folded into their kernels (W + alpha/r · A·B, float32) before
         the cast; the served model is the base architecture.
         """
-        ckpt_dir = _checkpoint_dir(path)
-        if not os.path.isdir(ckpt_dir):
-            raise FileNotFoundError(f"no checkpoint directory at {ckpt_dir}")
-        manager = checkpoint.create_checkpoint_manager(ckpt_dir, read_only=True)
-        stored_config, norm_stats = checkpoint.restore_metadata(manager, step)
+        run_dir = run_lib.Run.open(path, role="policy")
+        stored_config, norm_stats = run_dir.metadata(step)
         if config is None:
             config = ml_collections.ConfigDict(stored_config)
         else:
-            checkpoint.check_config_compatible(
+            compat.check_resume(
                 stored_config,
-                checkpoint.config_to_json_dict(config),
-                ckpt_dir,
+                compat.config_to_json_dict(config),
+                run_dir.directory,
                 "Sample it with the checkpoint's values of these (only sampling settings "
                 "may change), or train a run with the new ones.",
             )
@@ -201,7 +191,7 @@ class Policy:
             if "clip_sample" not in config.objective:
                 raise ValueError(
                     f"clip_sample={clip_sample}: the {config.objective.name!r} objective of "
-                    f"{ckpt_dir} has no clip_sample setting"
+                    f"{run_dir.directory} has no clip_sample setting"
                 )
             config.objective.clip_sample = bool(clip_sample)
         for key, value in (sampling or {}).items():
@@ -214,19 +204,10 @@ class Policy:
                 config.objective[key] = value
         _, abstract_params = models.abstract_checkpoint_params(config, norm_stats)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-        def restore(tree, ema):
-            tree = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree
-            )
-            return checkpoint.restore_params(manager, tree, use_ema=ema, step=step)
-
-        params = lora.restore_model_params(
-            restore,
-            lora.FinetuneLayout.from_config(stored_config),  # how the checkpoint was trained
-            abstract_params,
-            use_ema=use_ema,
+        abstract_params = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params
         )
+        params = run_dir.restore_model_params(abstract_params, use_ema=use_ema, step=step)
         policy = cls(
             config,
             params,

@@ -58,6 +58,8 @@ from collections.abc import Callable
 import numpy as np
 from absl import app, flags
 
+from action_gen import cli
+
 VALUE = "value"  # nnx wraps each leaf of a training checkpoint in this level
 LLM, IMG = "PaliGemma/llm", "PaliGemma/img"
 _ENC = f"{IMG}/Transformer/encoderblock"
@@ -373,8 +375,11 @@ def read_openpi_norm_stats(assets_dir: str, asset_id: str | None) -> tuple[dict,
     """(openpi's {"state": {...}, "actions": {...}} stats, asset id) from
     `<assets>/<asset_id>/norm_stats.json` (the only asset when `asset_id` is None)."""
     if asset_id is None:
-        found = sorted(os.listdir(assets_dir)) if os.path.isdir(assets_dir) else []
-        found = [a for a in found if os.path.isfile(os.path.join(assets_dir, a, "norm_stats.json"))]
+        found = sorted(
+            os.path.relpath(root, assets_dir)
+            for root, _, files in os.walk(assets_dir)
+            if "norm_stats.json" in files  # ids may hold a "/" (physical-intelligence/libero)
+        )
         if len(found) != 1:
             raise ValueError(
                 f"{assets_dir}: pass --asset_id, one of {found}" if found
@@ -449,11 +454,17 @@ def import_checkpoint(
     import jax  # noqa: PLC0415
     from flax import traverse_util  # noqa: PLC0415
 
-    from action_gen import checkpoint, models  # noqa: PLC0415
-    from action_gen.data import normalize, spec, transforms  # noqa: PLC0415
+    from action_gen import checkpoint, compat, models  # noqa: PLC0415
+    from action_gen import run as run_lib  # noqa: PLC0415
+    from action_gen.data import normalize, robots, spec, transforms  # noqa: PLC0415
     from action_gen.train.state import TrainState  # noqa: PLC0415
     from configs import flow_pi0_openpi  # noqa: PLC0415
 
+    if robot and robot not in robots.ROBOTS:
+        raise ValueError(
+            f"--robot={robot!r} is not one of {sorted(robots.ROBOTS)} (a robot of your own: "
+            "import without --robot, then declare config.robot in a config file)"
+        )
     params_dir, assets_dir = locate_checkpoint(src)
     flat, wrapped = read_openpi_params(params_dir)
     flat = merge_lora(flat, lora_scale)
@@ -512,9 +523,7 @@ def import_checkpoint(
         )
 
     os.makedirs(workdir, exist_ok=True)
-    manager = checkpoint.create_checkpoint_manager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), max_to_keep=None, async_save=False
-    )
+    manager = run_lib.create_manager(workdir, max_to_keep=None, async_save=False)
     if manager.latest_step() is not None:
         raise FileExistsError(f"{workdir} already holds a checkpoint; import into a new workdir")
     # numpy leaves: orbax writes them as they are (no device copy of a 3 B-parameter tree).
@@ -523,7 +532,7 @@ def import_checkpoint(
         manager,
         0,
         state,
-        config=checkpoint.config_to_json_dict(config),
+        config=compat.config_to_json_dict(config),
         norm_stats=norm_stats,
         data_state={
             "batches_consumed": 0,
@@ -725,8 +734,13 @@ def main(argv: list[str]) -> None:
     """`argv` as sys.argv (program name first). Prints one JSON line; in --compare mode
     exits 0 when max_rel_error <= --tolerance, else 1."""
     fv = _command_line_flags()
+    if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv[1:]):
+        print(__doc__.split("\n\n")[0] + "\n")
+        print(fv.get_help())
+        print("  --[no]verbose: the traceback of a user error (or ACTION_GEN_VERBOSE=1)")
+        return
     try:
-        rest = fv(argv)
+        rest = fv(cli.strip_verbose(argv))
     except flags.Error as e:
         raise app.UsageError(str(e)) from e
     if len(rest) > 1:
@@ -754,8 +768,11 @@ def main(argv: list[str]) -> None:
     print(json.dumps(result), flush=True)
 
 
+def entry_point() -> None:
+    """`python -m action_gen.tools.openpi_import` / `action-gen-import-openpi`."""
+    cli.quiet_logs()
+    cli.run_command(lambda: main(sys.argv))
+
+
 if __name__ == "__main__":
-    try:
-        main(sys.argv)
-    except app.UsageError as e:
-        sys.exit(f"error: {e}")
+    entry_point()

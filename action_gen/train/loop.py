@@ -7,9 +7,9 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 
-from action_gen import checkpoint
+from action_gen import checkpoint, cli, compat
+from action_gen import run as run_lib
 from action_gen.data import (
     normalize,
     pipeline,
@@ -180,8 +180,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
 
     The datasets must exist (built-in demos: the data step, `envs.collect.
     collect_builtin_datasets`, runs first). A resume refuses a config or dataset the
-    checkpoint cannot honour (`checkpoint.check_config_compatible`,
-    `checkpoint.check_dataset_identity`) and normalizes with the checkpoint's stats.
+    checkpoint cannot honour (`compat.check_resume`,
+    `compat.check_dataset_identity`) and normalizes with the checkpoint's stats.
 
     Args:
       stop_at_step: end early after this step (with a checkpoint), as an interrupted run
@@ -195,25 +195,32 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     fingerprints = [pipeline.dataset_fingerprint(d) for d in dataset_dirs]
     dataset_dir = dataset_dirs[0] if len(dataset_dirs) == 1 else dataset_dirs
     layouts = resolve_layouts(config, dataset_dirs)  # before the config is stored
-    manager = checkpoint.create_checkpoint_manager(
-        os.path.join(workdir, "checkpoints"),
+    teacher_path = teacher_lib.teacher_dir(config, workdir)
+    teacher_metadata = None
+    if teacher_path is not None:
+        # A student reads its teacher in the teacher's own ODE convention and settings,
+        # taken from the teacher's stored config before the student's is stored.
+        teacher_metadata = teacher_lib.read_teacher_metadata(teacher_path)
+        teacher_lib.inherit_teacher_settings(config, teacher_metadata[0])
+    manager = run_lib.create_manager(
+        workdir,
         max_to_keep=config.train.keep_checkpoints,
         async_save=config.train.get("async_checkpoints", True),
     )
-    config_json = checkpoint.config_to_json_dict(config)
+    config_json = compat.config_to_json_dict(config)
     resuming = manager.latest_step() is not None
     if resuming:
         # The checkpoint fixes the model, objective, horizons and normalization, and its
         # norm stats are the ones the parameters were trained under: never recomputed.
         stored_config, norm_stats = checkpoint.restore_metadata(manager)
-        checkpoint.check_config_compatible(
+        compat.check_resume(
             stored_config,
             config_json,
             manager.directory,
             "Use a new --workdir, or the checkpoint's values.",
         )
         stored_data = checkpoint.restore_data_state(manager)
-        checkpoint.check_dataset_identity(
+        compat.check_dataset_identity(
             stored_data.get("dataset_fingerprints"),
             fingerprints,
             stored_data.get("dataset_dir"),
@@ -235,10 +242,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         # One dataset: its stats are cached beside it. A mixture of our own layout is
         # normalized jointly; named (foreign) layouts each by their own stats.
         norm_stats = _compute_norm_stats(dataset_dirs, layouts, config)
-    teacher_path = teacher_lib.teacher_dir(config, workdir)
-    if teacher_path is not None and not resuming:
+    if teacher_metadata is not None and not resuming:
         # A distilled student learns, and is served, in its teacher's normalized units.
-        norm_stats = teacher_lib.read_teacher_metadata(teacher_path)[1]
+        norm_stats = teacher_metadata[1]
     state_dim, data_action_dim = normalize.feature_dims(norm_stats)
     action_dim = spec.model_action_dim(config.model, data_action_dim)
     action_horizon = config.data.action_horizon
@@ -320,12 +326,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         )
 
     writer = MetricWriter(os.path.join(workdir, "tensorboard"))
-    progress = tqdm.tqdm(
-        total=num_steps,
-        initial=start_step,
-        desc="train",
-        dynamic_ncols=True,
-        disable=jax.process_index() != 0,
+    progress = cli.progress(
+        num_steps, "train", initial=start_step, disable=jax.process_index() != 0
     )
     pending_metrics, timer = [], time.perf_counter()
     end_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)

@@ -20,7 +20,6 @@ the EMA and of the optimizer state (Adam's mu and nu for the trainable leaves).
 import importlib.util
 import json
 import os
-import sys
 from typing import Any
 
 import jax
@@ -28,7 +27,8 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import PartitionSpec
 
-from action_gen import checkpoint
+from action_gen import cli, compat
+from action_gen import run as run_lib
 from action_gen.models import lora
 
 
@@ -59,49 +59,15 @@ def restore_pretrained_params(path: str, config, abstract_model_params: Any) -> 
     checkpoints/ dir; latest step), to start a fine-tuning run from (`train.init_from`).
 
     The checkpoint may have been trained under any layout (its stored config says which):
-    its EMA parameters are read with adapters merged (`models.lora.restore_model_params`),
-    base leaves straight into the shardings of `abstract_model_params`, adapters
-    replicated. Its `model` config must equal `config.model` (the parameters' shapes and
-    meaning); everything else (data, optimizer, LoRA) may differ.
+    its EMA parameters come out merged (`run.Run.restore_model_params`), base leaves
+    straight into the shardings of `abstract_model_params`. Its `model` config must equal
+    `config.model` (`compat.check_init_from`); everything else (data, optimizer, LoRA)
+    may differ.
     """
-    ckpt_dir = os.path.join(path, "checkpoints")
-    ckpt_dir = ckpt_dir if os.path.isdir(ckpt_dir) else path
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"train.init_from: no checkpoint directory at {ckpt_dir}")
-    manager = checkpoint.create_checkpoint_manager(ckpt_dir, read_only=True)
-    stored_config, _ = checkpoint.restore_metadata(manager)
-    differing = checkpoint.config_differences(
-        stored_config,
-        checkpoint.config_to_json_dict(config),
-        lambda key: key.startswith("model."),
-    )
-    if differing:
-        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
-        raise ValueError(
-            f"train.init_from={path}: the checkpoint's model differs from this run's: "
-            f"{details}. Fine-tune with the checkpoint's model.* values."
-        )
-    shardings = traverse_util.flatten_dict(
-        jax.tree.map(lambda x: x.sharding, abstract_model_params)
-    )
-    replicated = jax.sharding.NamedSharding(next(iter(shardings.values())).mesh, PartitionSpec())
-
-    def restore(tree, use_ema):
-        flat = traverse_util.flatten_dict(tree)
-        placed = {}
-        for p, leaf in flat.items():
-            model_path = p[1:] if p[0] in (lora.BASE, lora.LORA) and p[1:] in shardings else p
-            placed[p] = jax.ShapeDtypeStruct(
-                leaf.shape, leaf.dtype, sharding=shardings.get(model_path, replicated)
-            )
-        return checkpoint.restore_params(
-            manager, traverse_util.unflatten_dict(placed), use_ema=use_ema
-        )
-
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_model_params)
-    params = lora.restore_model_params(
-        restore, lora.FinetuneLayout.from_config(stored_config), abstract, use_ema=True
-    )
+    source = run_lib.Run.open(path, role="train.init_from")
+    stored_config, _ = source.metadata()
+    compat.check_init_from(stored_config, compat.config_to_json_dict(config), path)
+    params = source.restore_model_params(abstract_model_params, use_ema=True)
     # Merged kernels are float32 like the model's own initialisation; place each leaf as
     # this run's model parameters are placed.
     return jax.tree.map(
@@ -169,14 +135,21 @@ def load_config(spec: str):
     return module.get_config(arg or None)
 
 
-def main(argv: list[str]) -> None:
-    args = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
-    specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    if not specs:
-        raise SystemExit(__doc__)
-    cameras = [c for c in args.get("cameras", "").split(",") if c]
-    size = int(args.get("image_size", 224))
-    for spec in specs:
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.ArgumentParser(
+        prog="python -m action_gen.train.lora", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--config", action="append", required=True, help="configs/x.py:arg (repeatable)"
+    )
+    parser.add_argument("--cameras", default="", help="camera slots, e.g. base_0_rgb,...")
+    parser.add_argument("--image_size", type=int, default=224, help="square camera size")
+    args = parser.parse_args(argv)
+    cameras = [c for c in args.cameras.split(",") if c]
+    size = args.image_size
+    for spec in args.config:
+        if not os.path.isfile(spec.partition(":")[0]):
+            raise cli.UserError(f"--config: config file not found: {spec.partition(':')[0]}")
         config = load_config(spec)
         if cameras:  # e.g. openpi's three 224² cameras (the obstacle task has none)
             config.data.cameras = {c: [size, size] for c in cameras}
@@ -184,5 +157,10 @@ def main(argv: list[str]) -> None:
         print(json.dumps({"config": spec, "cameras": cameras, **figures}), flush=True)
 
 
+def entry_point() -> None:
+    cli.quiet_logs()
+    cli.run_command(main)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    entry_point()

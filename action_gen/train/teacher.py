@@ -1,18 +1,17 @@
 """The teacher of a distillation objective (`objective.teacher_workdir`): where its run is,
 what carries over from it into the student, and its weights.
 
-What carries over: the teacher's normalization stats (the student is trained, and
-served, in the teacher's normalized units) and the config fields a checkpoint fixes
-besides model and objective (the `data.*` entries of `checkpoint.FIXED_KEYS`: obs /
-action horizons, state and action normalization), which must equal the student's. A
-student initialized from the teacher (`train.init_from_teacher`) must also have the
-teacher's model config. The student's objective names the teacher's family
-(`parameterization`) and its settings (time_scale; num_train_steps, schedule, ...), which
-must equal the teacher's.
+What carries over (the rule itself: compat.check_distillation): the teacher's
+normalization stats (the student is trained, and served, in the teacher's normalized units)
+and its horizons and normalization modes; the teacher's family (`objective.parameterization`)
+and that family's ODE settings (`objectives.family_settings`: time_scale and
+time_convention of a flow teacher; num_train_steps, schedule, prediction_type, betas of a
+diffusion one), which the student takes from the teacher's stored config where it does not
+state them (`inherit_teacher_settings`) and must equal where it does; and, for a student
+initialized from the teacher (`train.init_from_teacher`), its model config.
 """
 
 import dataclasses
-import json
 import logging
 import os
 
@@ -20,12 +19,8 @@ import jax
 import ml_collections
 from flax import traverse_util
 
-from action_gen import checkpoint, models, objectives
-
-# Model fields a student initialized from its teacher may set on its own: they add a head
-# the teacher lacks (a multiple-choice head, models/unet1d.py), which `init_from_teacher`
-# derives from the teacher's output layer (`models.student_head_from_teacher`).
-STUDENT_ONLY_MODEL_KEYS = frozenset({"model.num_hypotheses"})
+from action_gen import compat, models, objectives
+from action_gen import run as run_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,69 +49,49 @@ def teacher_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     return path if os.path.isabs(path) else os.path.join(os.path.abspath(workdir), path)
 
 
-def check_student_config(teacher_config: dict, student_config: dict, where: str) -> None:
-    """Raises ValueError naming every field where the student cannot follow the teacher.
-
-    Args:
-      teacher_config, student_config: config JSON dicts (stored and current).
-      where: the teacher's checkpoint directory, for the message.
-    """
-    init = bool(student_config.get("train", {}).get("init_from_teacher", False))
-    differing = checkpoint.config_differences(
-        teacher_config,
-        student_config,
-        # The data fields only: the optimizer's trainable split is the student's own choice.
-        lambda k: (
-            (k in checkpoint.FIXED_KEYS and k.startswith("data."))
-            or (init and k.startswith("model.") and k not in STUDENT_ONLY_MODEL_KEYS)
-        ),
-    )
-    student_objective = student_config["objective"]
-    family = student_objective.get("parameterization")
-    if family != teacher_config["objective"]["name"]:
-        differing["objective.parameterization"] = (teacher_config["objective"]["name"], family)
-    for key, value in teacher_config["objective"].items():
-        if key in student_objective and key not in objectives.SAMPLING_FIELDS | {"name"}:
-            if json.dumps(student_objective[key]) != json.dumps(value):
-                differing[f"objective.{key}"] = (value, student_objective[key])
-    if differing:
-        details = ", ".join(f"{k}: teacher {t!r}, student {s!r}" for k, (t, s) in differing.items())
-        raise ValueError(
-            f"the student cannot distill the teacher in {where}: {details}. The student "
-            "keeps the teacher's horizons and normalization, names its objective in "
-            "objective.parameterization with the same settings, and (init_from_teacher) "
-            "its model."
-        )
+def inherit_teacher_settings(config: ml_collections.ConfigDict, teacher_config: dict) -> None:
+    """Checks that `config` (the student) can distill the teacher whose stored config is
+    `teacher_config` (`compat.check_distillation`), then writes into `config.objective` the
+    teacher family's ODE settings the student leaves out (a flow teacher's time_scale and
+    time_convention, ...), so the student reads the teacher in the teacher's own convention
+    and its stored config says so."""
+    family = config.objective.get("parameterization")
+    if family is None or family != teacher_config["objective"]["name"]:
+        return  # check_distillation (load_teacher) names the mismatch
+    settings = objectives.family_settings(family, teacher_config["objective"])
+    with config.unlocked():
+        for key, value in settings.items():
+            if key not in config.objective:
+                config.objective[key] = value
 
 
 def read_teacher_metadata(path: str) -> tuple[dict, dict, str]:
     """(stored config, norm stats, checkpoint directory) of the teacher run at `path`."""
-    ckpt_dir = os.path.join(path, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    try:
+        teacher = run_lib.Run.open(path, role="teacher (objective.teacher_workdir)")
+    except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"no teacher checkpoint at {ckpt_dir} (objective.teacher_workdir): train the "
-            "teacher first (`--mode=train_and_eval` with a config that has a `teacher` "
-            "section does both)"
-        )
-    manager = checkpoint.create_checkpoint_manager(ckpt_dir, read_only=True)
-    stored_config, norm_stats = checkpoint.restore_metadata(manager)
-    return stored_config, norm_stats, ckpt_dir
+            f"{e}: train the teacher first (`--mode=train_and_eval` with a config that has a "
+            "`teacher` section does both)"
+        ) from None
+    stored_config, norm_stats = teacher.metadata()
+    return stored_config, norm_stats, teacher.directory
 
 
 def load_teacher(
     path: str, student_config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding
 ) -> LoadedTeacher:
-    """Restores the teacher run at `path` (EMA parameters laid out by `sharding`) after
-    checking that `student_config` can distill it (`check_student_config`)."""
+    """Restores the teacher run at `path` (EMA parameters laid out by `sharding`, adapters
+    merged when it was fine-tuned with LoRA) after checking that `student_config` can
+    distill it (`compat.check_distillation`)."""
     stored_config, norm_stats, ckpt_dir = read_teacher_metadata(path)
-    check_student_config(stored_config, checkpoint.config_to_json_dict(student_config), ckpt_dir)
+    compat.check_distillation(stored_config, compat.config_to_json_dict(student_config), ckpt_dir)
     config = ml_collections.ConfigDict(stored_config)
     model, abstract = models.abstract_checkpoint_params(config, norm_stats)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
     )
-    manager = checkpoint.create_checkpoint_manager(ckpt_dir, read_only=True)
-    params = checkpoint.restore_params(manager, abstract, use_ema=True)
+    params = run_lib.Run.open(ckpt_dir).restore_model_params(abstract, use_ema=True)
     return LoadedTeacher(
         teacher=objectives.Teacher(models.make_apply_fn(model), params),
         config=stored_config,
@@ -128,8 +103,8 @@ def load_teacher(
 def init_from_teacher(state, loaded: LoadedTeacher, state_shardings, init_rng: jax.Array):
     """`state` (fresh) with params and EMA set to the teacher's EMA parameters, laid out
     like the state's (the optimizer state is unchanged: its init does not depend on the
-    values). The student's model config equals the teacher's (`check_student_config`)
-    except for `STUDENT_ONLY_MODEL_KEYS`: a head only the student has starts from the
+    values). The student's model config equals the teacher's (`compat.check_distillation`)
+    except for `compat.STUDENT_ONLY_MODEL_KEYS`: a head only the student has starts from the
     teacher's output layer where the model says how (`models.student_head_from_teacher`:
     the multiple-choice head as noisy copies of it, drawn with a key folded from
     `init_rng`, the key the fresh state was initialized with), and keeps its fresh

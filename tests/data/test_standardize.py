@@ -155,7 +155,7 @@ def test_unknown_dataset_lists_features_and_a_starter_mapping(root, capsys):
         "data.mappings.my_robot",
     ):
         assert text in message, text
-    assert inspect_cli.main([None, directory]) == 0
+    assert inspect_cli.main([directory]) == 0
     printed = capsys.readouterr().out
     assert "observation/robot_obs" in printed and "starter mapping" in printed
     assert "registered mapping: taco_play" in printed

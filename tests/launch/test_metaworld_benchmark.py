@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from action_gen import cli
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "launch"))
 import metaworld_benchmark as bench  # noqa: E402
 
@@ -112,8 +114,9 @@ def test_table_against_expert(tmp_path):
 
 
 def test_unknown_method_is_rejected(tmp_path):
-    with pytest.raises(SystemExit):
+    # A usage error is the front door's UserError (one line, exit status 2; action_gen/cli.py).
+    with pytest.raises(cli.UserError, match="unknown method 'gan'"):
         bench.parse_args(["--workdir", str(tmp_path), "--methods", "diffusion,gan"])
     for bad in ("push", "push=many", "gan:push=6000"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(cli.UserError):
             bench.parse_args(["--workdir", str(tmp_path), "--steps", bad])

@@ -217,10 +217,10 @@ def test_shared_checkpoint_refuses_only_what_a_checkpoint_fixes():
     """Runs that share a trained checkpoint differ only in inference keys; the eval mode's
     refusal (Policy.from_checkpoint(config=...)) uses the checkpoint's one definition of
     the fields it fixes, so the two can never disagree."""
-    from action_gen import checkpoint
+    from action_gen import compat
 
     for key in sweep.INFERENCE_KEYS | {"eval.num_episodes"}:
-        assert sweep.is_inference_key(key) and not checkpoint.is_fixed_by_checkpoint(key)
+        assert sweep.is_inference_key(key) and not compat.fixed_for_resume(key)
     stored = {
         "model": {"name": "unet1d"},
         "objective": {"sampler": "ddim", "schedule": "a"},
@@ -234,7 +234,7 @@ def test_shared_checkpoint_refuses_only_what_a_checkpoint_fixes():
         "eval": {"num_episodes": 100},
     }
     with pytest.raises(ValueError, match="objective.schedule") as error:
-        checkpoint.check_config_compatible(stored, current, "/ckpt", "")
+        compat.check_resume(stored, current, "/ckpt", "")
     assert "data.action_norm" in str(error.value) and "sampler" not in str(error.value)
 
 

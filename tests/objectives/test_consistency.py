@@ -11,11 +11,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from action_gen import checkpoint, main, models, objectives
+from action_gen import checkpoint, compat, main, models, objectives
 from action_gen.data import schema
-from action_gen.objectives import consistency, diffusion
+from action_gen.objectives import consistency, diffusion, flow
 from action_gen.sample.policy import Policy
-from action_gen.train import teacher as teacher_lib
 from configs import consistency_unet_obstacle
 
 B, T, S, H, A = 3, 2, 5, 8, 2
@@ -43,16 +42,20 @@ def _batch():
 
 
 def test_grid_is_the_teachers_sampler_chain():
-    """Diffusion: the DDIM chain's steps and ᾱ, then the data end; flow: t_i = i / N."""
-    grid = consistency.make_grid("diffusion", 10, num_train_steps=100)
+    """Diffusion: the DDIM chain's steps and ᾱ, then the data end; flow: t_i = i / N, and
+    in openpi's convention the model's time mirrored (1 - t_i)."""
+    grid = diffusion.probability_flow(10, num_train_steps=100).grid
     ks, alpha_bar, alpha_bar_prev = diffusion.sampler_constants(100, 10)
     np.testing.assert_array_equal(grid.model_time[:-1], ks)
     np.testing.assert_allclose(grid.alpha_bar[:-1], alpha_bar)
     np.testing.assert_allclose(grid.alpha_bar[1:], alpha_bar_prev)
     assert grid.signal[-1] == 1.0 and grid.noise[-1] == 0.0
-    flow_grid = consistency.make_grid("flow", 4, time_scale=100.0)
+    flow_grid = flow.probability_flow(4, time_scale=100.0).grid
     np.testing.assert_allclose(flow_grid.signal, [0, 0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(flow_grid.model_time, [0, 25, 50, 75, 100])
+    mirrored = flow.probability_flow(4, time_scale=1.0, time_convention="noise_at_1").grid
+    np.testing.assert_allclose(mirrored.signal, flow_grid.signal)
+    np.testing.assert_allclose(mirrored.model_time, [1.0, 0.75, 0.5, 0.25, 0.0])
     np.testing.assert_array_equal(consistency.sample_positions(20, 4), [0, 5, 10, 15])
     with pytest.raises(ValueError, match="num_steps"):
         consistency.sample_positions(4, 8)
@@ -65,9 +68,9 @@ def test_skip_scaling_boundary_conditions(unet, parameterization, sigma_data):
     EDM skip term (σ_d = 0); at flow's noise end (a = 0) f is the network's data
     estimate alone."""
     apply_fn, params = unet
-    family = consistency._family(
-        parameterization, 2, 2, 100.0, 20, "squaredcos_cap_v2", "epsilon", 1e-4, 0.02
-    )  # N = 2 intervals of k = 2 teacher steps: a fine grid of 5 points
+    settings = dict(time_scale=100.0, num_train_steps=20)
+    family = consistency._family(parameterization, 2, 2, settings)
+    # N = 2 intervals of k = 2 teacher steps: a fine grid of 5 points
     x = jax.random.normal(jax.random.key(1), (B, H, A))
     step_fn, context = models.split_apply_fn(apply_fn, params, _obs())
     at_data = consistency.consistency_fn(
@@ -213,29 +216,29 @@ def test_consistency_training_needs_no_teacher_and_targets_the_data_at_the_end(u
 
 
 def test_student_must_keep_the_teachers_horizons_and_settings():
-    teacher = checkpoint.config_to_json_dict(consistency_unet_obstacle.get_config("tiny").teacher)
-    student = checkpoint.config_to_json_dict(consistency_unet_obstacle.get_config("tiny"))
-    teacher_lib.check_student_config(teacher, student, "here")  # as built: compatible
+    teacher = compat.config_to_json_dict(consistency_unet_obstacle.get_config("tiny").teacher)
+    student = compat.config_to_json_dict(consistency_unet_obstacle.get_config("tiny"))
+    compat.check_distillation(teacher, student, "here")  # as built: compatible
     student["data"]["action_horizon"] = 8
     student["objective"]["time_scale"] = 1.0
     student["model"]["down_dims"] = [8, 16]
     with pytest.raises(ValueError) as error:
-        teacher_lib.check_student_config(teacher, student, "here")
+        compat.check_distillation(teacher, student, "here")
     for field in ("data.action_horizon", "objective.time_scale", "model.down_dims"):
         assert field in str(error.value)
-    student = checkpoint.config_to_json_dict(consistency_unet_obstacle.get_config("tiny"))
+    student = compat.config_to_json_dict(consistency_unet_obstacle.get_config("tiny"))
     student["objective"]["parameterization"] = "diffusion"
     with pytest.raises(ValueError, match="objective.parameterization"):
-        teacher_lib.check_student_config(teacher, student, "here")
+        compat.check_distillation(teacher, student, "here")
 
 
 def _assert_teacher_is_the_plain_run(config, plain):
     """The distillation config's teacher is exactly `plain` (the teacher's own config for
     the same arg), and its student passes the teacher check."""
     assert config.teacher.to_dict() == plain.to_dict()
-    teacher_lib.check_student_config(
-        checkpoint.config_to_json_dict(config.teacher),
-        checkpoint.config_to_json_dict(config),
+    compat.check_distillation(
+        compat.config_to_json_dict(config.teacher),
+        compat.config_to_json_dict(config),
         "here",
     )
 
@@ -331,3 +334,29 @@ def test_distillation_chain_teacher_student_one_step_eval(tmp_path):
         Policy.from_checkpoint(workdir, sampling={"schedule": "linear"})
     with pytest.raises(ValueError, match="does not take"):
         Policy.from_checkpoint(workdir, sampling={"eta": 0.5})  # a diffusion setting
+
+
+def test_noise_at_1_teacher_target_is_its_own_ode_solution(unet):
+    """A teacher in openpi's convention (t = 1 noise: the network sees 1 - t and predicts
+    ε − x): the student's 2-step grid reads it in its own time, so the teacher target
+    (target="teacher": the teacher's ODE solved from the noise end) equals the teacher's
+    own sampler, flow.sample_from_noise(time_convention="noise_at_1"), from the same noise."""
+    apply_fn, params = unet
+    settings = {"time_scale": 1.0, "time_convention": "noise_at_1"}
+    family = consistency._family("flow", 2, 1, settings)
+    noise = jax.random.normal(jax.random.key(3), (B, H, A))
+    step_fn, context = models.split_apply_fn(apply_fn, params, _obs())
+    target = consistency._teacher_solve_to_data(
+        step_fn, params, context, noise, jnp.zeros((B,), jnp.int32), family
+    )
+    own = flow.sample_from_noise(
+        apply_fn, params, _obs(), jax.random.key(0), 2, noise,
+        action_shape=(H, A), time_scale=1.0, time_convention="noise_at_1", clip_sample=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(target, own, rtol=1e-6, atol=1e-6)
+    # Read in the other convention the target would be a different trajectory.
+    mirrored = consistency._family("flow", 2, 1, {"time_scale": 1.0})
+    wrong = consistency._teacher_solve_to_data(
+        step_fn, params, context, noise, jnp.zeros((B,), jnp.int32), mirrored
+    )
+    assert not np.allclose(wrong, own, atol=1e-3)

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from action_gen import checkpoint, models, objectives
+from action_gen import compat, models, objectives
 from action_gen.data import schema
 from action_gen.objectives import consistency
 from action_gen.train import state as state_lib
@@ -30,9 +30,7 @@ def _model(num_hypotheses):
 
 
 def _flow_family(num_teacher_steps=2):
-    return consistency._family(
-        "flow", num_teacher_steps, 1, 100.0, 100, "squaredcos_cap_v2", "epsilon", 1e-4, 0.02
-    )
+    return consistency._family("flow", num_teacher_steps, 1, {"time_scale": 100.0})
 
 
 def test_unet_hypotheses_head_replaces_the_output_layer():
@@ -228,12 +226,12 @@ def test_student_with_a_head_of_its_own_starts_from_its_teacher(tmp_path):
     config = consistency_unet_obstacle.get_config(f"tiny,hypotheses={K}")
     assert config.model.num_hypotheses == K and config.objective.num_hypotheses == K
     assert "num_hypotheses" not in config.teacher.model
-    teacher_json = checkpoint.config_to_json_dict(config.teacher)
-    student_json = checkpoint.config_to_json_dict(config)
-    teacher_lib.check_student_config(teacher_json, student_json, "here")
+    teacher_json = compat.config_to_json_dict(config.teacher)
+    student_json = compat.config_to_json_dict(config)
+    compat.check_distillation(teacher_json, student_json, "here")
     student_json["model"]["time_embed_dim"] = 12
     with pytest.raises(ValueError, match="model.time_embed_dim"):
-        teacher_lib.check_student_config(teacher_json, student_json, "here")
+        compat.check_distillation(teacher_json, student_json, "here")
 
     _, teacher_params = _model(1)
     teacher_params = jax.tree.map(lambda p: p + 1.0, teacher_params)  # unlike a fresh init

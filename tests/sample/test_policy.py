@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.extend import core as jax_core
 
-from action_gen import checkpoint, models
+from action_gen import checkpoint, compat, models
 from action_gen.data import schema, spec
 from action_gen.sample.policy import Policy
 from configs import diffusion_unet_obstacle, flow_pi0_obstacle
@@ -35,7 +35,7 @@ def saved(tmp_path_factory):
         manager,
         3,
         state,
-        config=checkpoint.config_to_json_dict(config),
+        config=compat.config_to_json_dict(config),
         norm_stats=tiny_policy.norm_stats(),
         data_state={"batches_consumed": 3},
     )

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from action_gen import checkpoint
+from action_gen import compat
 from action_gen.data import pipeline, sources
 from action_gen.envs import collect
 from action_gen.train import loop
@@ -87,17 +87,15 @@ def test_sampler_settings_are_overridable_on_a_checkpoint(trained):
     outside = unclipped.sample_actions(obs, rng=0)
     assert ((outside < low - 1e-3) | (outside > high + 1e-3)).any()
     # Resuming under another sampling setting is allowed; another model is not (above).
-    stored = checkpoint.config_to_json_dict(config)
+    stored = compat.config_to_json_dict(config)
     changed = _config(root / "dataset")
     changed.objective.clip_sample = False
     assert changed.eval.clip_sample is False  # linked: --mode=eval samples the same way
     changed.objective.num_sample_steps = 3
-    checkpoint.check_config_compatible(stored, checkpoint.config_to_json_dict(changed), root, "")
+    compat.check_resume(stored, compat.config_to_json_dict(changed), root, "")
     changed.objective.schedule = "linear"
     with pytest.raises(ValueError, match="objective.schedule"):
-        checkpoint.check_config_compatible(
-            stored, checkpoint.config_to_json_dict(changed), root, ""
-        )
+        compat.check_resume(stored, compat.config_to_json_dict(changed), root, "")
 
 
 def test_cli_eval_writes_results(trained):

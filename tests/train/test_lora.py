@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from action_gen import checkpoint, models
+from action_gen import checkpoint, compat, models
 from action_gen.data import schema, spec
 from action_gen.models import lora
 from action_gen.sample.policy import Policy
@@ -190,7 +190,7 @@ def lora_checkpoint(tmp_path_factory, trained):
         manager,
         1,
         state,
-        config=checkpoint.config_to_json_dict(config),
+        config=compat.config_to_json_dict(config),
         norm_stats=tiny_policy.norm_stats(STATE_DIM, ACTION_DIM),
         data_state={"batches_consumed": 1},
     )
