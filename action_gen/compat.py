@@ -41,7 +41,7 @@ from typing import Any
 import ml_collections
 from flax import traverse_util
 
-from action_gen import objectives
+from action_gen import config_schema, objectives
 
 RESUME_FIXED_SECTIONS = ("model", "objective", "lora")
 RESUME_FIXED_KEYS = (
@@ -78,9 +78,11 @@ def config_differences(
     `relevant(key)` holds and two config JSON dicts (a checkpoint's and a run's) differ; a
     key missing on one side has the value None there. Values are compared in JSON form: a
     stored config has lists where a live one has tuples; "" and None are the same unset
-    value (a section a newer config declares empty)."""
-    old = traverse_util.flatten_dict(stored, sep=".")
-    new = traverse_util.flatten_dict(current, sep=".")
+    value (a section a newer config declares empty). Both are completed with the schema's
+    defaults first (config_schema.complete: a field added since the checkpoint was stored
+    has its default there)."""
+    old = traverse_util.flatten_dict(config_schema.complete(stored), sep=".")
+    new = traverse_util.flatten_dict(config_schema.complete(current), sep=".")
     keys = sorted(k for k in old.keys() | new.keys() if relevant(k))
 
     def norm(value):
@@ -189,7 +191,8 @@ def teacher_family_settings(objective: Mapping) -> dict:
     """The family settings a config's objective section states for its teacher's family
     (`parameterization`), with the family's defaults for the ones it leaves out
     (`objectives.family_settings`)."""
-    family = objective.get("parameterization") or objective["name"]
+    family = objective["parameterization"] if "parameterization" in objective else None
+    family = family or objective["name"]
     return objectives.family_settings(family, objective)
 
 
@@ -200,12 +203,17 @@ def check_distillation(teacher_config: dict, student_config: dict, where: str) -
       teacher_config, student_config: config JSON dicts (stored and current).
       where: the teacher's checkpoint directory, for the message.
     """
-    init = bool(student_config.get("train", {}).get("init_from_teacher", False))
+    teacher_config = config_schema.complete(teacher_config)
+    student_config = config_schema.complete(student_config)
+    init = bool(student_config["train"]["init_from_teacher"])
     differing = config_differences(
         teacher_config, student_config, lambda k: fixed_for_distillation(k, init)
     )
     teacher_objective = teacher_config["objective"]
-    family = student_config["objective"].get("parameterization")
+    student_objective = student_config["objective"]  # open: `parameterization` is consistency's
+    family = (
+        student_objective["parameterization"] if "parameterization" in student_objective else None
+    )
     if family != teacher_objective["name"]:
         differing["objective.parameterization"] = (teacher_objective["name"], family)
     else:

@@ -126,7 +126,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
     workdir = os.path.abspath(workdir)
     if mode in ("collect", "train", "train_and_eval"):
         collect_data(config, workdir)
-    if mode in ("train", "train_and_eval") and config.get("teacher") is not None:
+    if mode in ("train", "train_and_eval") and "teacher" in config:
         if not train_teacher(config, workdir):
             logging.warning("the teacher stopped early (preempted); rerun the same command")
             return None
@@ -162,7 +162,7 @@ def main(argv):
         from action_gen import run as run_lib  # lazily: jax loads only past flag parsing
 
         config = run_lib.Run.open(_WORKDIR.value, role="--mode=eval").config()
-    elif mode == "train_and_eval" and not config.eval.get("env"):
+    elif mode == "train_and_eval" and not config.eval.env:
         logging.warning(
             "eval.env is empty (no simulator for this data): --mode=train_and_eval trains "
             "only; serve the result with --mode=serve"

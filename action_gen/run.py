@@ -22,7 +22,7 @@ import ml_collections
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-from action_gen import checkpoint
+from action_gen import checkpoint, config_schema
 from action_gen.models import lora
 
 CHECKPOINTS = "checkpoints"
@@ -42,6 +42,44 @@ def create_manager(workdir: str, *, max_to_keep: int | None = 3, async_save: boo
         max_to_keep=max_to_keep,
         async_save=async_save,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataState:
+    """Where a run's data stream stands, stored with each checkpoint (its `data/` item).
+
+    Attributes:
+      batches_consumed: global batches the stream has yielded (= the train step): a
+        resume rebuilds the stream at this position (data/pipeline.py, no replay).
+      seed: the run's seed, which sets the stream's shuffles.
+      dataset_dir: the dataset directory (a list for a mixture); None for an import.
+      dataset_fingerprints: `pipeline.dataset_fingerprint` of each dataset (None: unknown),
+        compared on resume (`compat.check_dataset_identity`).
+      imported_from: the source of an imported checkpoint (tools/openpi_import.py), else None.
+    """
+
+    batches_consumed: int
+    seed: int
+    dataset_dir: str | list[str] | None = None
+    dataset_fingerprints: list[str] | None = None
+    imported_from: str | None = None
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if out["imported_from"] is None:
+            del out["imported_from"]  # the layout trained runs have always stored
+        return out
+
+    @classmethod
+    def from_json(cls, stored: dict) -> "DataState":
+        """A stored data state; a field an older checkpoint lacks reads as unknown (None)."""
+        return cls(
+            batches_consumed=int(stored["batches_consumed"]),
+            seed=int(stored.get("seed", 0)),
+            dataset_dir=stored.get("dataset_dir"),
+            dataset_fingerprints=stored.get("dataset_fingerprints"),
+            imported_from=stored.get("imported_from"),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +118,17 @@ class Run:
         return self.manager.latest_step()
 
     def metadata(self, step: int | None = None) -> tuple[dict, dict]:
-        """(the stored config as a JSON dict, the norm stats) at `step` (default: latest)."""
-        return checkpoint.restore_metadata(self.manager, step)
+        """(the stored config as a JSON dict, the norm stats) at `step` (default: latest).
+        The config is completed with the schema's defaults for fields added since it was
+        stored (config_schema.complete)."""
+        stored_config, norm_stats = checkpoint.restore_metadata(self.manager, step)
+        return config_schema.complete(stored_config), norm_stats
 
     def config(self, step: int | None = None) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(self.metadata(step)[0])
 
-    def data_state(self, step: int | None = None) -> dict:
-        return checkpoint.restore_data_state(self.manager, step)
+    def data_state(self, step: int | None = None) -> DataState:
+        return DataState.from_json(checkpoint.restore_data_state(self.manager, step))
 
     def restore_model_params(self, abstract_params, *, use_ema: bool = True, step=None):
         """The model's parameters at `step`, merged from the checkpoint's fine-tuning layout.

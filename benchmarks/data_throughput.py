@@ -98,8 +98,7 @@ def measure_stream(
     """Steady-state windows/s of the training stream over the RLDS dataset at `path`: the
     tf.data stream and the host transform pipeline (normalization), as the train loop runs
     them."""
-    import ml_collections
-
+    from action_gen import config_schema
     from action_gen.data import pipeline, transforms
 
     start = time.perf_counter()
@@ -113,10 +112,8 @@ def measure_stream(
         norm_stats=stats,
         shuffle_buffer=shuffle_buffer,
     )
-    config = ml_collections.ConfigDict(
-        {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": obs_horizon},
-         "model": {}}
-    )  # fmt: skip
+    config = config_schema.base_config()  # min-max state and action normalization
+    config.data.obs_horizon = obs_horizon
     transform = transforms.create_pipeline(config, stats)
     iterator = (transform.inputs(b)[0] for b in pipeline.iterate_numpy_batches(dataset))
     start = time.perf_counter()

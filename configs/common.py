@@ -1,6 +1,9 @@
-"""Shared config builders (imports only ml_collections, so configs load instantly)."""
+"""Shared config builders (import only ml_collections and the schema, so configs load
+instantly)."""
 
 import ml_collections
+
+from action_gen import config_schema
 
 
 def parse_arg(arg: str | None) -> tuple[set[str], dict[str, str]]:
@@ -33,7 +36,8 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
     if "smoke" in flags:  # every config's name for its few-second check: here runlocal
         flags = (flags - {"smoke"}) | {"runlocal"}
 
-    config = ml_collections.ConfigDict()
+    # Every field at its schema default (action_gen/config_schema.py); set here: what differs.
+    config = config_schema.base_config()
     config.seed = int(values.get("seed", 0))
 
     # Shared sizes, linked so a sweep over the horizon changes data, model and eval.
@@ -45,17 +49,10 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
     # which also overrides a stored checkpoint's value in --mode=eval.
     clip_sample = ml_collections.FieldReference(True)
 
-    config.data = ml_collections.ConfigDict()
-    config.data.dataset_dir = ""  # empty: <workdir>/dataset
-    config.data.builtin_task = "obstacle"  # generate demos there if missing ('' to disable)
-    config.data.num_demo_episodes = 200
-    config.data.demo_seed = 0
+    # data: the schema's defaults are the obstacle task's (200 demos, minmax: DP's choice,
+    # the sampler clips to [-1, 1]).
     config.data.obs_horizon = obs_horizon
     config.data.action_horizon = action_horizon
-    config.data.batch_size = 256
-    config.data.shuffle_buffer = 20_000
-    config.data.state_norm = "minmax"
-    config.data.action_norm = "minmax"  # DP's choice: the sampler clips to [-1, 1]
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "unet1d"
@@ -81,48 +78,12 @@ def obstacle_config(objective: str, arg: str | None = None) -> ml_collections.Co
         config.objective.clip_sample = clip_sample
     config.objective.num_sample_steps = num_sample_steps
 
-    config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.lr = 1e-4
-    config.optimizer.warmup_steps = 500
-    config.optimizer.b1 = 0.95
-    config.optimizer.b2 = 0.999
-    config.optimizer.eps = 1e-8
-    config.optimizer.weight_decay = 1e-6
-    config.optimizer.grad_clip_norm = 1.0
-    config.optimizer.final_lr_fraction = 0.0
+    # optimizer, train, mesh: the schema's defaults (DP's AdamW recipe, EMA power 0.75).
 
-    config.train = ml_collections.ConfigDict()
-    config.train.num_steps = 20_000
-    config.train.log_every = 100
-    config.train.checkpoint_every = 2_000
-    config.train.keep_checkpoints = 3
-    config.train.async_checkpoints = True
-    # Resume on data whose fingerprint differs from the checkpoint's (normalized with the
-    # checkpoint's stats); refused by default.
-    config.train.allow_dataset_change = False
-    config.train.ema_power = 0.75
-    config.train.ema_max_decay = 0.9999
-    config.train.grad_accum_steps = 1  # micro-batches per update (divides batch_size)
-    config.train.compute_dtype = "float32"  # or "bfloat16": bf16 compute, fp32 weights
-    config.train.remat = "none"  # none | full | dots: recompute the forward in backward
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1
-    config.mesh.fsdp = 1
-    config.mesh.rules = "fsdp"  # logical-axis rule set (train/sharding.py RULE_SETS)
-    config.mesh.fsdp_min_size = 2**16  # params with fewer elements stay replicated
-
-    config.eval = ml_collections.ConfigDict()
-    config.eval.env = "obstacle"
-    config.eval.num_episodes = 100
-    config.eval.seed = 100_000  # disjoint from the demo seeds
     config.eval.obs_horizon = obs_horizon
-    config.eval.action_exec_horizon = 8  # execute Ta of the H planned actions, re-plan
     config.eval.num_sample_steps = num_sample_steps
     if "clip_sample" in config.objective:
         config.eval.clip_sample = clip_sample
-    config.eval.use_ema = True
-    config.eval.plot = True
 
     if "demo" in flags:
         config.model.down_dims = (64, 128, 256)
@@ -157,24 +118,19 @@ FINETUNE_VARIANTS = {"lora", "frozen_backbone"}
 
 
 def pi0_finetune_layout(config, flags, frozen_dtype: str = "") -> None:
-    """Declares `config.lora` (rank 0: off) and `optimizer.{trainable, frozen_dtype}`, and
-    fills them for the fine-tuning variant in `flags`:
+    """Fills `config.lora` (the schema's default: rank 0, off) and
+    `optimizer.{trainable, frozen_dtype}` for the fine-tuning variant in `flags`:
       lora             LoRA (rank 16, alpha 16) on every attention (q, kv, out) and MLP
                        (gate_up, down) kernel of the backbone and the expert; the expert's
                        input/output projections train fully, all other base weights frozen.
       frozen_backbone  the backbone (ViT, image projection, token embedding, backbone
                        layers) frozen; the expert and its projections train.
       (neither)        full fine-tuning.
-    `frozen_dtype` holds the frozen leaves (e.g. "bfloat16"; "" keeps float32)."""
+    `frozen_dtype` holds the frozen leaves (e.g. "bfloat16"; "" keeps float32). lora.targets
+    (the schema's) matches per-layer (backbone_0/q/kernel) and scanned (layers/backbone/q/
+    kernel [L, I, O]) kernels."""
     if {"lora", "frozen_backbone"} <= set(flags):
         raise ValueError("choose one of lora, frozen_backbone")
-    config.lora = ml_collections.ConfigDict()
-    config.lora.rank = 0  # > 0: LoRA adapters (models/lora.py)
-    config.lora.alpha = 16.0
-    # Per-layer (backbone_0/q/kernel) or scanned (layers/backbone/q/kernel [L, I, O]).
-    config.lora.targets = r"(backbone|expert)[^/]*/(q|kv|out|gate_up|down)/kernel$"
-    config.optimizer.trainable = ""  # regex over parameter paths; "" = every leaf
-    config.optimizer.frozen_dtype = ""
     if "lora" in flags:
         config.lora.rank = 16
         config.optimizer.trainable = f"^({PI0_HEADS})/"
@@ -196,16 +152,6 @@ def robot_section(name: str = "") -> ml_collections.ConfigDict:
       dataset            "client key=dataset feature,...": where a dataset keeps each part
                          ("actions" and "prompt" for the action and instruction features)
     """
-    robot = ml_collections.ConfigDict()
+    robot = config_schema.section("robot")
     robot.name = name
-    robot.cameras = ""
-    robot.optional_cameras = ""
-    robot.image_layout = ""
-    robot.state = ""
-    robot.state_dims = ""
-    robot.action_dim = 0
-    robot.delta_action_dims = ""
-    robot.joints = ""
-    robot.default_prompt = ""
-    robot.dataset = ""
     return robot

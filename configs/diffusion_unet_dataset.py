@@ -54,16 +54,14 @@ def get_config(arg=None):
     )
 
     data = config.data
-    del data.builtin_task, data.num_demo_episodes, data.demo_seed
     data.builtin_task = ""  # external data only
     data.dataset_names = names
-    data.dataset_dir = ""  # one dataset (name=NAME)
+    # The schema's defaults: data.dataset_dir "" (one dataset, name=NAME), data.split "train"
+    # (or "test", "val", a TFDS slice "train[:95%]"), data.mapping_file "" (a JSON file
+    # {NAME: mapping}: mappings from the command line).
     data.dataset_dirs = ""  # a mixture: comma-separated, one per name
     data.weights = tuple([1.0] * len(names))  # a tuple: overridable, "(2.0, 1.0, 1.0)"
-    data.split = "train"  # or "test", "val", a TFDS slice "train[:95%]"
     data.mappings = ml_collections.ConfigDict()  # NAME -> mapping (standardize.py)
-    # A JSON file {NAME: mapping}: mappings from the command line (--config.data.mapping_file).
-    data.mapping_file = ""
     size = int(values.get("size", 32 if smoke else 224))
     data.image_size = [size, size]  # every camera slot, aspect kept (black padding)
     # {slot: [h, w]}; None: the slots of the datasets' mappings at data.image_size, filled

@@ -34,7 +34,7 @@ def task_slug(task: str) -> str:
 
 def builtin_tasks(data_config: ml_collections.ConfigDict) -> list[str]:
     """The built-in task names of `data.builtin_task` (empty for external data)."""
-    return [str(t) for t in as_list(data_config.get("builtin_task"))]
+    return [str(t) for t in as_list(data_config.builtin_task)]
 
 
 LEROBOT = "lerobot"
@@ -42,13 +42,13 @@ LEROBOT = "lerobot"
 
 def dataset_names(data_config: ml_collections.ConfigDict) -> list[str]:
     """`data.dataset_names`: the layout name of each dataset (empty: our own layout)."""
-    return [str(n) for n in as_list(data_config.get("dataset_names"))]
+    return [str(n) for n in as_list(data_config.dataset_names)]
 
 
 def _configured_dirs(data_config: ml_collections.ConfigDict) -> list[str]:
-    dirs = [os.fspath(d) for d in as_list(data_config.get("dataset_dir"))]
+    dirs = [os.fspath(d) for d in as_list(data_config.dataset_dir)]
     if not dirs:
-        listed = data_config.get("dataset_dirs") or ""
+        listed = data_config.dataset_dirs or ""
         if isinstance(listed, str):
             listed = listed.split(",")
         dirs = [os.fspath(d).strip() for d in listed if os.fspath(d).strip()]
@@ -106,7 +106,7 @@ def dataset_dirs(data_config: ml_collections.ConfigDict, workdir: str) -> list[s
 
 def mixture_weights(data_config: ml_collections.ConfigDict, num_datasets: int):
     """`data.weights` (one per dataset) or None (equal weights); checked against the count."""
-    weights = as_list(data_config.get("weights"))
+    weights = as_list(data_config.weights)
     if not weights:
         return None
     if len(weights) != num_datasets:

@@ -22,7 +22,7 @@ ObservationSpec = dict[str, tuple[tuple[int, ...], str]]
 
 def cameras_of(data_config) -> dict[str, tuple[int, int]]:
     """{camera: (h, w)} from `data.cameras` (empty when the task has no images)."""
-    cameras = data_config.get("cameras", None) or {}
+    cameras = data_config.cameras or {}
     out = {}
     for name, size in dict(cameras).items():
         size = tuple(int(s) for s in size)
@@ -34,7 +34,7 @@ def cameras_of(data_config) -> dict[str, tuple[int, int]]:
 
 def prompt_max_len(data_config) -> int:
     """L, the padded instruction length fed to the model (0: no language input)."""
-    value = int(data_config.get("prompt_max_len", 0) or 0)
+    value = int(data_config.prompt_max_len or 0)
     if value < 0:
         raise ValueError(f"data.prompt_max_len must be >= 0, got {value}")
     return value
@@ -73,7 +73,8 @@ def example_observation(spec: Mapping, batch_size: int = 1) -> dict[str, np.ndar
 
 def model_action_dim(model_config, data_action_dim: int) -> int:
     """The model's action dim: `model.action_dim` when set (π0 pads to 32), else the data's."""
-    value = model_config.get("action_dim", None)
+    # A field of the models with their own action width (the model section is open).
+    value = model_config.action_dim if "action_dim" in model_config else None
     if value is None:
         return int(data_action_dim)
     if int(value) < data_action_dim:

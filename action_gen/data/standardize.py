@@ -336,8 +336,8 @@ def load_mapping_file(path: str) -> dict:
 
 def user_mappings(data_config) -> dict:
     """The run's own mappings: `data.mappings` and those of `data.mapping_file`."""
-    out = dict(_plain(data_config.get("mappings") or {}))
-    if data_config.get("mapping_file"):
+    out = dict(_plain(data_config.mappings or {}))
+    if data_config.mapping_file:
         out.update(load_mapping_file(data_config.mapping_file))
     return out
 

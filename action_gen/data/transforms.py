@@ -53,8 +53,8 @@ CURRENT_STATE = "current_state"
 
 
 def prompt_format(config) -> str:
-    """`data.prompt_format` ("plain" when absent: checkpoints written before it existed)."""
-    fmt = tokenizer.check_prompt_format(config.data.get("prompt_format", "plain") or "plain")
+    """`data.prompt_format`, checked."""
+    fmt = tokenizer.check_prompt_format(config.data.prompt_format or "plain")
     if fmt != "plain" and not spec.prompt_max_len(config.data):
         raise ValueError(
             f"data.prompt_format={fmt!r} formats a prompt, but data.prompt_max_len is 0 "
@@ -68,11 +68,12 @@ def create_prompt_tokenizer(config):
     against the model's embedding table (`model.vocab_size`) when the model has one."""
     if not spec.prompt_max_len(config.data):
         return None
-    tok = tokenizer.create_tokenizer(config.data.get("tokenizer", "bytes"))
-    table = config.model.get("vocab_size", None)
+    tok = tokenizer.create_tokenizer(config.data.tokenizer)
+    # A field of the models with a token embedding (the model section is open).
+    table = config.model.vocab_size if "vocab_size" in config.model else None
     if table is not None and tok.vocab_size > int(table):
         raise ValueError(
-            f"data.tokenizer={config.data.get('tokenizer', 'bytes')!r} has {tok.vocab_size} "
+            f"data.tokenizer={config.data.tokenizer!r} has {tok.vocab_size} "
             f"ids but model.vocab_size={table}; set model.vocab_size >= {tok.vocab_size}"
         )
     return tok
@@ -357,7 +358,7 @@ def stats_fingerprint(
 
 def robot_of(config) -> robots.RobotAdapter | None:
     """The run's robot adapter (`config.robot`; None: our own layout)."""
-    return robots.from_config(config.get("robot"))
+    return robots.from_config(config.robot)
 
 
 def delta_mask_of(robot: robots.RobotAdapter | None, action_dim: int) -> np.ndarray:
@@ -404,7 +405,7 @@ def create_pipeline(
             )
         state_dim, data_action_dim = robot.state_dim, robot.action_dim
     model_action_dim = spec.model_action_dim(config.model, model_data_action_dim)
-    default = str(config.get("robot", {}).get("default_prompt", "") or "")
+    default = str(config.robot.default_prompt or "")
     if not default and robot is not None:
         default = robot.default_prompt
     return TransformPipeline(

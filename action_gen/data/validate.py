@@ -332,6 +332,14 @@ def main(argv: list[str]) -> int:
         raise cli.UserError(
             "usage: python -m action_gen.data.validate DIR [--strict] [--action_quantiles=..]"
         )
+    from action_gen.data import lerobot
+
+    if lerobot.is_lerobot_dataset(argv[1]):
+        raise cli.UserError(
+            f"{argv[1]} is a LeRobot dataset: validation reads RLDS. Convert it first "
+            f"(python -m action_gen.data.convert_lerobot {argv[1]} DST) and validate DST, or "
+            "train on it directly (the data step converts and validates it)"
+        )
     lo, hi = (float(x) for x in values.action_quantiles.split(","))
     report = validate_dataset(
         argv[1], action_quantiles=(lo, hi), outlier_margin=values.outlier_margin

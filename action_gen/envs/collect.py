@@ -102,7 +102,7 @@ def collect_builtin_datasets(data_config, workdir: str) -> list[str]:
             path,
             num_episodes=data_config.num_demo_episodes,
             seed=data_config.demo_seed,
-            post_success_steps=data_config.get("demo_post_success_steps", 0),
+            post_success_steps=data_config.demo_post_success_steps,
         )
         for task, path in zip(tasks, dirs, strict=True)
     ]

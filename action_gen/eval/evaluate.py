@@ -64,9 +64,7 @@ def make_policy_fn(policy: Policy, seed: int) -> rollout.PolicyFn:
 def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> tuple[dict, dict]:
     """Runs `eval_config.num_episodes` seeded episodes; returns (summary, rollout result)."""
     # num_envs < num_episodes runs the episodes in rounds (fewer simulator instances).
-    num_envs = min(
-        eval_config.get("num_envs") or eval_config.num_episodes, eval_config.num_episodes
-    )
+    num_envs = min(eval_config.num_envs or eval_config.num_episodes, eval_config.num_episodes)
     env = envs.make_vector_env(eval_config.env, num_envs=num_envs)
     result = rollout.run_rollouts(
         env,
@@ -75,7 +73,7 @@ def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> t
         seed=eval_config.seed,
         obs_horizon=policy.obs_horizon,
         action_exec_horizon=eval_config.action_exec_horizon,
-        max_steps=eval_config.get("max_steps"),
+        max_steps=eval_config.max_steps,
     )
     if hasattr(env, "close"):  # simulator worker processes (Meta-World cameras)
         env.close()
@@ -102,7 +100,7 @@ def record_episodes(
     layouts; the policy's sampling noise differs from the scored run) with the camera
     `eval.record` ("corner2:128") and writes `rollouts<suffix>.gif` and
     `frames<suffix>.png` (green border: success, red: failure). Returns their paths."""
-    count = int(eval_config.get("record_episodes", 3))
+    count = int(eval_config.record_episodes)
     env = envs.make_vector_env(eval_config.env, num_envs=count, record=eval_config.record)
     try:
         result = rollout.run_rollouts(
@@ -112,7 +110,7 @@ def record_episodes(
             seed=eval_config.seed,
             obs_horizon=policy.obs_horizon,
             action_exec_horizon=eval_config.action_exec_horizon,
-            max_steps=eval_config.get("max_steps"),
+            max_steps=eval_config.max_steps,
             record_frames=True,
         )
     finally:
@@ -162,7 +160,7 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
         workdir,
         use_ema=eval_config.use_ema,
         num_sample_steps=eval_config.num_sample_steps,
-        clip_sample=eval_config.get("clip_sample"),
+        clip_sample=eval_config.clip_sample,
         sampling=sampling_overrides(eval_config),
     )
     env_names = _env_list(eval_config.env)
@@ -175,10 +173,10 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
         per_env[name] = summary
         suffix = "" if len(env_names) == 1 else f"_{env_slug(name)}"
         rollout.save_rollouts(result, os.path.join(workdir, _suffixed(ROLLOUTS_FILE, suffix)))
-        if eval_config.get("plot", True):
+        if eval_config.plot:
             title = f"{summary['objective']} ({os.path.basename(workdir)})"
             plots.plot_rollouts(result, os.path.join(workdir, _suffixed(PLOT_FILE, suffix)), title)
-        if eval_config.get("record"):
+        if eval_config.record:
             summary["media"] = record_episodes(policy, one, workdir, suffix)
         if len(env_names) > 1:
             logging.info("eval %s: %s", name, json.dumps(summary, sort_keys=True))

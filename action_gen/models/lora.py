@@ -91,18 +91,18 @@ class FinetuneLayout:
         `optimizer.{trainable, frozen_dtype}`; absent sections mean ordinary training."""
         lora = _section(config, "lora")
         optimizer = _section(config, "optimizer")
-        rank = int(lora.get("rank", 0) or 0)
+        rank = int(lora["rank"] or 0)
         if rank < 0:
             raise ValueError(f"lora.rank must be >= 0, got {rank}")
-        targets = lora.get("targets", "") or ""
+        targets = lora["targets"] or ""
         if rank and not targets:
             raise ValueError("lora.rank > 0 needs lora.targets (a regex over parameter paths)")
         layout = cls(
             rank=rank,
-            alpha=float(lora.get("alpha") or rank or 1.0),
+            alpha=float(lora["alpha"] or rank or 1.0),
             targets=targets,
-            trainable=optimizer.get("trainable") or None,
-            frozen_dtype=optimizer.get("frozen_dtype") or None,
+            trainable=optimizer["trainable"] or None,
+            frozen_dtype=optimizer["frozen_dtype"] or None,
         )
         for name in ("targets", "trainable"):
             pattern = getattr(layout, name)
@@ -136,7 +136,7 @@ class FinetuneLayout:
 
 
 def _section(config, name: str) -> Mapping:
-    return config.get(name) or {}  # a ConfigDict or a stored config's JSON dict
+    return config[name]  # a ConfigDict or a stored config's (completed) JSON dict
 
 
 def lora_targets(model_params: Any, layout: FinetuneLayout) -> dict[tuple, tuple]:

@@ -147,7 +147,10 @@ def family_settings(family: str, objective_config: Mapping) -> dict[str, Any]:
     if module is None or not hasattr(module, "FAMILY_SETTINGS"):
         raise ValueError(f"objective {family!r} has no probability-flow ODE to distill")
     defaults = _keyword_params(module.sample_from_noise)
-    return {k: objective_config.get(k, defaults[k]) for k in module.FAMILY_SETTINGS}
+    return {
+        k: objective_config[k] if k in objective_config else defaults[k]
+        for k in module.FAMILY_SETTINGS
+    }
 
 
 def _bind(fn: Callable, fields: dict) -> Callable:

@@ -60,7 +60,9 @@ class Policy:
         # Inference casts the parameters to the compute dtype once, here, instead of the
         # model casting float32 kernels inside every call (at π0 size a full read of the
         # float32 weights per chunk); the checkpoint keeps its float32 master weights.
-        self.param_dtype = param_dtype or config.model.get("dtype") or None
+        # `model.dtype`: a field of the models that have one (the model section is open).
+        model_dtype = config.model.dtype if "dtype" in config.model else None
+        self.param_dtype = param_dtype or model_dtype or None
         if self.param_dtype is not None:
             self.params = _cast_float_params(params, jnp.dtype(self.param_dtype))
         else:

@@ -534,13 +534,9 @@ def import_checkpoint(
         state,
         config=compat.config_to_json_dict(config),
         norm_stats=norm_stats,
-        data_state={
-            "batches_consumed": 0,
-            "seed": 0,
-            "dataset_dir": None,
-            "dataset_fingerprints": None,
-            "imported_from": os.path.abspath(src),
-        },
+        data_state=run_lib.DataState(
+            batches_consumed=0, seed=0, imported_from=os.path.abspath(src)
+        ).to_json(),
         force=True,
     )
     manager.wait_until_finished()

@@ -1,5 +1,6 @@
 """The training loop: the only place with side effects (data, logging, checkpoints)."""
 
+import dataclasses
 import logging
 import os
 import time
@@ -8,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from action_gen import checkpoint, cli, compat
+from action_gen import checkpoint, cli, compat, config_schema
 from action_gen import run as run_lib
 from action_gen.data import (
     normalize,
@@ -97,7 +98,7 @@ def resolve_layouts(config: ml_collections.ConfigDict, dataset_dirs: list[str]):
     robot = transforms.robot_of(config)
     if robot is not None:
         names = names or [robot.name] * len(dataset_dirs)
-        overrides = config.robot.get("dataset") or None
+        overrides = config.robot.dataset or None
         mappings = [
             robot.dataset_mapping(
                 standardize.describe_features(rlds.load_builder(path).info.features), overrides
@@ -107,26 +108,24 @@ def resolve_layouts(config: ml_collections.ConfigDict, dataset_dirs: list[str]):
     elif not names:
         return None
     else:
-        mappings = standardize.resolve_mappings(names, dataset_dirs, config.data.get("mappings"))
-    if not config.data.get("cameras"):
-        size = [int(s) for s in config.data.get("image_size", (224, 224))]
+        mappings = standardize.resolve_mappings(names, dataset_dirs, config.data.mappings)
+    if not config.data.cameras:
+        size = [int(s) for s in config.data.image_size]
         with config.unlocked():
             config.data.cameras = {slot: size for slot in standardize.camera_slots(mappings)}
     return standardize.unique_names(names), mappings
 
 
-def _check_feature_dims(
-    norm_stats, dataset_dirs, stored_data, fingerprints, layouts, config
-) -> None:
+def _check_feature_dims(norm_stats, data: "DataSetup", stored_data, config) -> None:
     """On data other than the checkpoint's (allowed by the override), the state and action
     dims must still be the checkpoint's: the parameters' shapes depend on them."""
-    if stored_data.get("dataset_fingerprints") in (None, fingerprints):
+    if stored_data.dataset_fingerprints in (None, data.fingerprints):
         return
     stored = normalize.feature_dims(norm_stats)
-    current = normalize.feature_dims(_compute_norm_stats(dataset_dirs, layouts, config))
+    current = normalize.feature_dims(_compute_norm_stats(data.dataset_dirs, data.layouts, config))
     if stored != current:
         raise ValueError(
-            f"cannot resume on {dataset_dirs}: its (state dim, action dim) {current} differ "
+            f"cannot resume on {data.dataset_dirs}: its (state dim, action dim) {current} differ "
             f"from the checkpoint's {stored}; the parameters' shapes depend on them"
         )
 
@@ -162,8 +161,8 @@ def create_training_stream(
         shard_index=jax.process_index(),
         num_shards=num_processes,
         weights=weights,
-        image_crop=config.data.get("image_crop"),
-        split=config.data.get("split", "train"),
+        image_crop=config.data.image_crop,
+        split=config.data.split,
         mappings=None if layouts is None else layouts[1],
         dataset_names=None if layouts is None else layouts[0],
         cameras=spec.cameras_of(config.data) if layouts is not None else None,
@@ -175,8 +174,138 @@ def create_training_stream(
     return pipeline.iterate_numpy_batches(dataset), transform
 
 
+@dataclasses.dataclass(frozen=True)
+class DataSetup:
+    """A run's data, resolved once at its start.
+
+    Attributes:
+      dataset_dirs: each dataset's RLDS version directory (`existing_dataset_dirs`).
+      fingerprints: `pipeline.dataset_fingerprint` of each, stored and checked on resume.
+      weights: a mixture's sampling weights (`sources.mixture_weights`; None: one dataset).
+      layouts: (unique names, mappings) of named datasets or a robot's recordings
+        (`resolve_layouts`), or None for our own layout.
+      norm_stats: the stats the model trains under (the checkpoint's on resume, a
+        teacher's for a distillation student, else computed: `resolve_norm_stats`).
+    """
+
+    dataset_dirs: list[str]
+    fingerprints: list[str]
+    weights: list[float] | None
+    layouts: tuple | None
+    norm_stats: dict | None = None
+
+    @property
+    def dataset_dir(self) -> str | list[str]:
+        """One directory, or a mixture's list (what checkpoints store)."""
+        return self.dataset_dirs[0] if len(self.dataset_dirs) == 1 else self.dataset_dirs
+
+    def data_state(self, batches_consumed: int, seed: int) -> run_lib.DataState:
+        return run_lib.DataState(
+            batches_consumed=batches_consumed,
+            seed=seed,
+            dataset_dir=self.dataset_dir,
+            dataset_fingerprints=self.fingerprints,
+        )
+
+
+def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataSetup:
+    """The run's datasets, fingerprints, mixture weights and layouts (no stats yet). Fills
+    `data.cameras` from the layouts when the config leaves it empty (`resolve_layouts`),
+    so it runs before the config is stored."""
+    dataset_dirs = existing_dataset_dirs(config, workdir)
+    return DataSetup(
+        dataset_dirs=dataset_dirs,
+        fingerprints=[pipeline.dataset_fingerprint(d) for d in dataset_dirs],
+        weights=sources.mixture_weights(config.data, len(dataset_dirs)),
+        layouts=resolve_layouts(config, dataset_dirs),
+    )
+
+
+def resolve_norm_stats(
+    config: ml_collections.ConfigDict,
+    config_json: dict,
+    data: DataSetup,
+    manager,
+    teacher_norm_stats: dict | None,
+) -> DataSetup:
+    """`data` with the stats the model trains under.
+
+    Resuming (`manager` holds a checkpoint): the checkpoint fixes the model, objective,
+    horizons and normalization, so its config must allow `config_json`
+    (`compat.check_resume`), its datasets must be these (`compat.check_dataset_identity`)
+    and its stats are used, never recomputed. A fresh run validates its data once
+    (data/validate.py, before spending compute) and computes the stats, unless it is a
+    distillation student, which learns and is served in its teacher's normalized units.
+    """
+    if manager.latest_step() is not None:
+        stored_config, norm_stats = checkpoint.restore_metadata(manager)
+        stored_config = config_schema.complete(stored_config)  # fields added since
+        compat.check_resume(
+            stored_config,
+            config_json,
+            manager.directory,
+            "Use a new --workdir, or the checkpoint's values.",
+        )
+        stored_data = run_lib.DataState.from_json(checkpoint.restore_data_state(manager))
+        compat.check_dataset_identity(
+            stored_data.dataset_fingerprints,
+            data.fingerprints,
+            stored_data.dataset_dir,
+            data.dataset_dir,
+            allowed=config.train.allow_dataset_change,
+            where=str(manager.directory),
+        )
+        _check_feature_dims(norm_stats, data, stored_data, config)
+        return dataclasses.replace(data, norm_stats=norm_stats)
+    if config.data.validate:
+        for i, path in enumerate(data.dataset_dirs):
+            validate.check_dataset(
+                path,
+                mapping=None if data.layouts is None else data.layouts[1][i],
+                name=None if data.layouts is None else data.layouts[0][i],
+            )
+    if teacher_norm_stats is not None:
+        return dataclasses.replace(data, norm_stats=teacher_norm_stats)
+    # One dataset: its stats are cached beside it. A mixture of our own layout is
+    # normalized jointly; named (foreign) layouts each by their own stats.
+    norm_stats = _compute_norm_stats(data.dataset_dirs, data.layouts, config)
+    return dataclasses.replace(data, norm_stats=norm_stats)
+
+
+def initial_state(
+    config: ml_collections.ConfigDict, program, manager, loaded_teacher, init_rng
+) -> tuple[object, int]:
+    """(the train state to start from, the step it is at): the checkpoint's on resume, else
+    a fresh one (`program.init_fn`), from `train.init_from`'s model parameters
+    (fine-tuning) or from the teacher's (`train.init_from_teacher`)."""
+    if manager.latest_step() is not None:
+        abstract_with_shardings = jax.tree.map(
+            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+            program.abstract_state,
+            program.state_shardings,
+        )
+        state, _, _, data_state = checkpoint.restore_checkpoint(manager, abstract_with_shardings)
+        logging.info("Resumed from %s at step %d", manager.directory, int(state.step))
+        return state, run_lib.DataState.from_json(data_state).batches_consumed
+    if config.train.init_from:  # fine-tuning: pretrained model parameters (any layout)
+        pretrained = train_lora.restore_pretrained_params(
+            config.train.init_from, config, program.abstract_model_params
+        )
+        state = program.init_from_fn(pretrained, init_rng)
+        logging.info("Initialised from %s", config.train.init_from)
+    else:
+        state = program.init_fn(init_rng)
+    if loaded_teacher is not None and config.train.init_from_teacher:
+        state = teacher_lib.init_from_teacher(
+            state, loaded_teacher, program.state_shardings, init_rng
+        )
+    return state, 0
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None):
-    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one:
+    data (`resolve_data`, `resolve_norm_stats`) → program (`build_train_program`) → state
+    (`initial_state`) → loop (`run_training_loop`).
 
     The datasets must exist (built-in demos: the data step, `envs.collect.
     collect_builtin_datasets`, runs first). A resume refuses a config or dataset the
@@ -190,11 +319,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
       The final TrainState.
     """
     os.makedirs(workdir, exist_ok=True)
-    dataset_dirs = existing_dataset_dirs(config, workdir)
-    weights = sources.mixture_weights(config.data, len(dataset_dirs))
-    fingerprints = [pipeline.dataset_fingerprint(d) for d in dataset_dirs]
-    dataset_dir = dataset_dirs[0] if len(dataset_dirs) == 1 else dataset_dirs
-    layouts = resolve_layouts(config, dataset_dirs)  # before the config is stored
+    data = resolve_data(config, workdir)  # before the config is stored
     teacher_path = teacher_lib.teacher_dir(config, workdir)
     teacher_metadata = None
     if teacher_path is not None:
@@ -205,59 +330,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     manager = run_lib.create_manager(
         workdir,
         max_to_keep=config.train.keep_checkpoints,
-        async_save=config.train.get("async_checkpoints", True),
+        async_save=config.train.async_checkpoints,
     )
     config_json = compat.config_to_json_dict(config)
-    resuming = manager.latest_step() is not None
-    if resuming:
-        # The checkpoint fixes the model, objective, horizons and normalization, and its
-        # norm stats are the ones the parameters were trained under: never recomputed.
-        stored_config, norm_stats = checkpoint.restore_metadata(manager)
-        compat.check_resume(
-            stored_config,
-            config_json,
-            manager.directory,
-            "Use a new --workdir, or the checkpoint's values.",
-        )
-        stored_data = checkpoint.restore_data_state(manager)
-        compat.check_dataset_identity(
-            stored_data.get("dataset_fingerprints"),
-            fingerprints,
-            stored_data.get("dataset_dir"),
-            dataset_dir,
-            allowed=config.train.get("allow_dataset_change", False),
-            where=str(manager.directory),
-        )
-        _check_feature_dims(norm_stats, dataset_dirs, stored_data, fingerprints, layouts, config)
-    else:
-        if config.data.get("validate", True):
-            # A fresh run checks its data once (data/validate.py) and stops on errors
-            # before spending compute; a resumed run already passed this check.
-            for i, path in enumerate(dataset_dirs):
-                validate.check_dataset(
-                    path,
-                    mapping=None if layouts is None else layouts[1][i],
-                    name=None if layouts is None else layouts[0][i],
-                )
-        # One dataset: its stats are cached beside it. A mixture of our own layout is
-        # normalized jointly; named (foreign) layouts each by their own stats.
-        norm_stats = _compute_norm_stats(dataset_dirs, layouts, config)
-    if teacher_metadata is not None and not resuming:
-        # A distilled student learns, and is served, in its teacher's normalized units.
-        norm_stats = teacher_metadata[1]
-    state_dim, data_action_dim = normalize.feature_dims(norm_stats)
-    action_dim = spec.model_action_dim(config.model, data_action_dim)
-    action_horizon = config.data.action_horizon
-    num_steps = config.train.num_steps
+    data = resolve_norm_stats(
+        config,
+        config_json,
+        data,
+        manager,
+        None if teacher_metadata is None else teacher_metadata[1],
+    )
 
+    state_dim, data_action_dim = normalize.feature_dims(data.norm_stats)
+    action_dim = spec.model_action_dim(config.model, data_action_dim)
     mesh = sharding.create_mesh(config.mesh)
     if config.data.batch_size % mesh.devices.size:
         raise ValueError(
             f"data.batch_size={config.data.batch_size} is not divisible by the "
             f"{mesh.devices.size} devices of the mesh"
         )
-    rng = jax.random.key(config.seed)
-    init_rng, train_rng = jax.random.split(rng)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     example_obs = spec.example_observation(spec.observation_spec(config.data, state_dim))
     loaded_teacher = None
     if teacher_path is not None:
@@ -269,45 +361,52 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         config,
         mesh,
         example_obs,
-        (action_horizon, action_dim),
+        (config.data.action_horizon, action_dim),
         teacher=None if loaded_teacher is None else loaded_teacher.teacher,
     )
-    abstract_state, state_shardings = program.abstract_state, program.state_shardings
-    batch_sharding = program.batch_sharding
-
-    if resuming:
-        abstract_with_shardings = jax.tree.map(
-            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-            abstract_state,
-            state_shardings,
-        )
-        state, _, _, data_state = checkpoint.restore_checkpoint(manager, abstract_with_shardings)
-        logging.info("Resumed from %s at step %d", manager.directory, int(state.step))
-        start_step = int(data_state["batches_consumed"])
-    else:
-        init_from = config.train.get("init_from") or ""
-        if init_from:  # fine-tuning: pretrained model parameters (any layout, merged)
-            pretrained = train_lora.restore_pretrained_params(
-                init_from, config, program.abstract_model_params
-            )
-            state = program.init_from_fn(pretrained, init_rng)
-            logging.info("Initialised from %s", init_from)
-        else:
-            state = program.init_fn(init_rng)
-        if loaded_teacher is not None and config.train.get("init_from_teacher", False):
-            state = teacher_lib.init_from_teacher(state, loaded_teacher, state_shardings, init_rng)
-        start_step = 0
+    state, start_step = initial_state(config, program, manager, loaded_teacher, init_rng)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %.2fM parameters", config.model.name, num_params / 1e6)
-
-    batches, transform = create_training_stream(
-        config, dataset_dirs, norm_stats, layouts, weights=weights, start_batch=start_step
+    return run_training_loop(
+        config,
+        workdir,
+        manager,
+        program,
+        state,
+        data,
+        config_json,
+        start_step=start_step,
+        train_rng=train_rng,
+        stop_at_step=stop_at_step,
     )
 
-    def prepare_batch(batch):
-        return transform.inputs(batch)[0]
 
-    step_fn = program.step_fn
+def run_training_loop(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    manager,
+    program,
+    state,
+    data: DataSetup,
+    config_json: dict,
+    *,
+    start_step: int,
+    train_rng,
+    stop_at_step: int | None = None,
+):
+    """Steps `state` from `start_step` to `train.num_steps` (or `stop_at_step`): the stream
+    at its position, one jitted step per batch, metrics every `train.log_every` steps (a
+    non-finite loss stops before it reaches a checkpoint), a checkpoint every
+    `train.checkpoint_every`, at the end and on SIGTERM. Returns the final state."""
+    batches, transform = create_training_stream(
+        config,
+        data.dataset_dirs,
+        data.norm_stats,
+        data.layouts,
+        weights=data.weights,
+        start_batch=start_step,
+    )
+    num_steps = config.train.num_steps
 
     def save(step: int, force: bool = False):
         checkpoint.save_checkpoint(
@@ -315,13 +414,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
             step,
             state,
             config=config_json,
-            norm_stats=norm_stats,
-            data_state={
-                "batches_consumed": step,
-                "seed": config.seed,
-                "dataset_dir": dataset_dir,
-                "dataset_fingerprints": fingerprints,
-            },
+            norm_stats=data.norm_stats,
+            data_state=data.data_state(step, config.seed).to_json(),
             force=force,
         )
 
@@ -334,8 +428,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     preemption = distributed.PreemptionWatcher().start()  # SIGTERM: save, then return
     try:
         for step in range(start_step, end_step):
-            batch = sharding.global_batch(prepare_batch(next(batches)), batch_sharding)
-            state, metrics = step_fn(state, batch, train_rng)
+            inputs = transform.inputs(next(batches))[0]
+            batch = sharding.global_batch(inputs, program.batch_sharding)
+            state, metrics = program.step_fn(state, batch, train_rng)
             pending_metrics.append(metrics)
             done = step + 1
             progress.update(1)

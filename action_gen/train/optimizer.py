@@ -19,7 +19,7 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict, num_train_s
         peak_value=config.lr,
         warmup_steps=warmup,
         decay_steps=max(num_train_steps, warmup + 1),
-        end_value=config.lr * config.get("final_lr_fraction", 0.0),
+        end_value=config.lr * config.final_lr_fraction,
     )
 
 
@@ -54,7 +54,7 @@ def create_optimizer(
         )
     )
     tx = optax.chain(*transforms)
-    if config.get("flatten", False):
+    if config.flatten:
         tx = optax.flatten(tx)
     if trainable is not None:
         labels = jax.tree.map(lambda t: TRAINABLE if t else FROZEN, trainable)

@@ -58,7 +58,7 @@ def create_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
     partitioning; `jax.make_mesh` now defaults to Explicit axes, which we don't use.
     """
     devices = np.asarray(jax.devices() if devices is None else devices)
-    data, fsdp = int(config.get("data", -1)), int(config.get("fsdp", 1))
+    data, fsdp = int(config.data), int(config.fsdp)
     if data == -1 and fsdp == -1:
         raise ValueError("mesh: at most one of mesh.data, mesh.fsdp may be -1")
     if data == -1:
@@ -196,8 +196,8 @@ def state_sharding_from_config(mesh_config, mesh: Mesh, abstract_state, logical_
         mesh,
         abstract_state,
         logical_axes,
-        rules=mesh_config.get("rules", "fsdp"),
-        fsdp_min_size=int(mesh_config.get("fsdp_min_size", DEFAULT_FSDP_MIN_SIZE)),
+        rules=mesh_config.rules,
+        fsdp_min_size=int(mesh_config.fsdp_min_size),
     )
 
 

@@ -197,9 +197,9 @@ def train_step(
 
 
 def step_options(train_config) -> dict:
-    """The `train_step` keyword options set by `config.train` (defaults when absent)."""
+    """The `train_step` keyword options set by `config.train`."""
     return {
-        "grad_accum_steps": int(train_config.get("grad_accum_steps", 1)),
-        "compute_dtype": train_config.get("compute_dtype", "float32"),
-        "remat": train_config.get("remat", "none"),
+        "grad_accum_steps": int(train_config.grad_accum_steps),
+        "compute_dtype": train_config.compute_dtype,
+        "remat": train_config.remat,
     }

@@ -43,7 +43,9 @@ class LoadedTeacher:
 def teacher_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     """The teacher run's workdir (`objective.teacher_workdir`, relative to the student's
     `workdir` unless absolute), or None for an objective without a teacher."""
-    path = config.objective.get("teacher_workdir") or None
+    # A field of the distillation objectives only (the objective section is open).
+    path = config.objective.teacher_workdir if "teacher_workdir" in config.objective else None
+    path = path or None
     if path is None:
         return None
     return path if os.path.isabs(path) else os.path.join(os.path.abspath(workdir), path)
@@ -55,7 +57,8 @@ def inherit_teacher_settings(config: ml_collections.ConfigDict, teacher_config: 
     teacher family's ODE settings the student leaves out (a flow teacher's time_scale and
     time_convention, ...), so the student reads the teacher in the teacher's own convention
     and its stored config says so."""
-    family = config.objective.get("parameterization")
+    objective = config.objective
+    family = objective.parameterization if "parameterization" in objective else None
     if family is None or family != teacher_config["objective"]["name"]:
         return  # check_distillation (load_teacher) names the mismatch
     settings = objectives.family_settings(family, teacher_config["objective"])

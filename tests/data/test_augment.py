@@ -1,10 +1,10 @@
 """Random crop in tf.data (DP's image augmentation) and dataset mixing with weights."""
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from action_gen import config_schema
 from action_gen.data import augment, pipeline, rlds, schema, transforms
 
 
@@ -67,9 +67,8 @@ def test_mixture_follows_weights_and_crops_images(tmp_path):
     for key in batches[5]:
         np.testing.assert_array_equal(resumed[key], batches[5][key])
     # Actions normalized with the joint stats (the run's pipeline): a's 0 -> -1, b's 10 -> +1.
-    config = ml_collections.ConfigDict(
-        {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": 2}, "model": {}}
-    )
+    config = config_schema.base_config()
+    config.data.obs_horizon = 2  # state_norm, action_norm: min-max (the schema's defaults)
     pipe = transforms.create_pipeline(config, stats)
     actions = np.concatenate([pipe.inputs(x)[0][schema.ACTIONS][:, 0, 0] for x in batches])
     np.testing.assert_allclose(np.sort(np.unique(actions.round(5))), [-1.0, 1.0])

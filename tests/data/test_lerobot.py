@@ -269,3 +269,24 @@ def test_episode_length_mismatch(v30, tmp_path):
     pq.write_table(table.set_column(i, "length", pa.array(lengths, pa.int64())), path)
     with pytest.raises(lerobot.LeRobotFormatError, match="episode 2: 4 rows.*length 5"):
         list(lerobot.iterate_lerobot_episodes(root))
+
+
+def test_inspect_and_validate_name_a_lerobot_dataset(v30, tmp_path, capsys):
+    """`data.inspect` describes a LeRobot directory (features, cameras, what a run reads);
+    `data.validate` says to convert it first; a broken info.json is named."""
+    from action_gen import cli
+    from action_gen.data import inspect as inspect_cli
+    from action_gen.data import validate
+
+    assert inspect_cli.main([str(v30)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("LeRobot dataset (v3.0, fps ")
+    assert "observation.state: float32" in out and "action: float32" in out
+    for name, key in lerobot.read_lerobot_info(v30).cameras.items():
+        assert f"{key} -> camera {name!r}" in out
+    with pytest.raises(cli.UserError, match="is a LeRobot dataset: validation reads RLDS"):
+        validate.main(["validate", str(v30)])
+    broken = _copy(v30, tmp_path)
+    (broken / lerobot.INFO_PATH).write_text('{"codebase_version": "v3.0"')
+    with pytest.raises(lerobot.LeRobotFormatError, match="info.json is not valid JSON"):
+        inspect_cli.main([str(broken)])

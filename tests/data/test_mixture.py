@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from action_gen import config_schema
 from action_gen.data import normalize, pipeline, schema, standardize, transforms
 from tests.data.oxe_fixtures import write_layout
 
@@ -59,8 +60,10 @@ def _take(dataset, n):
 def _normalized(batches, stats):
     """The batches through the run's transform pipeline: each window normalized with its
     own dataset's stats (by `schema.DATASET_INDEX`), action dims masked per robot."""
-    config = ml_collections.ConfigDict(
-        {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": T}, "model": {}}
+    config = config_schema.complete(
+        ml_collections.ConfigDict(
+            {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": T}}
+        )
     )
     pipe = transforms.create_pipeline(config, stats, dataset_names=NAMES)
     return [pipe.inputs(b)[0] for b in batches]

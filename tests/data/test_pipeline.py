@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from action_gen import config_schema
 from action_gen.data import normalize as norm
 from action_gen.data import pipeline, rlds, schema, transforms
 from tests.data.test_rlds import make_episodes
@@ -94,8 +95,10 @@ def test_batches_follow_schema(dataset_dir, stats):
 
 def _normalized(batches, stats):
     """The batches through the run's transform pipeline (normalization on the host)."""
-    config = ml_collections.ConfigDict(
-        {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": T}, "model": {}}
+    config = config_schema.complete(
+        ml_collections.ConfigDict(
+            {"data": {"state_norm": "minmax", "action_norm": "minmax", "obs_horizon": T}}
+        )
     )
     pipe = transforms.create_pipeline(config, stats)
     return [pipe.inputs(b)[0] for b in batches]
@@ -156,8 +159,10 @@ def test_small_dataset_is_shuffled_as_a_whole(tmp_path):
 def test_bad_arguments(dataset_dir, stats):
     with pytest.raises(ValueError, match="'zscore'"):
         transforms.create_pipeline(
-            ml_collections.ConfigDict(
-                {"data": {"state_norm": "minmax", "action_norm": "zscore"}, "model": {}}
+            config_schema.complete(
+                ml_collections.ConfigDict(
+                    {"data": {"state_norm": "minmax", "action_norm": "zscore"}}
+                )
             ),
             stats,
         )

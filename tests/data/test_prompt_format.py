@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import sentencepiece
 
-from action_gen import models
+from action_gen import config_schema, models
 from action_gen.data import schema, spec, tokenizer, transforms
 from action_gen.sample.policy import Policy
 from action_gen.tools import openpi_import
@@ -113,14 +113,14 @@ def test_openpi_pi05_format(sp_file, sp):
 
 
 def _config(fmt, tok="bytes", state_norm="minmax"):
-    return ml_collections.ConfigDict(
+    return config_schema.complete(ml_collections.ConfigDict(
         {
             "data": {"obs_horizon": 2, "prompt_max_len": 40, "tokenizer": tok,
                      "prompt_format": fmt, "state_norm": state_norm,
                      "action_norm": "minmax"},
             "model": {"name": "pi0"},
         }
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _stats(state_min, state_max, action_dim=2):

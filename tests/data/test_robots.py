@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from openpi_client import image_tools
 
+from action_gen import config_schema
 from action_gen.data import images, normalize, robots, schema, transforms
 
 FIXTURE = pathlib.Path(__file__).with_name("openpi_aloha_conventions.json")
@@ -53,7 +54,7 @@ def _none_config(robot: str, prompt_max_len: int = 0):
             "robot": {"name": robot},
         }
     )  # fmt: skip
-    return config
+    return config_schema.complete(config)
 
 
 def _identity_stats(state_dim, action_dim):

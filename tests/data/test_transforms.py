@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from action_gen import config_schema
 from action_gen.data import normalize, schema, spec, tokenizer, transforms
 
 
@@ -23,7 +24,7 @@ def _config(prompt_max_len=0, action_dim=None, cameras=None, tok="bytes"):
     config.model = ml_collections.ConfigDict({"name": "pi0"})
     if action_dim is not None:
         config.model.action_dim = action_dim
-    return config
+    return config_schema.complete(config)
 
 
 def test_observation_spec_shapes():

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from action_gen import compat
+from action_gen import compat, config_schema
 from action_gen.data import pipeline, sources
 from action_gen.envs import collect
 from action_gen.train import loop
@@ -148,21 +148,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained):
 
 
 def test_dataset_dirs_of_one_or_several_tasks(tmp_path):
-    import ml_collections
 
-    data = ml_collections.ConfigDict(
-        {"dataset_dir": "", "builtin_task": "", "num_demo_episodes": 2, "demo_seed": 0}
+    data = config_schema.section(
+        "data", dataset_dir="", builtin_task="", num_demo_episodes=2, demo_seed=0
     )
     assert sources.dataset_dirs(data, str(tmp_path)) == [str(tmp_path / "dataset")]
     data.dataset_dir = "/data/a"
     assert sources.dataset_dirs(data, str(tmp_path)) == ["/data/a"]
-    several = ml_collections.ConfigDict(
-        {
-            "dataset_dir": ["/data/a"],
-            "builtin_task": ["obstacle", "obstacle_language"],
-            "num_demo_episodes": 2,
-            "demo_seed": 0,
-        }
+    several = config_schema.section(
+        "data",
+        dataset_dir=["/data/a"],
+        builtin_task=["obstacle", "obstacle_language"],
+        num_demo_episodes=2,
+        demo_seed=0,
     )
     with pytest.raises(ValueError, match="data.dataset_dir lists 1 directories"):
         sources.dataset_dirs(several, str(tmp_path))
@@ -174,7 +172,7 @@ def test_dataset_dirs_of_one_or_several_tasks(tmp_path):
         "obstacle",
         "obstacle_language",
     ]
-    weights = ml_collections.ConfigDict({"weights": [1.0, 2.0]})
+    weights = config_schema.section("data", weights=[1.0, 2.0])
     assert sources.mixture_weights(weights, 2) == [1.0, 2.0]
     with pytest.raises(ValueError, match="data.weights has 2 entries for 3 datasets"):
         sources.mixture_weights(weights, 3)
@@ -247,3 +245,22 @@ def test_preempted_train_and_eval_does_not_evaluate(monkeypatch, tmp_path):
     monkeypatch.setattr(loop, "train", lambda c, w: types.SimpleNamespace(step=c.train.num_steps))
     main.run(config, str(tmp_path), "train_and_eval")
     assert len(called) == 1
+
+
+def test_data_state_names_the_stream_position_and_datasets(trained):
+    """What each checkpoint stores of the data (`run.DataState`, written by the loop from
+    its `DataSetup`): the stream position, the seed, the dataset and its fingerprint."""
+    from action_gen import run as run_lib
+
+    root, config, _ = trained
+    workdir = str(root / "full")
+    (dataset_dir,) = loop.existing_dataset_dirs(config, workdir)
+    assert run_lib.Run.open(workdir).data_state() == run_lib.DataState(
+        batches_consumed=4,
+        seed=config.seed,
+        dataset_dir=dataset_dir,
+        dataset_fingerprints=[pipeline.dataset_fingerprint(dataset_dir)],
+    )
+    # The keys trained runs have always stored (an import adds `imported_from`).
+    keys = ["batches_consumed", "dataset_dir", "dataset_fingerprints", "seed"]
+    assert sorted(run_lib.DataState(batches_consumed=2, seed=1).to_json()) == keys

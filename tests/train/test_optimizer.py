@@ -1,15 +1,16 @@
 """Warm-up + cosine schedule and the clipped AdamW chain."""
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
+from action_gen import config_schema
 from action_gen.train.optimizer import create_learning_rate_schedule, create_optimizer
 
 
 def _config(**overrides):
-    config = ml_collections.ConfigDict(
+    config = config_schema.section("optimizer")
+    config.update(
         dict(
             lr=1e-3,
             warmup_steps=10,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
 
+from action_gen import config_schema
 from action_gen.train import sharding
 from tests.train import scale_helpers
 
@@ -92,7 +93,6 @@ def test_logical_rules_then_size_rule():
 
 
 def test_mesh_errors_name_the_config_keys():
-    import ml_collections
 
     with pytest.raises(ValueError, match="mesh.data"):
-        sharding.create_mesh(ml_collections.ConfigDict({"data": 3, "fsdp": 2}))
+        sharding.create_mesh(config_schema.section("mesh", data=3, fsdp=2))
