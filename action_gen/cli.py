@@ -29,6 +29,9 @@ VERBOSE_ENV = "ACTION_GEN_VERBOSE"
 EXIT_USER_ERROR = 2
 _THIRD_PARTY_LOGGERS = ("absl", "jax", "orbax", "tensorflow", "tensorflow_datasets", "etils")
 _OWN_CODE = ("action_gen", "configs", "launch", "benchmarks")
+# The repository (or installed package's parent): own code is under it, by path prefix, so
+# a checkout that is itself named "action_gen" does not make its venv's numpy "ours".
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class UserError(Exception):
@@ -89,8 +92,8 @@ def _raised_by_our_code(exc: BaseException) -> bool:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return False
-    path = os.path.normpath(frames[-1].filename).split(os.sep)
-    return any(part in _OWN_CODE for part in path)
+    path = os.path.abspath(frames[-1].filename)
+    return any(path.startswith(os.path.join(_ROOT, part) + os.sep) for part in _OWN_CODE)
 
 
 def user_error_message(exc: BaseException) -> str | None:
@@ -110,6 +113,11 @@ def user_error_message(exc: BaseException) -> str | None:
     else:
         return None
     message = str(message).strip()
+    lines = message.splitlines()
+    if any(line.lstrip().startswith('File "') for line in lines):
+        # A message that embeds a traceback (ml_collections' config_flags does, for an error
+        # raised inside a config file): its first line and the exception it ends with.
+        message = f"{lines[0].strip()} {lines[-1].strip()}"
     first = message.splitlines()[0] if message else type(exc).__name__
     # Multi-line messages (a dataset's feature listing) keep their lines: they are the help.
     return message if len(message.splitlines()) > 1 and len(first) < 200 else first

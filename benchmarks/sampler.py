@@ -424,6 +424,11 @@ def main():
         "--few_step_only", action="store_true", help="only the few-step samplers (1/2/4 steps)"
     )
     args = parser.parse_args()
+    unknown = [m for m in args.models.split(",") if m not in MODELS]
+    if unknown:
+        raise cli.UserError(f"--models: unknown {unknown}; known: {sorted(MODELS)}")
+    if args.batch < 1 or args.runs < 1:
+        raise cli.UserError(f"--batch={args.batch}, --runs={args.runs}: both must be >= 1")
     report = {
         **device_report(),
         "batch": args.batch,

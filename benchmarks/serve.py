@@ -170,6 +170,9 @@ def main() -> None:
     parser.add_argument("--max_wait_ms", type=float, default=2.0)
     parser.add_argument("--startup_timeout_s", type=float, default=600)
     args = parser.parse_args()
+    from action_gen import run as run_lib  # noqa: PLC0415
+
+    run_lib.Run.open(args.workdir, role="--workdir")  # no checkpoint: one line, no server
     result = benchmark(
         args.workdir,
         [int(c) for c in args.clients.split(",")],

@@ -34,29 +34,31 @@ row "data.validate /tmp/empty_wd" $P -m action_gen.data.validate /tmp/empty_wd
 row "data.validate (no path)" $P -m action_gen.data.validate
 row "data.validate /tmp/errs/bad_lerobot" $P -m action_gen.data.validate /tmp/errs/bad_lerobot
 row "data.validate --bogus /tmp" $P -m action_gen.data.validate --bogus /tmp
-row "convert_lerobot /nonexistent" $P -m action_gen.data.convert_lerobot /nonexistent
+row "convert_lerobot /nonexistent /tmp/e6" $P -m action_gen.data.convert_lerobot /nonexistent /tmp/e6
 row "convert_lerobot (no args)" $P -m action_gen.data.convert_lerobot
-row "convert_lerobot /tmp/empty_wd" $P -m action_gen.data.convert_lerobot /tmp/empty_wd
-row "convert_lerobot /tmp/errs/bad_lerobot" $P -m action_gen.data.convert_lerobot /tmp/errs/bad_lerobot
-row "convert_lerobot --bogus" $P -m action_gen.data.convert_lerobot --bogus
+row "convert_lerobot /tmp/empty_wd /tmp/e6" $P -m action_gen.data.convert_lerobot /tmp/empty_wd /tmp/e6
+row "convert_lerobot /tmp/errs/bad_lerobot /tmp/e6" $P -m action_gen.data.convert_lerobot /tmp/errs/bad_lerobot /tmp/e6
+row "convert_lerobot --bogus SRC DST" $P -m action_gen.data.convert_lerobot --bogus /tmp/errs/bad_lerobot /tmp/e6
 row "envs.collect --env=obstalce --episodes=2 --out=/tmp/e3" $P -m action_gen.envs.collect --env=obstalce --episodes=2 --out=/tmp/e3
 row "envs.collect --episodes=-1 --out=/tmp/e3" $P -m action_gen.envs.collect --env=obstacle --episodes=-1 --out=/tmp/e3
 row "envs.collect (no --out)" $P -m action_gen.envs.collect --env=obstacle --episodes=2
 row "envs.collect --bogus" $P -m action_gen.envs.collect --bogus
 row "envs.collect --env=metaworld:nope-v3 --episodes=1 --out=/tmp/e3" $P -m action_gen.envs.collect --env=metaworld:nope-v3 --episodes=1 --out=/tmp/e3
 row "launch/demo.py --policies=nope" $P launch/demo.py --policies=nope --out=/tmp/e4
-row "launch/demo.py --variant=dmeo" $P launch/demo.py --variant=dmeo --out=/tmp/e4
 row "launch/demo.py --bogus" $P launch/demo.py --bogus
 row "launch/demo.py --out=/proc/x" $P launch/demo.py --out=/proc/x --variant=smoke
+row "launch/demo.py --variant=dmeo --policies=regression_unet" $P launch/demo.py --variant=dmeo --policies=regression_unet --out=/tmp/e4
 row "launch/demo.py --episodes=abc" $P launch/demo.py --episodes=abc
-row "launch/sweep.py --config=configs/nope.py" $P launch/sweep.py --config=configs/nope.py
+row "launch/sweep.py --config=configs/nope.py --workdir=/tmp/e7" $P launch/sweep.py --config=configs/nope.py --workdir=/tmp/e7
 row "launch/sweep.py (no flags)" $P launch/sweep.py
-row "launch/sweep.py --config=configs/ablation_obstacle.py:nope" $P launch/sweep.py --config=configs/ablation_obstacle.py:nope
+row "launch/sweep.py --config=configs/ablation_obstacle.py:nope --workdir=/tmp/e7" $P launch/sweep.py --config=configs/ablation_obstacle.py:nope --workdir=/tmp/e7
 row "launch/sweep.py --bogus" $P launch/sweep.py --bogus
-row "launch/metaworld_benchmark.py --tasks=nope-v3" $P launch/metaworld_benchmark.py --tasks=nope-v3 --out=/tmp/e5
-row "launch/metaworld_benchmark.py --bogus" $P launch/metaworld_benchmark.py --bogus
-row "benchmarks/sampler.py --config=configs/nope.py" $P benchmarks/sampler.py --config=configs/nope.py
-row "benchmarks/sampler.py --bogus" $P benchmarks/sampler.py --bogus
-row "benchmarks/train_throughput.py --config=configs/nope.py" $P benchmarks/train_throughput.py --config=configs/nope.py
-row "benchmarks/pi0_latency.py --size=huge" $P benchmarks/pi0_latency.py --size=huge
+row "launch/metaworld_benchmark.py --methods=nope --workdir=/tmp/e5" $P launch/metaworld_benchmark.py --methods=nope --workdir=/tmp/e5
+row "launch/metaworld_benchmark.py --bogus --workdir=/tmp/e5" $P launch/metaworld_benchmark.py --bogus --workdir=/tmp/e5
+row "benchmarks/sampler.py --models=nope" $P benchmarks/sampler.py --models=nope
+row "benchmarks/sampler.py --runs=abc" $P benchmarks/sampler.py --runs=abc
+row "benchmarks/train_throughput.py --platform=gpux" $P benchmarks/train_throughput.py --platform=gpux
+row "benchmarks/pi0_latency.py --variant=huge" $P benchmarks/pi0_latency.py --variant=huge
 row "benchmarks/serve.py --workdir=/tmp/empty_wd" $P benchmarks/serve.py --workdir=/tmp/empty_wd
+row "benchmarks/serve.py --workdir=/nonexistent" $P benchmarks/serve.py --workdir=/nonexistent
+row "benchmarks/sampler.py --batch=0" $P benchmarks/sampler.py --batch=0 --models=tiny --runs=1

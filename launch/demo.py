@@ -93,7 +93,10 @@ def run_policy(name: str, config_file: str, overrides: list[str], out: str, vari
     ]
     print(f"\n=== {name}: {' '.join(command[2:])}", flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO)
+    status = subprocess.run(command, cwd=REPO).returncode
+    if status:
+        # The run printed its own error (one line for a user error) just above.
+        raise cli.UserError(f"{name}: the run exited with status {status} (its error is above)")
     with open(os.path.join(workdir, "results.json")) as f:
         result = json.load(f)
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -111,6 +114,9 @@ def main():
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
 
+    unknown = [n for n in args.policies.split(",") if n not in POLICIES]
+    if unknown:
+        raise cli.UserError(f"--policies: unknown {unknown}; known: {list(POLICIES)}")
     results, workdirs = {}, {}
     for name in args.policies.split(","):
         config_file, overrides = POLICIES[name]

@@ -91,7 +91,10 @@ def load_sweep(config_path: str, arg: str | None) -> list[dict]:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"{config_path} has no get_sweep(arg); nothing to sweep")
-    runs = module.get_sweep(arg)
+    try:
+        runs = module.get_sweep(arg)
+    except (ValueError, KeyError) as e:  # the config refuses its arg (a bad variant)
+        raise cli.UserError(f"--config={config_path}:{arg}: {e.args[0] if e.args else e}") from e
     if not runs:
         raise ValueError(f"{config_path}: get_sweep({arg!r}) returned no runs")
     names = []
@@ -338,7 +341,7 @@ def dataset_command(config_path: str, arg: str | None, dataset_dir: str) -> list
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     data = module.get_config(arg).data
-    if data.dataset_dir or not data.get("builtin_task"):
+    if data.dataset_dir or not data.builtin_task:
         return None
     if os.path.isdir(dataset_dir) and os.listdir(dataset_dir):
         return None

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cli.EXIT_USER_ERROR
     print(f"converted in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     print(out)
     return 0

@@ -111,6 +111,8 @@ def collect_builtin_datasets(data_config, workdir: str) -> list[str]:
 def main(argv):
     del argv
     values = flags.FLAGS
+    if values.episodes < 1:
+        raise cli.UserError(f"--episodes={values.episodes}: need at least one episode")
     env = values.env
     if env == "metaworld":
         if not values.task:

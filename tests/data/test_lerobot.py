@@ -172,7 +172,7 @@ def test_cli_is_idempotent_and_refuses_other_sources(v21, v30, tmp_path, capsys)
     assert convert_lerobot.main([os.fspath(v21), os.fspath(dst), "--name", "arm"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == first
     assert os.stat(pathlib.Path(first) / "dataset_info.json").st_mtime_ns == mtime
-    assert convert_lerobot.main([os.fspath(v30), os.fspath(dst), "--name", "arm"]) == 1
+    assert convert_lerobot.main([os.fspath(v30), os.fspath(dst), "--name", "arm"]) == 2
     assert "is not the conversion of" in capsys.readouterr().err
 
 
