@@ -62,3 +62,8 @@ row "benchmarks/pi0_latency.py --variant=huge" $P benchmarks/pi0_latency.py --va
 row "benchmarks/serve.py --workdir=/tmp/empty_wd" $P benchmarks/serve.py --workdir=/tmp/empty_wd
 row "benchmarks/serve.py --workdir=/nonexistent" $P benchmarks/serve.py --workdir=/nonexistent
 row "benchmarks/sampler.py --batch=0" $P benchmarks/sampler.py --batch=0 --models=tiny --runs=1
+row "launch/sweep.py --config=configs/diffusion_unet_obstacle.py:demo --workdir=/tmp/e7" $P launch/sweep.py --config=configs/diffusion_unet_obstacle.py:demo --workdir=/tmp/e7
+row "launch/sweep.py --config=configs/ablation_obstacle.py:demo --workdir=/tmp/e7 --parallel=0" $P launch/sweep.py --config=configs/ablation_obstacle.py:demo --workdir=/tmp/e7 --parallel=0
+row "launch/metaworld_benchmark.py (no flags)" $P launch/metaworld_benchmark.py
+row "launch/metaworld_benchmark.py --workdir=/tmp/e5 --parallel=abc" $P launch/metaworld_benchmark.py --workdir=/tmp/e5 --parallel=abc
+row "launch/metaworld_benchmark.py --workdir=/tmp/e5 --steps=push" $P launch/metaworld_benchmark.py --workdir=/tmp/e5 --steps=push
