@@ -28,7 +28,7 @@ demo: $(STAMP)
 # Two workers (the CI machine has 2 cores), each test file on one worker so that module
 # fixtures (a trained checkpoint, a dataset) are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=20 tests
+	$(PY) -m pytest -q -x -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check action_gen configs launch tests benchmarks

@@ -91,6 +91,13 @@ def config_differences(
     return {k: (old.get(k), new.get(k)) for k in keys if norm(old.get(k)) != norm(new.get(k))}
 
 
+def describe_differences(
+    differing: Mapping[str, tuple[Any, Any]], old: str = "", new: str = "", arrow: str = " -> "
+) -> str:
+    """The "key: <old>'a' -> <new>'b', ..." text of a `config_differences` result."""
+    return ", ".join(f"{k}: {old}{a!r}{arrow}{new}{b!r}" for k, (a, b) in differing.items())
+
+
 # ------------------------------------------------------------------------------- resume
 
 
@@ -113,7 +120,7 @@ def check_resume(stored: dict, current: dict, where: str, remedy: str) -> None:
     """
     differing = config_differences(stored, current, fixed_for_resume)
     if differing:
-        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
+        details = describe_differences(differing)
         raise ValueError(
             f"the checkpoint in {where} was trained with another config: {details} differ "
             f"(a checkpoint fixes model.*, objective.* except its sampling settings, lora.*, "
@@ -169,7 +176,7 @@ def check_init_from(stored: dict, current: dict, where: str) -> None:
     checkpoint it starts from."""
     differing = config_differences(stored, current, fixed_for_init_from)
     if differing:
-        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
+        details = describe_differences(differing)
         raise ValueError(
             f"train.init_from={where}: the checkpoint's model differs from this run's: "
             f"{details}. Fine-tune with the checkpoint's model.* values."
@@ -223,7 +230,7 @@ def check_distillation(teacher_config: dict, student_config: dict, where: str) -
             if json.dumps(ours.get(key)) != json.dumps(theirs[key]):
                 differing[f"objective.{key}"] = (theirs[key], ours.get(key))
     if differing:
-        details = ", ".join(f"{k}: teacher {t!r}, student {s!r}" for k, (t, s) in differing.items())
+        details = describe_differences(differing, "teacher ", "student ", arrow=", ")
         raise ValueError(
             f"the student cannot distill the teacher in {where}: {details}. The student "
             "keeps the teacher's horizons and normalization, names its objective in "

@@ -106,7 +106,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "env": Field("obstacle", "env name (or a list: a multi-task policy); '' = none"),
         "num_episodes": Field(100, "episodes per env"),
         "num_envs": Field(0, "simulator instances (episodes run in rounds); 0 = one each"),
-        "seed": Field(100_000, "base seed of the episodes (disjoint from the demos')"),
+        "seed": Field(100_000, "episodes' base seed: 100000 dev, 200000 test (seed_splits.py)"),
         "obs_horizon": Field(2, "observation frames the policy reads"),
         "action_exec_horizon": Field(8, "Ta: actions executed of each chunk, then re-plan"),
         "num_sample_steps": Field(10, "sampling steps (overrides the checkpoint's)"),

@@ -19,7 +19,8 @@ With --switches, the run instead measures the speed switches, each against its b
 in the same process (sampler, low-dim then image: XLA command buffers capturing the
 scanned loop, scan unroll, bf16 parameters cast once, then the winners together; train:
 optimizer on one flat vector, remat, batch size, bf16 U-Net body; π0: bf16 parameters
-cast once, against the pi0 section's figures). Lines of switches start with "switch.".
+cast once, against the pi0 section's figures; fused_blocks: the low-dim U-Net's Pallas
+residual blocks, benchmarks/fused_blocks.py). Lines of switches start with "switch.".
 
 Every line is printed (and appended to --out) as soon as it is measured, flushed, so a
 run cut off by a timeout keeps what it measured: {"figure", "value", "unit", ...,
@@ -47,6 +48,7 @@ for path in (REPO, BENCHMARKS):  # runnable without installing the package
     if path not in sys.path:
         sys.path.insert(0, path)
 
+import fused_blocks  # noqa: E402
 import jax  # noqa: E402
 import pi0_latency  # noqa: E402
 import sampler  # noqa: E402
@@ -389,11 +391,35 @@ def switches_pi0(rec: Recorder, sizes: Sizes) -> None:
         rec.emit(f"switch.pi0.{v}.bf16_params.{key}", cast[key], "ms")
 
 
+def switches_fused_blocks(rec: Recorder, sizes: Sizes) -> None:
+    """The low-dim U-Net with `model.fused_blocks` off and on (benchmarks/fused_blocks.py,
+    same parameters): DDIM-10 chunk ms and the launches of one denoising step by kind."""
+    result = fused_blocks.compare(sizes.lowdim, 1, sizes.runs)
+    for variant in ("unfused", "fused"):
+        row = result[variant]
+        rec.emit(
+            f"switch.sampler.{sizes.lowdim}.ddim10.fused_blocks={variant == 'fused'}",
+            row["ddim10_ms"],
+            "ms",
+            compile_s=row["compile_s"],
+            kernels_per_iteration=row["scan_kernels_per_iteration"],
+            step_kernels=row["step"]["total"],
+            step_ops=row["step"]["ops"],
+            step_while=row["step"]["while"],
+        )
+    rec.emit(  # in micro-units: figures are rounded to 4 decimals
+        f"switch.sampler.{sizes.lowdim}.ddim10.fused_blocks.max_abs_diff_1e6",
+        1e6 * result["chunk_max_abs_diff"],
+        "1e-6",
+    )
+
+
 SWITCHES = {  # most telling first: a run cut off by its timeout loses the last
     "sampler": switches_sampler_lowdim,
     "sampler_image": switches_sampler_image,
     "train": switches_train,
     "pi0": switches_pi0,
+    "fused_blocks": switches_fused_blocks,
 }
 
 

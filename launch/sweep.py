@@ -557,6 +557,8 @@ def main(argv):
     FLAGS = flags.FLAGS  # noqa: N806 - absl's conventional name
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.parallel < 1:  # before any work (the dataset step)
+        raise cli.UserError(f"--parallel must be >= 1, got {FLAGS.parallel}")
     if FLAGS.eval_checkpoint:
         evaluate_run(FLAGS.config, FLAGS.workdir, FLAGS.eval_checkpoint)
         return

@@ -39,9 +39,11 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
-# The longest test files, started first: `make test` runs `-n 2 --dist loadfile`, which
-# hands files to the two workers in collection order, so a long file collected last would
-# run alone at the end (measured: the learning check, ~4 min, and Meta-World, ~6 min).
+# The longest test files, started first: `make test` runs `-n 2 --dist loadfile
+# --no-loadscope-reorder`, which hands files to the two workers in collection order (without
+# that flag pytest-xdist sorts files by their number of tests, so the learning check's few
+# long tests ran last, alone), so a long file collected last would run alone at the end
+# (measured: the learning check, ~4 min, and Meta-World, ~6 min).
 _LONGEST_FIRST = ("test_learning.py", "test_metaworld.py")
 
 

@@ -96,8 +96,17 @@ def test_run_command_exit_codes(capsys, monkeypatch):
             ["launch/sweep.py", "--config=configs/ablation_obstacle.py:nope", "--workdir=/tmp/x"],
             "unknown config variant(s) ['nope']; use demo, runlocal or smoke",
         ),
+        (  # refused before the sweep writes anything or makes its dataset
+            [
+                "launch/sweep.py",
+                "--config=configs/ablation_obstacle.py:smoke",
+                "--workdir=/nonexistent/sweep",
+                "--parallel=0",
+            ],
+            "--parallel must be >= 1, got 0",
+        ),
     ],
-    ids=["config-missing", "did-you-mean", "inspect-missing", "sweep-variant"],
+    ids=["config-missing", "did-you-mean", "inspect-missing", "sweep-variant", "sweep-parallel"],
 )
 def test_entry_points_print_one_line_and_exit_2(args, expected):
     env = dict(os.environ)

@@ -19,6 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = {
     "ablation_obstacle": ["", "demo", "runlocal", "smoke", "runlocal,objective=tokens"],
     "consistency_pi0_obstacle": ["", "runlocal", "smoke", "runlocal,lora"],
+    "diffusion_unet_aloha": ["", "task=insertion,image=96x128,cpu", "smoke", "chunk=100"],
+    "flow_unet_aloha": ["", "state,cpu", "smoke"],
     "consistency_unet_metaworld": ["", "task=push,cpu", "runlocal", "teacher=diffusion"],
     "consistency_unet_obstacle": ["", "runlocal", "tiny", "smoke", "teacher=none"],
     "diffusion_unet_dataset": ["name=bridge", "smoke,name=bridge+taco_play"],

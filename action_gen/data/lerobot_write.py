@@ -14,11 +14,12 @@ datasets for tests and benchmarks (``convert_lerobot_dataset`` reads them back).
 """
 
 import io
+import itertools
 import json
 import os
 import pathlib
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
 import av
@@ -179,7 +180,7 @@ def _feature_stats(values: np.ndarray) -> dict:
 
 
 def write_lerobot_dataset(
-    episodes: list[Mapping],
+    episodes: Iterable[Mapping],
     root,
     *,
     fps: float,
@@ -194,7 +195,9 @@ def write_lerobot_dataset(
     Args:
       episodes: our episode dicts (as ``rlds.write_rlds_dataset`` takes):
         ``{"observation": {"state": [L, S], "image/<camera>": [L, h, w, 3] uint8},
-        "action": [L, A], "language_instruction": str}``.
+        "action": [L, A], "language_instruction": str}``; any iterable, consumed once,
+        one episode at a time (a generator keeps only the current episode's frames in
+        memory: each is encoded as it arrives).
       root: the LeRobot dataset directory to create.
       fps: frame rate (timestamps are frame_index / fps).
       version: "v3.0" (several episodes per data/video file) or "v2.1" (one per episode).
@@ -209,19 +212,19 @@ def write_lerobot_dataset(
     """
     if version not in ("v3.0", "v2.1"):
         raise ValueError(f"version must be 'v3.0' or 'v2.1', got {version!r}")
-    if not episodes:
+    episodes = iter(episodes)
+    first = next(episodes, None)
+    if first is None:
         raise ValueError("write_lerobot_dataset got no episodes")
     root = pathlib.Path(root)
     (root / "meta").mkdir(parents=True, exist_ok=False)
     encoder = encoder or default_video_encoder()
     codec = next((c for e, c, _ in _ENCODERS if e == encoder), encoder)
-    first = episodes[0]
     cameras = sorted(
         k.removeprefix("image/") for k in first[schema.RLDS_OBSERVATION] if k.startswith("image/")
     )
     video_cams = cameras if video_cameras is None else [c for c in cameras if c in video_cameras]
     image_cams = [c for c in cameras if c not in video_cams]
-    tasks = list(dict.fromkeys(_task_of(e) for e in episodes))
 
     state_dim = np.asarray(first[schema.RLDS_OBSERVATION][schema.RLDS_STATE]).shape[1]
     action_dim = np.asarray(first[schema.RLDS_ACTION]).shape[1]
@@ -251,107 +254,157 @@ def write_lerobot_dataset(
             if feature["dtype"] != "video":
                 feature["fps"] = fps
 
-    lengths = [len(np.asarray(e[schema.RLDS_ACTION])) for e in episodes]
-    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+    writer = (_V30Writer if version == "v3.0" else _V21Writer)(
+        root, video_cams, image_cams, fps, encoder, episodes_per_file
+    )
+    # One pass: each episode's rows are built and its videos encoded as it arrives; only
+    # lengths, tasks and the low-dim arrays (for stats.json) are kept.
+    tasks, lengths, states, actions = [], [], [], []
+    for index, episode in enumerate(itertools.chain([first], episodes)):
+        task = _task_of(episode)
+        if task not in tasks:  # task_index in order of first appearance
+            tasks.append(task)
+        start = sum(lengths)
+        lengths.append(len(np.asarray(episode[schema.RLDS_ACTION])))
+        states.append(np.asarray(episode[schema.RLDS_OBSERVATION][schema.RLDS_STATE]))
+        actions.append(np.asarray(episode[schema.RLDS_ACTION]))
+        rows = _frame_table(episode, index, start, tasks.index(task), image_cams, fps)
+        writer.add(episode, rows, task)
+    writer.finish(tasks)
     info = {
         "codebase_version": version,
         "robot_type": robot_type or None,
-        "total_episodes": len(episodes),
-        "total_frames": int(starts[-1]),
+        "total_episodes": len(lengths),
+        "total_frames": int(sum(lengths)),
         "total_tasks": len(tasks),
         "chunks_size": _CHUNKS_SIZE,
         "fps": fps,
-        "splits": {"train": f"0:{len(episodes)}"},
+        "splits": {"train": f"0:{len(lengths)}"},
         "data_path": V30_DATA_PATH if version == "v3.0" else V21_DATA_PATH,
         "video_path": (V30_VIDEO_PATH if version == "v3.0" else V21_VIDEO_PATH)
         if video_cams
         else None,
         "features": features,
     }
-    rows = [
-        _frame_table(e, i, int(starts[i]), tasks.index(_task_of(e)), image_cams, fps)
-        for i, e in enumerate(episodes)
-    ]
     if version == "v3.0":
         info |= {"data_files_size_in_mb": 100, "video_files_size_in_mb": 200}
-        _write_v30(root, episodes, rows, lengths, starts, tasks, video_cams, fps,
-                   encoder, episodes_per_file)  # fmt: skip
     else:
-        info |= {"total_chunks": 1, "total_videos": len(episodes) * len(video_cams)}
-        _write_v21(root, episodes, rows, lengths, tasks, video_cams, fps, encoder)
+        info |= {"total_chunks": 1, "total_videos": len(lengths) * len(video_cams)}
     stats = {
-        STATE_KEY: _feature_stats(
-            np.concatenate([e[schema.RLDS_OBSERVATION][schema.RLDS_STATE] for e in episodes])
-        ),
-        ACTION_KEY: _feature_stats(np.concatenate([e[schema.RLDS_ACTION] for e in episodes])),
+        STATE_KEY: _feature_stats(np.concatenate(states)),
+        ACTION_KEY: _feature_stats(np.concatenate(actions)),
     }
     (root / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
     (root / INFO_PATH).write_text(json.dumps(info, indent=4))
     return os.fspath(root)
 
 
-def _write_v30(root, episodes, rows, lengths, starts, tasks, video_cams, fps, encoder,
-               per_file):  # fmt: skip
-    _write_tasks_parquet(tasks, root / TASKS_PARQUET)
-    groups = [range(i, min(i + per_file, len(episodes))) for i in range(0, len(episodes), per_file)]
-    meta = {
-        "episode_index": list(range(len(episodes))),
-        "tasks": [[_task_of(e)] for e in episodes],
-        "length": lengths,
-        "data/chunk_index": [0] * len(episodes),
-        "data/file_index": [0] * len(episodes),
-        "dataset_from_index": [int(s) for s in starts[:-1]],
-        "dataset_to_index": [int(s) for s in starts[1:]],
-    }
-    for camera in video_cams:
-        for field in ("chunk_index", "file_index", "from_timestamp", "to_timestamp"):
-            meta[f"videos/{CAMERA_PREFIX}{camera}/{field}"] = [0] * len(episodes)
-    for file_index, group in enumerate(groups):
-        path = root / V30_DATA_PATH.format(chunk_index=0, file_index=file_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.concat_tables([rows[i] for i in group]), path)
-        for i in group:
-            meta["data/file_index"][i] = file_index
-        for camera in video_cams:
+class _V30Writer:
+    """v3.0 files, written as episodes arrive: every `per_file` episodes one data parquet
+    and, per video camera, one MP4 remuxed from the episodes' own encodings (kept in a
+    temporary directory until their file is complete); the episode table at the end."""
+
+    def __init__(self, root, video_cams, image_cams, fps, encoder, per_file):
+        del image_cams  # stored in the rows
+        self.root, self.video_cams, self.fps = root, video_cams, fps
+        self.encoder, self.per_file = encoder, per_file
+        self._parts_dir = tempfile.TemporaryDirectory()
+        self._group: list[pa.Table] = []  # rows of the current file's episodes
+        self._parts: dict[str, list[pathlib.Path]] = {c: [] for c in video_cams}
+        self._offset = {c: 0.0 for c in video_cams}  # video time within the current file
+        self._file_index = 0
+        self._tasks: list[str] = []  # per episode
+        self._lengths: list[int] = []
+        self._video_meta: dict[str, list] = {}
+
+    def add(self, episode: Mapping, rows: pa.Table, task: str) -> None:
+        index = len(self._lengths)
+        self._tasks.append(task)
+        self._lengths.append(rows.num_rows)
+        self._group.append(rows)
+        for camera in self.video_cams:
             key = CAMERA_PREFIX + camera
-            with tempfile.TemporaryDirectory() as tmp:
-                parts, offset = [], 0.0
-                for i in group:
-                    part = pathlib.Path(tmp) / f"episode_{i:06d}.mp4"
-                    frames = np.asarray(episodes[i][schema.RLDS_OBSERVATION][f"image/{camera}"])
-                    encode_video(frames, part, fps=fps, encoder=encoder)
-                    duration = video_duration(part)
-                    meta[f"videos/{key}/file_index"][i] = file_index
-                    meta[f"videos/{key}/from_timestamp"][i] = offset
-                    meta[f"videos/{key}/to_timestamp"][i] = offset + duration
-                    offset += duration
-                    parts.append(part)
-                out = root / V30_VIDEO_PATH.format(
-                    video_key=key, chunk_index=0, file_index=file_index
-                )
-                out.parent.mkdir(parents=True, exist_ok=True)
-                concatenate_videos(parts, out)
-    meta["meta/episodes/chunk_index"] = [0] * len(episodes)
-    meta["meta/episodes/file_index"] = [0] * len(episodes)
-    path = root / V30_EPISODES_PATH.format(chunk_index=0, file_index=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(meta), path)
-
-
-def _write_v21(root, episodes, rows, lengths, tasks, video_cams, fps, encoder):
-    lines = [{"task_index": i, "task": t} for i, t in enumerate(tasks)]
-    (root / LEGACY_TASKS).write_text("".join(json.dumps(x) + "\n" for x in lines))
-    lines = [
-        {"episode_index": i, "tasks": [_task_of(e)], "length": lengths[i]}
-        for i, e in enumerate(episodes)
-    ]
-    (root / LEGACY_EPISODES).write_text("".join(json.dumps(x) + "\n" for x in lines))
-    for i, episode in enumerate(episodes):
-        fmt = {"episode_chunk": i // _CHUNKS_SIZE, "episode_index": i}
-        path = root / V21_DATA_PATH.format(**fmt)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows[i], path)
-        for camera in video_cams:
+            part = pathlib.Path(self._parts_dir.name) / f"{camera}_{index:06d}.mp4"
             frames = np.asarray(episode[schema.RLDS_OBSERVATION][f"image/{camera}"])
-            out = root / V21_VIDEO_PATH.format(video_key=CAMERA_PREFIX + camera, **fmt)
-            encode_video(frames, out, fps=fps, encoder=encoder)
+            encode_video(frames, part, fps=self.fps, encoder=self.encoder)
+            duration = video_duration(part)
+            meta = self._video_meta
+            meta.setdefault(f"videos/{key}/chunk_index", []).append(0)
+            meta.setdefault(f"videos/{key}/file_index", []).append(self._file_index)
+            meta.setdefault(f"videos/{key}/from_timestamp", []).append(self._offset[camera])
+            meta.setdefault(f"videos/{key}/to_timestamp", []).append(
+                self._offset[camera] + duration
+            )
+            self._offset[camera] += duration
+            self._parts[camera].append(part)
+        if len(self._group) == self.per_file:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._group:
+            return
+        path = self.root / V30_DATA_PATH.format(chunk_index=0, file_index=self._file_index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.concat_tables(self._group), path)
+        for camera in self.video_cams:
+            out = self.root / V30_VIDEO_PATH.format(
+                video_key=CAMERA_PREFIX + camera, chunk_index=0, file_index=self._file_index
+            )
+            out.parent.mkdir(parents=True, exist_ok=True)
+            concatenate_videos(self._parts[camera], out)
+            for part in self._parts[camera]:
+                part.unlink()
+            self._parts[camera], self._offset[camera] = [], 0.0
+        self._group = []
+        self._file_index += 1
+
+    def finish(self, tasks: list[str]) -> None:
+        self._flush()
+        self._parts_dir.cleanup()
+        _write_tasks_parquet(tasks, self.root / TASKS_PARQUET)
+        count = len(self._lengths)
+        starts = np.concatenate([[0], np.cumsum(self._lengths)]).astype(int)
+        file_index = [i // self.per_file for i in range(count)]
+        meta = {
+            "episode_index": list(range(count)),
+            "tasks": [[t] for t in self._tasks],
+            "length": self._lengths,
+            "data/chunk_index": [0] * count,
+            "data/file_index": file_index,
+            "dataset_from_index": [int(s) for s in starts[:-1]],
+            "dataset_to_index": [int(s) for s in starts[1:]],
+        }
+        meta |= self._video_meta
+        meta["meta/episodes/chunk_index"] = [0] * count
+        meta["meta/episodes/file_index"] = [0] * count
+        path = self.root / V30_EPISODES_PATH.format(chunk_index=0, file_index=0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(meta), path)
+
+
+class _V21Writer:
+    """v2.1 files, written as episodes arrive (one parquet and one MP4 per camera per
+    episode); the tasks and episode tables at the end."""
+
+    def __init__(self, root, video_cams, image_cams, fps, encoder, per_file):
+        del image_cams, per_file
+        self.root, self.video_cams, self.fps, self.encoder = root, video_cams, fps, encoder
+        self._episodes: list[dict] = []
+
+    def add(self, episode: Mapping, rows: pa.Table, task: str) -> None:
+        i = len(self._episodes)
+        self._episodes.append({"episode_index": i, "tasks": [task], "length": rows.num_rows})
+        fmt = {"episode_chunk": i // _CHUNKS_SIZE, "episode_index": i}
+        path = self.root / V21_DATA_PATH.format(**fmt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, path)
+        for camera in self.video_cams:
+            frames = np.asarray(episode[schema.RLDS_OBSERVATION][f"image/{camera}"])
+            out = self.root / V21_VIDEO_PATH.format(video_key=CAMERA_PREFIX + camera, **fmt)
+            encode_video(frames, out, fps=self.fps, encoder=self.encoder)
+
+    def finish(self, tasks: list[str]) -> None:
+        lines = [{"task_index": i, "task": t} for i, t in enumerate(tasks)]
+        (self.root / LEGACY_TASKS).write_text("".join(json.dumps(x) + "\n" for x in lines))
+        text = "".join(json.dumps(x) + "\n" for x in self._episodes)
+        (self.root / LEGACY_EPISODES).write_text(text)

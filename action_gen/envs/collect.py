@@ -1,8 +1,17 @@
-"""Scripted-expert demonstrations → an RLDS dataset on disk.
+"""Scripted-expert demonstrations → an RLDS dataset on disk (ALOHA: a LeRobot dataset).
 
 python -m action_gen.envs.collect --env=obstacle --episodes=200 --seed=0 --out=DIR
 python -m action_gen.envs.collect --env=metaworld --task=push --episodes=50 \
     [--image=corner2:96] [--post_success_steps=10] --out=DIR
+python -m action_gen.envs.collect --env=aloha_transfer_cube --episodes=50 \
+    [--image=top:240x320 | --image=none] [--environment_state] [--workers=2] --out=DIR
+python -m action_gen.envs.collect --env=aloha_insertion --episodes=50 --out=DIR
+
+ALOHA demos (envs/aloha.py) are written as a LeRobot v3.0 dataset in the layout of
+`lerobot/aloha_sim_<task>_scripted` (top camera 480x640 unless --image says otherwise,
+--image=none for state only; --environment_state appends the object poses to the state),
+at DIR/aloha_sim_<task>_scripted[_...], with the scripted policy's success rates in
+scripted_stats.json beside meta/.
 """
 
 import functools
@@ -12,8 +21,12 @@ import os
 from absl import flags
 
 from action_gen import cli
-from action_gen.data import rlds, sources
-from action_gen.envs import expert, metaworld
+from action_gen.data import sources
+from action_gen.envs import aloha, expert, metaworld
+
+# TensorFlow (data/rlds.py) is imported inside the functions that write RLDS, not above:
+# simulator worker processes re-import this module when it runs as the program, and
+# dm-control's renderer cannot share a process with TensorFlow (envs/aloha.py).
 
 # Built-in tasks with a scripted expert: name -> collect_demos(num_episodes, seed).
 EXPERTS = {
@@ -36,6 +49,11 @@ def collect_to_rlds(
     (envs/metaworld.py: successful expert episodes only, each continued for
     `post_success_steps` expert steps past its first success, written under
     `out_dir/metaworld_<task>[_<camera><size>]/1.0.0`)."""
+    if aloha.is_spec(task):
+        raise ValueError(
+            f"{task!r}: ALOHA demos are written as a LeRobot dataset "
+            "(envs.aloha.collect_to_lerobot, or python -m action_gen.envs.collect)"
+        )
     if task.startswith(metaworld.SPEC_PREFIX):
         return metaworld.collect_to_rlds(
             task,
@@ -51,6 +69,8 @@ def collect_to_rlds(
             f"post_success_steps={post_success_steps}: only Meta-World demos continue past "
             f"success; task {task!r} ends at its goal"
         )
+    from action_gen.data import rlds
+
     episodes = EXPERTS[task](num_episodes, seed)
     return rlds.write_rlds_dataset(
         episodes,
@@ -69,6 +89,8 @@ def ensure_builtin_dataset(
     behind and the next call simply generates again. Existing Meta-World demos collected
     with another `post_success_steps` are refused.
     """
+    from action_gen.data import rlds
+
     try:
         path = os.fspath(rlds.resolve_dataset_dir(dataset_dir))
     except FileNotFoundError:
@@ -114,6 +136,11 @@ def main(argv):
     if values.episodes < 1:
         raise cli.UserError(f"--episodes={values.episodes}: need at least one episode")
     env = values.env
+    if aloha.is_spec(env):
+        print(_collect_aloha(values))
+        return
+    if values.environment_state or values.workers != 1:
+        raise cli.UserError("--environment_state and --workers are for ALOHA envs (aloha_*)")
     if env == "metaworld":
         if not values.task:
             raise cli.UserError("--env=metaworld needs --task=NAME (e.g. --task=push)")
@@ -129,16 +156,52 @@ def main(argv):
     print(path)
 
 
+def _collect_aloha(values) -> str:
+    """The ALOHA branch of `main`: flags -> env spec -> LeRobot dataset; returns its path."""
+    if values.post_success_steps:
+        raise cli.UserError(
+            f"--post_success_steps={values.post_success_steps}: ALOHA demos always run the "
+            f"full {aloha.EPISODE_STEPS} steps"
+        )
+    if values.workers < 1:
+        raise cli.UserError(f"--workers={values.workers}: need at least one worker")
+    try:
+        if values.image is None:  # the public datasets' camera
+            camera, size = aloha.DEFAULT_CAMERA, aloha.DEFAULT_IMAGE_SIZE
+        else:
+            no_image = values.image == "none"
+            camera, size = (None, None) if no_image else aloha.parse_image_flag(values.image)
+        spec = aloha.make_spec(values.env, camera, size, values.environment_state)
+        return aloha.collect_to_lerobot(
+            spec, values.out, num_episodes=values.episodes, seed=values.seed,
+            num_workers=values.workers,
+        )  # fmt: skip
+    except (ValueError, FileExistsError) as e:
+        raise cli.UserError(str(e)) from None
+
+
 def entry_point() -> None:
     """`python -m action_gen.envs.collect` / `action-gen-collect`. Flags are defined only
     when run as a program, so importing this module (main.py's data step does) adds
     nothing to another program's command line."""
-    flags.DEFINE_string("env", "obstacle", "Task with a scripted expert.")
+    flags.DEFINE_string(
+        "env",
+        "obstacle",
+        "Task with a scripted expert: obstacle, obstacle_language, metaworld (with --task), "
+        "aloha_transfer_cube, aloha_insertion.",
+    )
     flags.DEFINE_integer("episodes", 200, "Number of demonstrations.")
     flags.DEFINE_integer("seed", 0, "Base seed (episode seeds derive from it).")
     flags.DEFINE_string("out", None, "Output directory.", required=True)
     flags.DEFINE_string("task", None, "Meta-World task name (with --env=metaworld).")
-    flags.DEFINE_string("image", None, "CAMERA:SIZE image observations (Meta-World).")
+    flags.DEFINE_string(
+        "image",
+        None,
+        "Camera images: Meta-World CAMERA:SIZE (none by default); ALOHA CAMERA:HxW (default "
+        "top:480x640, as the public datasets) or 'none' for state only.",
+    )
+    flags.DEFINE_bool("environment_state", False, "ALOHA: append the object poses to the state.")
+    flags.DEFINE_integer("workers", 1, "ALOHA: simulator processes running episodes in parallel.")
     flags.DEFINE_integer(
         "post_success_steps", 0, "Meta-World: expert steps kept past an episode's success."
     )

@@ -11,7 +11,7 @@ import ml_collections
 
 from action_gen import envs, objectives
 from action_gen.data import schema
-from action_gen.eval import media, metrics, plots, rollout
+from action_gen.eval import media, metrics, plots, rollout, seed_splits
 from action_gen.sample.policy import Policy
 
 RESULTS_FILE = "results.json"
@@ -88,6 +88,7 @@ def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> t
         num_sample_steps=policy.num_sample_steps,
         action_exec_horizon=int(eval_config.action_exec_horizon),
         eval_seed=int(eval_config.seed),
+        eval_seed_split=seed_splits.split_of(eval_config.seed),
         env=eval_config.env,
     )
     return summary, result
@@ -187,6 +188,10 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
     return summary
 
 
+# Keys every task of a multi-task evaluation shares, copied to its top-level summary.
+SHARED_SUMMARY_KEYS = ("objective", "sampler", "num_sample_steps", "eval_seed", "eval_seed_split")
+
+
 def _multi_task_summary(per_env: dict[str, dict]) -> dict:
     """Mean success over tasks (equal weight per task) plus every task's own summary."""
     rates = [s["success_rate"] for s in per_env.values()]
@@ -202,5 +207,5 @@ def _multi_task_summary(per_env: dict[str, dict]) -> dict:
         "episodes": episodes,
         "num_tasks": len(per_env),
         "tasks": per_env,
-        **{k: first[k] for k in ("objective", "sampler", "num_sample_steps", "eval_seed")},
+        **{k: first[k] for k in SHARED_SUMMARY_KEYS},
     }

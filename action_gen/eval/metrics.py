@@ -50,6 +50,9 @@ def summarize(rollout_result: dict[str, Any]) -> dict[str, float | int]:
         instruction_following_rate: only for instructed envs, the fraction of ALL episodes
             whose trajectory passed on the side the instruction named (an episode with no
             side, e.g. a collision before the obstacle's level, did not follow it).
+        stage_<k>_rate: only for envs that report stages (`max_stage`), for k = 1 ..
+            num_stages (else the highest stage reached), the fraction of ALL episodes that
+            reached stage k or beyond: where the failures stop.
     """
     success = np.asarray(rollout_result["success"], bool)
     collision = np.asarray(rollout_result["collision"], bool)
@@ -73,4 +76,9 @@ def summarize(rollout_result: dict[str, Any]) -> dict[str, float | int]:
     if "instructed_side" in rollout_result:
         instructed = np.asarray(rollout_result["instructed_side"])
         summary["instruction_following_rate"] = float(np.mean(side == instructed))
+    if "max_stage" in rollout_result:
+        max_stage = np.asarray(rollout_result["max_stage"], np.int64)
+        num_stages = int(rollout_result.get("num_stages", max_stage.max(initial=0)))
+        for k in range(1, num_stages + 1):
+            summary[f"stage_{k}_rate"] = float(np.mean(max_stage >= k))
     return summary

@@ -4,7 +4,9 @@ Every `action_exec_horizon` (Ta) control steps the policy sees the last T observ
 each env and returns a chunk of H >= Ta actions; the first Ta are executed open loop, then
 it re-plans (Diffusion Policy's receding horizon). Envs must follow the
 `envs.obstacle.ObstacleVecEnv` contract: no auto-reset, finished envs freeze, and `info`
-carries [N] arrays `success` and `collision`.
+carries [N] arrays `success` and `collision`; envs whose tasks have stages (envs/aloha.py)
+also report [N] ints `stage` (how far each episode got), and may say how many there are
+(`env.num_stages`).
 
 The policy is always called on the full batch of N envs, finished ones included (their
 frozen observations, their actions ignored): a fixed batch shape keeps a jitted policy from
@@ -112,7 +114,9 @@ def run_rollouts(
           obstacle.passing_side), states list of [L_e + 1, S] (first observation
           included), positions list of [L_e + 1, 2], actions list of [L_e, A] (executed),
           start/goal/obstacle_center [E, 2] and obstacle_radius [E] when the env reports
-          them at reset; instructed_side [E] int when the env gives instructions (then
+          them at reset; max_stage [E] int, the highest `info["stage"]` an episode
+          reached, and num_stages (`env.num_stages`), when the env reports stages;
+          instructed_side [E] int when the env gives instructions (then
           `policy_fn` also gets `prompt=` the [N] instructions on every call; envs with
           cameras (dict observations) pass `images=` {camera: [N, T, h, w, 3]}); and
           policy_call_s, the wall time of every policy call (seconds); plus obs_horizon,
@@ -147,6 +151,9 @@ def run_rollouts(
         if "instruction" in info:
             prompt_kwargs["prompt"] = np.asarray(info["instruction"], dtype=object)
         history, pad_mask = initial_history(obs, obs_horizon)
+        # Stages are tracked as a running maximum: an episode's stage can drop again (a
+        # lifted object falls back) and the furthest one reached is what to report.
+        max_stage = np.asarray(info["stage"], np.int64).copy() if "stage" in info else None
         running = np.ones(num_envs, bool)
         success = np.zeros(num_envs, bool)
         collision = np.zeros(num_envs, bool)
@@ -183,6 +190,8 @@ def run_rollouts(
                 length += running
                 success = np.asarray(info["success"], bool)
                 collision = np.asarray(info["collision"], bool)
+                if max_stage is not None:
+                    max_stage = np.maximum(max_stage, np.asarray(info["stage"], np.int64))
                 was_running = running
                 running = ~(np.asarray(terminated) | np.asarray(truncated))
                 ended = int(np.sum(was_running & ~running))
@@ -202,6 +211,8 @@ def run_rollouts(
         per_episode["success"].append(success)
         per_episode["collision"].append(collision)
         per_episode["length"].append(length)
+        if max_stage is not None:
+            per_episode.setdefault("max_stage", []).append(max_stage)
 
     bar.close()
     e = num_episodes
@@ -228,6 +239,8 @@ def run_rollouts(
         )
     else:  # no obstacle layout (e.g. Meta-World): no passing side to measure
         result["side"] = np.full(e, obstacle.NO_SIDE, np.int64)
+    if "max_stage" in result and hasattr(env, "num_stages"):
+        result["num_stages"] = int(env.num_stages)
     result["policy_call_s"] = np.asarray(call_times)
     result["obs_horizon"] = obs_horizon
     result["action_exec_horizon"] = action_exec_horizon

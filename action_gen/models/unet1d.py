@@ -19,6 +19,7 @@ the down path and every up level upsamples), so H=16 with three levels runs at l
 16 → 8 → 4 → 8 → 16. H must be divisible by 2^(len(down_dims) - 1).
 """
 
+import functools
 from collections.abc import Sequence
 
 import chex
@@ -26,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from action_gen.models import layers, resnet, text
+from action_gen.models import fused_block, layers, resnet, text
 
 # The key of `ConditionalUnet1D.prepare`'s context: the observation features [B, T*F (+ D)].
 OBSERVATION_FEATURES = "unet1d/observation_features"
@@ -83,6 +84,11 @@ class Conv1dBlock(nn.Module):
 class ConditionalResidualBlock1D(nn.Module):
     """Conv1dBlock → FiLM(cond) → Conv1dBlock, plus a (1x1-conv) residual.
 
+    Attributes:
+      fused: the forward pass as one Pallas kernel (models/fused_block.py) on this block's
+        own parameters (the tree is the unfused one: initialization runs the unfused
+        path); its gradient is the unfused block's (`fused_block.with_reference_vjp`).
+
     Args of __call__:
       x: [B, L, C_in].
       cond: [B, D].
@@ -94,9 +100,12 @@ class ConditionalResidualBlock1D(nn.Module):
     kernel_size: int = 5
     n_groups: int = 8
     cond_predict_scale: bool = True
+    fused: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
+        if self.fused and not self.is_initializing():
+            return self._fused_call(x, cond)
         h = Conv1dBlock(self.features, self.kernel_size, self.n_groups, name="block0")(x)
         h = layers.FiLM(self.cond_predict_scale, name="film")(h, cond)
         h = Conv1dBlock(self.features, self.kernel_size, self.n_groups, name="block1")(h)
@@ -104,6 +113,23 @@ class ConditionalResidualBlock1D(nn.Module):
         if x.shape[-1] != self.features:
             residual = layers.Conv1d(self.features, 1, name="residual_conv")(x)
         return h + residual
+
+    def _fused_call(self, x: jax.Array, cond: jax.Array) -> jax.Array:
+        params = nn.meta.unbox(self.variables["params"])
+        unfused = ConditionalResidualBlock1D(
+            self.features, self.kernel_size, self.n_groups, self.cond_predict_scale
+        )
+
+        def reference(params, x, cond):
+            return unfused.apply({"params": params}, x, cond)
+
+        fused = functools.partial(
+            fused_block.residual_block,
+            n_groups=self.n_groups,
+            cond_predict_scale=self.cond_predict_scale,
+            out_dtype=jax.eval_shape(reference, params, x, cond).dtype,
+        )
+        return fused_block.with_reference_vjp(fused, reference)(params, x, cond)
 
 
 class ConditionalUnet1D(resnet.ImageObservationModel):
@@ -140,6 +166,10 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
         [..., :A] is hypothesis k's output (what the 1-head model predicts: velocity,
         ε, ...), [..., A] its per-step score, whose mean over H is hypothesis k's logit
         (objectives/consistency.py: winner-takes-all training, argmax sampling).
+      fused_blocks: each residual block's forward pass as one Pallas kernel
+        (models/fused_block.py: conv GEMMs, GroupNorm, Mish, FiLM, residual; interpret
+        mode on CPU) instead of ~12 XLA ops; same parameter tree and function (float
+        rounding aside), the gradient the unfused one. False (the default): XLA only.
     """
 
     down_dims: Sequence[int] = (256, 512, 1024)
@@ -154,6 +184,7 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
     float32_body: bool = True
     step_input: bool = False
     num_hypotheses: int = 1
+    fused_blocks: bool = False
 
     def observation_features(self, obs: dict) -> jax.Array:
         """The part of the condition that is the same at every denoising step [B, T*F (+ D)]:
@@ -243,6 +274,7 @@ class ConditionalUnet1D(resnet.ImageObservationModel):
             kernel_size=self.kernel_size,
             n_groups=self.n_groups,
             cond_predict_scale=self.cond_predict_scale,
+            fused=self.fused_blocks,
         )
 
         x = jnp.asarray(noisy_actions, jnp.float32 if self.float32_body else None)

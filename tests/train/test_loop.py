@@ -109,6 +109,7 @@ def test_cli_eval_writes_results(trained):
         f"--workdir={workdir}",
         "--mode=eval",
         "--config.eval.num_episodes=3",
+        "--config.eval.seed=200000",  # the test split (eval/seed_splits.py)
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     subprocess.run(command, check=True, cwd=REPO, env=env, capture_output=True, timeout=300)
@@ -117,6 +118,7 @@ def test_cli_eval_writes_results(trained):
     for key in ("success_rate", "collision_rate", "mode_left_fraction", "episodes"):
         assert key in results
     assert results["episodes"] == 3
+    assert (results["eval_seed"], results["eval_seed_split"]) == (200_000, "test")
     assert os.path.exists(os.path.join(workdir, "rollouts.png"))
 
 

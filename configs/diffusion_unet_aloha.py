@@ -1,0 +1,136 @@
+"""Diffusion Policy (conditional 1-D U-Net, DDIM) on the bimanual ALOHA sim tasks
+(gym-aloha's transfer-cube and insertion, 14-d joint-position actions at 50 Hz), trained on
+our scripted demos recorded as a LeRobot v3.0 dataset (envs/aloha.py). Two commands per row:
+
+  # 1. demos (LeRobot layout of lerobot/aloha_sim_transfer_cube_scripted; state variant:
+  #    object poses in the state, no camera)
+  python -m action_gen.envs.collect --env=aloha_transfer_cube --episodes=50 \
+      --image=none --environment_state --out=/tmp/aloha_demos
+  # 2. train, then evaluate 100 episodes (eval seeds: the dev split, eval/seed_splits.py;
+  #    report with --config.eval.seed=200000)
+  python -m action_gen.main --config=configs/diffusion_unet_aloha.py:task=transfer_cube,state \
+      --workdir=/tmp/dp_aloha_tc_state --mode=train_and_eval
+
+The run reads the dataset at `<demos>/<envs.aloha.dataset_name(spec)>` (demos=DIR, default
+/tmp/aloha_demos: collect's --out), which the data step converts once to RLDS in the workdir
+(the same path as any LeRobot dataset, data/lerobot.py).
+
+Arg (comma-separated; the part after ':'):
+  task=NAME        transfer_cube (default) or insertion.
+  state            (default) state policy: the 14 joint positions plus the objects' poses
+                   from the physics (`+env_state`: S = 21 / 28). A documented choice: the
+                   public datasets have no object state; these rows are reported apart from
+                   the image rows.
+  image=HxW        image policy: the top camera at H x W (collect with --image=top:HxW) plus
+                   the 14 joint positions; ResNet18-GN + spatial softmax, DP's random crop
+                   (84/96 of the frame) in training, center crop at eval. Default size
+                   240x320 (half of gym-aloha's 480x640: the cube is ~10 px wide there).
+  chunk=N, exec=N  the action chunk H (default 16; ACT: 100) and the actions executed of
+                   each before re-planning (default H/2; receding horizon). H must be a
+                   multiple of 4 (the U-Net's three levels).
+  cpu              CPU scale: U-Net (64, 128, 256), batch 128; image: ResNet width 16, one
+                   block per stage, batch 32.
+  smoke            tiny: 2 U-Net levels, 4 steps, 1 evaluation episode of 24 steps.
+  demos=DIR, steps=N, seed=N, episodes=N (evaluation episodes)   overrides.
+  (none)           DP's low-dim sizes: U-Net (256, 512, 1024), batch 256.
+"""
+
+import ml_collections
+
+from action_gen.envs import aloha
+from configs import common
+
+DEFAULT_TASK = "transfer_cube"
+DEFAULT_IMAGE_SIZE = (240, 320)
+DEFAULT_DEMOS_DIR = "/tmp/aloha_demos"
+_VARIANTS = {"state", "cpu", "smoke"}
+
+
+def env_spec(task: str, image_size: tuple[int, int] | None) -> str:
+    """The env (and dataset) spec of a row: state rows carry the object poses, image rows the
+    top camera and the joints only."""
+    if image_size is None:
+        return aloha.make_spec(f"{aloha.SPEC_PREFIX}{task}", environment_state=True)
+    return aloha.make_spec(f"{aloha.SPEC_PREFIX}{task}", aloha.DEFAULT_CAMERA, image_size)
+
+
+def aloha_config(objective: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """A U-Net policy with objective `objective` on the ALOHA task named in `arg`."""
+    flags, values = common.parse_arg(arg)
+    unknown = flags - _VARIANTS
+    if unknown:
+        raise ValueError(f"unknown config variant(s) {sorted(unknown)}; use {sorted(_VARIANTS)}")
+    task = values.get("task", DEFAULT_TASK)
+    if task not in aloha.TASKS:
+        raise ValueError(f"task={task!r}: ALOHA tasks are {sorted(aloha.TASKS)}")
+    image_size = None
+    if "image" in values:
+        if "state" in flags:
+            raise ValueError("choose one of state, image=HxW")
+        _, image_size = aloha.parse_image_flag(f"{aloha.DEFAULT_CAMERA}:{values['image']}")
+    smoke = "smoke" in flags
+    config = common.obstacle_config(
+        objective,
+        ",".join(
+            ["runlocal"] * smoke + ["demo"] * ("cpu" in flags) + [f"seed={values.get('seed', 0)}"]
+        ),
+    )
+    spec = env_spec(task, image_size)
+
+    data = config.data
+    data.builtin_task = ""  # demos come from envs.collect (a LeRobot dataset)
+    data.dataset_dir = f"{values.get('demos', DEFAULT_DEMOS_DIR)}/{aloha.dataset_name(spec)}"
+    data.state_norm = "minmax"
+    data.action_norm = "minmax"
+    data.validate = True
+    horizon = int(values.get("chunk", 16))
+    if horizon % 4:
+        raise ValueError(f"chunk={horizon}: the U-Net needs a multiple of 4")
+    config.data.action_horizon = horizon  # linked to the model's and the evaluation's H
+    data.shuffle_buffer = 20_000  # 50 demos x 400 steps: the whole dataset
+    if image_size is not None:
+        height, width = image_size
+        crop = [int(round(height * 84 / 96)), int(round(width * 84 / 96))]
+        data.cameras = {aloha.DEFAULT_CAMERA: [height, width]}
+        data.image_crop = crop  # random crop in tf.data (training only)
+        data.shuffle_buffer = 5_000  # windows of frames are large
+        config.model.image_crop = crop  # center crop in the model
+        config.model.image_features = 64
+        config.model.num_keypoints = 32
+        config.model.resnet_width = 64  # ResNet18's stem width
+
+    config.train.num_steps = int(values.get("steps", 20_000))
+    config.train.checkpoint_every = 2_000
+    config.eval.env = spec
+    config.eval.num_episodes = int(values.get("episodes", 100))
+    config.eval.num_envs = 10  # simulator worker processes; episodes run in rounds
+    config.eval.action_exec_horizon = int(values.get("exec", horizon // 2))
+    config.eval.max_steps = None  # the env's 400 steps; success ends an episode early
+    config.eval.plot = False  # the obstacle plot means nothing here
+    config.eval.record = f"{aloha.DEFAULT_CAMERA}:240x320"  # rollouts.gif of 3 episodes
+    config.eval.record_episodes = 3
+
+    if "cpu" in flags:
+        config.train.num_steps = int(values.get("steps", 5_000))
+        config.train.checkpoint_every = 1_000
+        if image_size is not None:
+            config.model.resnet_width = 16
+            config.model.resnet_blocks = [1, 1, 1, 1]
+            data.batch_size = 32
+    if smoke:
+        data.shuffle_buffer = 256
+        config.train.num_steps = int(values.get("steps", 4))
+        config.eval.num_episodes = int(values.get("episodes", 1))
+        config.eval.num_envs = 1
+        config.eval.max_steps = 24
+        config.eval.record = ""
+        if image_size is not None:
+            config.model.image_features = 8
+            config.model.num_keypoints = 4
+            config.model.resnet_width = 8
+            config.model.resnet_blocks = [1, 1]
+    return config
+
+
+def get_config(arg=None):
+    return aloha_config("diffusion", arg)
