@@ -68,6 +68,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import pathlib
 import re
@@ -348,6 +349,10 @@ def _place_mocap_on_weld(physics) -> None:
         data.mocap_pos[mocap] = data.xpos[link] - offset
 
 
+class PhysicsUnstable(RuntimeError):
+    """The simulation's state became invalid during a step (dm-control's PhysicsError)."""
+
+
 class _Simulation:
     """One gym-aloha model stepped by dm-control's control.Environment, as gym-aloha's
     AlohaEnv builds it (control step DT = 0.02 s, no time limit)."""
@@ -374,7 +379,14 @@ class _Simulation:
         return dict(self.env.reset().observation)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-        step = self.env.step(np.asarray(action, np.float64))
+        """(observation, reward) after `action`. Raises `PhysicsUnstable` when MuJoCo's
+        state became invalid (e.g. mjWARN_BADQACC: a policy drove the arms into a
+        configuration the solver cannot integrate)."""
+        _, control, *_ = _import_sim()
+        try:
+            step = self.env.step(np.asarray(action, np.float64))
+        except control.PhysicsError as e:
+            raise PhysicsUnstable(str(e)) from None
         return dict(step.observation), float(step.reward)
 
     def render(self, camera: str, size: tuple[int, int]) -> np.ndarray:
@@ -423,6 +435,7 @@ class AlohaEnv:
             raise ValueError(f"unknown ALOHA camera {camera!r}; known: {cameras}")
         model.vis.quality.shadowsize = shadow_map_size(self.image_size[0])
         self._ee_sim = None  # built on the first scripted demo
+        self._last: dict[str, np.ndarray] | None = None  # the last valid observation
 
     def _observe(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         state = raw["qpos"]
@@ -435,14 +448,25 @@ class AlohaEnv:
         return observation
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
-        return self._observe(self._sim.reset(object_poses(self.task, seed)))
+        self._last = self._observe(self._sim.reset(object_poses(self.task, seed)))
+        return self._last
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool]:
-        """Returns (observation, reward (gym-aloha's 0..4), success, truncated=False; the
-        step limit is the vector env's)."""
+        """Returns (observation, reward (gym-aloha's 0..4), success, unstable).
+
+        `unstable`: the physics became invalid at this step (`PhysicsUnstable`); the episode
+        ends there as a failure, with the last valid observation and reward 0, and the next
+        `reset` starts a valid one (as an evaluation harness must: one diverging episode
+        does not end the others). The step limit is the vector env's.
+        """
         action = np.asarray(action, np.float64).reshape(ACTION_DIM)
-        raw, reward = self._sim.step(action)
-        return self._observe(raw), reward, reward >= MAX_REWARD, False
+        try:
+            raw, reward = self._sim.step(action)
+        except PhysicsUnstable as e:
+            logging.warning("ALOHA %s: episode ended, physics unstable: %s", self.task, e)
+            return self._last, 0.0, False, True
+        self._last = self._observe(raw)
+        return self._last, reward, reward >= MAX_REWARD, False
 
     def scripted_demo(self, seed: int) -> dict[str, Any]:
         """One scripted demonstration from the layout of `seed` (module docstring).
@@ -650,7 +674,9 @@ class AlohaVecEnv:
     "image/<camera>": [N, h, w, 3] uint8}); `info` carries [N] arrays `success` (reward
     reached 4, sticky), `collision` (always False, kept for the rollout contract) and
     `stage` (int, the highest reward reached so far: where a failed episode got stuck; see
-    the module docstring), and `instruction` [N] at reset. `num_stages` = 4.
+    the module docstring), `physics_unstable` (the episode ended early, a failure, because
+    MuJoCo's state became invalid: `AlohaEnv.step`), and `instruction` [N] at reset.
+    `num_stages` = 4.
 
     `record=(camera, (h, w))` films a state-observation env: observations add
     "record/<camera>" frames for a rollout video (never fed to the policy).
@@ -689,6 +715,7 @@ class AlohaVecEnv:
         self._success = np.zeros(num_envs, bool)
         self._stage = np.zeros(num_envs, np.int64)
         self._steps = np.zeros(num_envs, np.int64)
+        self._unstable = np.zeros(num_envs, bool)
 
     def _stack(self) -> dict[str, np.ndarray]:
         return {k: np.stack([o[k] for o in self._obs]) for k in self._obs[0]}
@@ -698,6 +725,7 @@ class AlohaVecEnv:
             "success": self._success.copy(),
             "collision": np.zeros(self.num_envs, bool),
             "stage": self._stage.copy(),
+            "physics_unstable": self._unstable.copy(),
         }
 
     def reset(self, seed) -> tuple[dict, dict]:
@@ -709,6 +737,7 @@ class AlohaVecEnv:
         self._success[:] = False
         self._stage[:] = 0
         self._steps[:] = 0
+        self._unstable[:] = False
         info = self._info()
         info["instruction"] = np.asarray([self.instruction] * self.num_envs, dtype=object)
         return self._stack(), info
@@ -725,12 +754,13 @@ class AlohaVecEnv:
         results = _call_all(
             [self.envs[i] for i in running], "step", [(actions[i],) for i in running]
         )
-        for i, (obs, rew, success, _) in zip(running, results, strict=True):
+        for i, (obs, rew, success, unstable) in zip(running, results, strict=True):
             self._obs[i], reward[i] = obs, rew
             self._steps[i] += 1
             self._stage[i] = max(self._stage[i], int(rew))
             self._success[i] |= success
-            truncated[i] = self._steps[i] >= self.max_episode_steps and not success
+            self._unstable[i] |= unstable
+            truncated[i] = (self._steps[i] >= self.max_episode_steps and not success) or unstable
             self._done[i] = success or truncated[i]
         return (
             self._stack(),

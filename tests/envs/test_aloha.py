@@ -153,6 +153,31 @@ def test_vector_env_contract_seeding_stage_and_rollout(demos):
         env.close()
 
 
+def test_unstable_physics_ends_that_episode_only():
+    """A step that leaves MuJoCo's state invalid (here a NaN joint target: mjWARN_BADCTRL)
+    ends that env's episode as a failure; the other env runs on, and a reset recovers."""
+    env = envs.make_vector_env("aloha_transfer_cube", num_envs=2)
+    try:
+        obs, _ = env.reset(seed=[SEED, OTHER_SEED])
+        hold = obs["state"].copy()
+        bad = hold.copy()
+        bad[0, 3] = np.nan
+        after, _, terminated, truncated, info = env.step(bad)
+        assert info["physics_unstable"].tolist() == [True, False]
+        assert truncated.tolist() == [True, False] and not terminated.any()
+        np.testing.assert_array_equal(after["state"][0], obs["state"][0])  # last valid one
+        assert np.isfinite(after["state"]).all()
+        _, _, _, truncated, info = env.step(hold)
+        assert truncated.tolist() == [True, False]
+        obs, info = env.reset(seed=[SEED, OTHER_SEED])
+        assert not info["physics_unstable"].any()
+        after, _, _, truncated, info = env.step(hold)
+        assert not truncated.any() and not info["physics_unstable"].any()
+        assert np.isfinite(after["state"]).all()
+    finally:
+        env.close()
+
+
 def test_camera_env_and_filming():
     env = envs.make_vector_env("aloha_insertion@top:48x64", num_envs=1)
     try:
