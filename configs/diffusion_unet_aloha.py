@@ -21,7 +21,7 @@ Arg (comma-separated; the part after ':'):
                    from the physics (`+env_state`: S = 21 / 28). A documented choice: the
                    public datasets have no object state; these rows are reported apart from
                    the image rows.
-  image=HxW        image policy: the top camera at H x W (collect with --image=top:HxW) plus
+  image, image=HxW image policy: the top camera at H x W (collect with --image=top:HxW) plus
                    the 14 joint positions; ResNet18-GN + spatial softmax, DP's random crop
                    (84/96 of the frame) in training, center crop at eval. Default size
                    240x320 (half of gym-aloha's 480x640: the cube is ~10 px wide there).
@@ -37,21 +37,44 @@ Arg (comma-separated; the part after ':'):
 
 import ml_collections
 
-from action_gen.envs import aloha
 from configs import common
 
+# Configs import no simulator code (tests/test_import_layers.py): the env spec and dataset
+# names below follow envs/aloha.py's `make_spec` / `dataset_name`, and
+# tests/envs/test_aloha_policy.py checks that they agree.
+TASKS = ("transfer_cube", "insertion")
 DEFAULT_TASK = "transfer_cube"
+CAMERA = "top"
+PUBLIC_IMAGE_SIZE = (480, 640)  # gym-aloha's and the public datasets' frames
 DEFAULT_IMAGE_SIZE = (240, 320)
 DEFAULT_DEMOS_DIR = "/tmp/aloha_demos"
-_VARIANTS = {"state", "cpu", "smoke"}
+_VARIANTS = {"state", "image", "cpu", "smoke"}
 
 
 def env_spec(task: str, image_size: tuple[int, int] | None) -> str:
-    """The env (and dataset) spec of a row: state rows carry the object poses, image rows the
-    top camera and the joints only."""
+    """The env spec of a row: state rows carry the object poses (`+env_state`), image rows
+    the top camera and the joints only."""
     if image_size is None:
-        return aloha.make_spec(f"{aloha.SPEC_PREFIX}{task}", environment_state=True)
-    return aloha.make_spec(f"{aloha.SPEC_PREFIX}{task}", aloha.DEFAULT_CAMERA, image_size)
+        return f"aloha_{task}+env_state"
+    return f"aloha_{task}@{CAMERA}:{image_size[0]}x{image_size[1]}"
+
+
+def dataset_name(task: str, image_size: tuple[int, int] | None) -> str:
+    """The directory `envs.collect` writes that row's demos to, under its --out."""
+    name = f"aloha_sim_{task}_scripted"
+    if image_size is None:
+        return name + "_env_state"
+    if tuple(image_size) == PUBLIC_IMAGE_SIZE:
+        return name
+    return f"{name}_{CAMERA}{image_size[0]}x{image_size[1]}"
+
+
+def _image_size(value: str) -> tuple[int, int]:
+    """'240x320' -> (240, 320)."""
+    parts = value.split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"image={value!r}: want HEIGHTxWIDTH, e.g. image=240x320")
+    return int(parts[0]), int(parts[1])
 
 
 def aloha_config(objective: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -61,13 +84,13 @@ def aloha_config(objective: str, arg: str | None = None) -> ml_collections.Confi
     if unknown:
         raise ValueError(f"unknown config variant(s) {sorted(unknown)}; use {sorted(_VARIANTS)}")
     task = values.get("task", DEFAULT_TASK)
-    if task not in aloha.TASKS:
-        raise ValueError(f"task={task!r}: ALOHA tasks are {sorted(aloha.TASKS)}")
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: ALOHA tasks are {sorted(TASKS)}")
     image_size = None
-    if "image" in values:
+    if "image" in values or "image" in flags:
         if "state" in flags:
             raise ValueError("choose one of state, image=HxW")
-        _, image_size = aloha.parse_image_flag(f"{aloha.DEFAULT_CAMERA}:{values['image']}")
+        image_size = _image_size(values["image"]) if "image" in values else DEFAULT_IMAGE_SIZE
     smoke = "smoke" in flags
     config = common.obstacle_config(
         objective,
@@ -79,7 +102,8 @@ def aloha_config(objective: str, arg: str | None = None) -> ml_collections.Confi
 
     data = config.data
     data.builtin_task = ""  # demos come from envs.collect (a LeRobot dataset)
-    data.dataset_dir = f"{values.get('demos', DEFAULT_DEMOS_DIR)}/{aloha.dataset_name(spec)}"
+    demos = values.get("demos", DEFAULT_DEMOS_DIR)
+    data.dataset_dir = f"{demos}/{dataset_name(task, image_size)}"
     data.state_norm = "minmax"
     data.action_norm = "minmax"
     data.validate = True
@@ -91,7 +115,7 @@ def aloha_config(objective: str, arg: str | None = None) -> ml_collections.Confi
     if image_size is not None:
         height, width = image_size
         crop = [int(round(height * 84 / 96)), int(round(width * 84 / 96))]
-        data.cameras = {aloha.DEFAULT_CAMERA: [height, width]}
+        data.cameras = {CAMERA: [height, width]}
         data.image_crop = crop  # random crop in tf.data (training only)
         data.shuffle_buffer = 5_000  # windows of frames are large
         config.model.image_crop = crop  # center crop in the model
@@ -107,7 +131,7 @@ def aloha_config(objective: str, arg: str | None = None) -> ml_collections.Confi
     config.eval.action_exec_horizon = int(values.get("exec", horizon // 2))
     config.eval.max_steps = None  # the env's 400 steps; success ends an episode early
     config.eval.plot = False  # the obstacle plot means nothing here
-    config.eval.record = f"{aloha.DEFAULT_CAMERA}:240x320"  # rollouts.gif of 3 episodes
+    config.eval.record = f"{CAMERA}:240x320"  # rollouts.gif of 3 episodes
     config.eval.record_episodes = 3
 
     if "cpu" in flags:

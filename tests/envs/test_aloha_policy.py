@@ -59,6 +59,17 @@ def test_config_variants_and_errors():
     assert image.data.action_horizon == 32 and image.eval.action_exec_horizon == 16
     state = diffusion_unet_aloha.get_config("")
     assert state.eval.env == "aloha_transfer_cube+env_state"
+    # The config names env specs and dataset directories without importing the simulator
+    # code (configs' import rule); they must be envs.aloha's.
+    for arg in ("", "task=insertion", "image", "task=insertion,image=480x640", "image=48x64"):
+        config = diffusion_unet_aloha.get_config(arg)
+        spec = config.eval.env
+        parsed = aloha.parse_spec(spec)
+        assert aloha.make_spec(**parsed) == spec
+        assert config.data.dataset_dir.endswith("/" + aloha.dataset_name(spec)), arg
+    assert diffusion_unet_aloha.get_config("image").data.cameras.top == [240, 320]
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        diffusion_unet_aloha.get_config("image=240")
     with pytest.raises(ValueError, match="multiple of 4"):
         diffusion_unet_aloha.get_config("chunk=10")
     with pytest.raises(ValueError, match="ALOHA tasks are"):
