@@ -78,7 +78,7 @@ from typing import Any
 
 import numpy as np
 
-from action_gen.envs import aloha_scripted
+from action_gen.envs import aloha_scripted, workers
 
 SPEC_PREFIX = "aloha_"
 ENV_STATE_FLAG = "+env_state"
@@ -542,105 +542,19 @@ def joint_commands_of(ee_sim: _Simulation, plan: np.ndarray) -> tuple[np.ndarray
 # ----------------------------------------------------------------------------- workers
 
 
-def _serve(conn, kwargs: dict) -> None:
-    """Worker loop of a RemoteAlohaEnv: ("method", args) in, ("ok"|"error", value) out."""
-    try:
-        env = AlohaEnv(**kwargs)
-        conn.send(("ok", (env.task, env.max_episode_steps)))
-    except Exception as e:  # noqa: BLE001  (reported to the parent, which raises it)
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        return
-    while True:
-        try:
-            method, args = conn.recv()
-        except (EOFError, OSError):  # the parent exited without close()
-            return
-        if method == "close":
-            conn.send(("ok", None))
-            return
-        try:
-            conn.send(("ok", getattr(env, method)(*args)))
-        except Exception as e:  # noqa: BLE001
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+class RemoteAlohaEnv(workers.WorkerEnv):
+    """An AlohaEnv in a spawned worker process, with the same methods (envs/workers.py:
+    dm-control loads its EGL renderer at import, and it and TensorFlow cannot share a
+    process; workers also let several simulators run and render in parallel)."""
 
-
-class RemoteAlohaEnv:
-    """An AlohaEnv in a spawned worker process, with the same methods.
-
-    Why: dm-control loads its EGL renderer (Mesa's llvmpipe) at import, and it and
-    TensorFlow cannot share a process (both bundle LLVM; measured: importing TensorFlow
-    after dm-control segfaults, the other order aborts at exit), while training and
-    evaluation run where TensorFlow is loaded. Worker processes also let several simulators
-    run and render in parallel; a step's observation crosses the pipe (a 480x640 frame is
-    0.9 MB, small next to rendering it).
-    """
+    label = "ALOHA"
+    crash_hint = "dm-control in a process that imported TensorFlow"
 
     def __init__(self, **kwargs):
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # fork would inherit TensorFlow
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(child, kwargs), daemon=True)
-        self._process.start()
-        child.close()
-        self.task, self.max_episode_steps = self._receive()
-
-    def _receive(self):
-        try:
-            status, value = self._conn.recv()
-        except EOFError:
-            self._process.join(timeout=5)
-            code = self._process.exitcode
-            why = (
-                "a crash, typically dm-control in a process that imported TensorFlow: "
-                "spawned workers re-import the main script, so a script that imports "
-                "TensorFlow at module level must do it under `if __name__ == '__main__':`"
-                if code is not None and code < 0
-                else "its error is printed above; a script that starts workers must keep "
-                "its own code under `if __name__ == '__main__':`"
-            )
-            raise RuntimeError(f"the ALOHA worker process died (exit code {code}): {why}") from None
-        if status == "error":
-            raise ValueError(f"ALOHA worker: {value}")
-        return value
-
-    def _send(self, method: str, *args):
-        self._conn.send((method, args))
-
-    def _call(self, method: str, *args):
-        self._send(method, *args)
-        return self._receive()
-
-    def reset(self, seed: int) -> dict[str, np.ndarray]:
-        return self._call("reset", int(seed))
-
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool]:
-        return self._call("step", np.asarray(action, np.float32))
+        super().__init__(AlohaEnv, **kwargs)
 
     def scripted_demo(self, seed: int) -> dict[str, Any]:
         return self._call("scripted_demo", int(seed))
-
-    def close(self):
-        if self._process.is_alive():
-            try:
-                self._call("close")
-            except (EOFError, OSError):
-                pass
-            self._process.join(timeout=10)
-        self._conn.close()
-
-
-def _call_all(envs: list, method: str, args: list[tuple]) -> list:
-    """`getattr(env, method)(*a)` for every env; worker envs all start before any is
-    awaited, so their simulators (and renderers) run in parallel."""
-    remote = [isinstance(env, RemoteAlohaEnv) for env in envs]
-    for env, a, is_remote in zip(envs, args, remote, strict=True):
-        if is_remote:
-            env._send(method, *a)
-    return [
-        env._receive() if is_remote else getattr(env, method)(*a)
-        for env, a, is_remote in zip(envs, args, remote, strict=True)
-    ]
 
 
 def make_env(
@@ -732,7 +646,7 @@ class AlohaVecEnv:
         seeds = np.asarray(seed, np.int64).reshape(-1)
         if seeds.shape[0] != self.num_envs:
             raise ValueError(f"reset needs {self.num_envs} seeds, got {seeds.shape[0]}")
-        self._obs = _call_all(self.envs, "reset", [(int(s),) for s in seeds])
+        self._obs = workers.call_all(self.envs, "reset", [(int(s),) for s in seeds])
         self._done[:] = False
         self._success[:] = False
         self._stage[:] = 0
@@ -751,7 +665,7 @@ class AlohaVecEnv:
         reward = np.zeros(self.num_envs, np.float32)
         truncated = np.zeros(self.num_envs, bool)
         running = np.flatnonzero(~self._done)
-        results = _call_all(
+        results = workers.call_all(
             [self.envs[i] for i in running], "step", [(actions[i],) for i in running]
         )
         for i, (obs, rew, success, unstable) in zip(running, results, strict=True):
@@ -832,7 +746,7 @@ def scripted_demos(
         replay_stages=[], seconds=[],
     )  # fmt: skip
     image = {} if parsed["camera"] is None else {"image_size": parsed["image_size"]}
-    workers = [
+    envs = [
         make_env(
             parsed["task"],
             parsed["camera"],
@@ -843,11 +757,11 @@ def scripted_demos(
     ]
     bar = cli.progress(num_episodes, f"scripted demos {parsed['task']}")
     try:
-        for first in range(0, len(seeds), len(workers)):
+        for first in range(0, len(seeds), len(envs)):
             if len(stats["kept_seeds"]) == num_episodes:
                 break
-            batch = seeds[first : first + len(workers)]
-            results = _call_all(workers[: len(batch)], "scripted_demo", [(s,) for s in batch])
+            batch = seeds[first : first + len(envs)]
+            results = workers.call_all(envs[: len(batch)], "scripted_demo", [(s,) for s in batch])
             for episode_seed, result in zip(batch, results, strict=True):
                 if len(stats["kept_seeds"]) == num_episodes:
                     break
@@ -869,7 +783,7 @@ def scripted_demos(
             )
     finally:
         bar.close()
-        for worker in workers:
+        for worker in envs:
             worker.close()
 
 

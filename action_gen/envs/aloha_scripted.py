@@ -33,6 +33,7 @@ import numpy as np
 
 EE_ACTION_DIM = 16  # per arm: xyz (3), quaternion wxyz (4), gripper (1)
 OPEN, CLOSED = 1.0, 0.0
+ARM_BASE_XY = {"left": np.array([-0.469, 0.5]), "right": np.array([0.469, 0.5])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +87,31 @@ def interpolate_waypoints(waypoints: list[Waypoint], num_steps: int) -> np.ndarr
     return out
 
 
-def pick_quaternion(side: str, pitch_degrees: float) -> np.ndarray:
+def pick_quaternion(side: str, pitch_degrees: float, toward=None) -> np.ndarray:
     """Gripper orientation [4] pointing the fingers `pitch_degrees` below horizontal, towards
-    the other arm; the jaws stay horizontal, closing across the objects' long (x) axis."""
+    the other arm; the jaws stay horizontal, closing across the objects' long (x) axis.
+
+    With `toward` (a point [>= 2], x y used) the fingers are also turned about the vertical
+    so that they point from the arm's base at that point: the orientation then lies in the
+    arm's own vertical plane, which the waist, shoulder, elbow and wrist-angle joints reach
+    with the forearm-roll and wrist-rotate joints at zero. Without it an off-axis target asks
+    the two roll joints to cancel the waist's turn, which they can only do far from zero, and
+    the wrist starts at a pitch singularity (wrist angle -0.3 rad): passing it, the arm ends
+    on one of two joint-space branches (roll, pitch, rotate) vs (roll + pi, -pitch,
+    rotate + pi) depending on where the object lies — the same gripper pose, but joint
+    targets that differ by pi, a mixture no joint-space policy can average over.
+    """
     # At the start orientation (identity) the left fingers point along +x, the right along -x:
     # pitching them down is a rotation about +y for the left arm and -y for the right.
     sign = 1.0 if side == "left" else -1.0
-    return axis_angle_quaternion([0, 1, 0], sign * pitch_degrees)
+    quat = axis_angle_quaternion([0, 1, 0], sign * pitch_degrees)
+    if toward is None:
+        return quat
+    dx, dy = np.asarray(toward, np.float64)[:2] - ARM_BASE_XY[side]
+    # The fingers' horizontal direction (sign, 0) turned by `yaw` about +z is
+    # (sign cos yaw, sign sin yaw); it should be along (dx, dy).
+    yaw = np.degrees(np.arctan2(sign * dy, sign * dx))
+    return quaternion_multiply(axis_angle_quaternion([0, 0, 1], yaw), quat)
 
 
 def transfer_cube_waypoints(
@@ -108,6 +127,11 @@ def transfer_cube_waypoints(
     """
     cube = np.asarray(cube_pose[:3], np.float64)
     grasp = np.array([cube[0], cube[1], 0.03])  # tool point 1 cm above the cube's centre
+    # Approach and grasp with the fingers turned towards the cube from the arm's base (see
+    # pick_quaternion: the wrist's roll joints stay near zero, so every demo ends on the
+    # same joint-space branch); the carry turns them back to the hand-over orientation.
+    # The cube is symmetric: the jaws close on it at the turned angle (< 25 degrees).
+    reach = pick_quaternion("right", 55, toward=cube)
     pick = pick_quaternion("right", 55)
     receive = axis_angle_quaternion([1, 0, 0], 90)  # left jaws close vertically
     handover = np.array([0.0, 0.5, 0.25])
@@ -115,10 +139,10 @@ def transfer_cube_waypoints(
     left_aside = handover + [-0.1, 0, -0.02]
     right = [
         Waypoint(0, right_start[:3], right_start[3:], CLOSED),
-        Waypoint(80, grasp + [0, 0, 0.09], pick, OPEN),  # above the cube, jaws open
-        Waypoint(125, grasp, pick, OPEN),  # down around it
-        Waypoint(160, grasp, pick, CLOSED),  # grasp
-        Waypoint(175, grasp, pick, CLOSED),  # let the grip settle before lifting
+        Waypoint(80, grasp + [0, 0, 0.09], reach, OPEN),  # above the cube, jaws open
+        Waypoint(125, grasp, reach, OPEN),  # down around it
+        Waypoint(160, grasp, reach, CLOSED),  # grasp
+        Waypoint(175, grasp, reach, CLOSED),  # let the grip settle before lifting
         Waypoint(230, handover + [0.05, 0, 0], pick, CLOSED),  # lift and carry
         Waypoint(250, handover, pick, CLOSED),
         Waypoint(315, handover, pick, CLOSED),  # hold still while the left jaws close

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from action_gen.envs import workers
+
 SPEC_PREFIX = "metaworld:"
 EXPERT_STATS_FILE = "expert_stats.json"
 ENV_VERSION = "v3"
@@ -207,108 +209,24 @@ class MetaWorldEnv:
         self._env.close()
 
 
-def _serve(conn, task: str, camera: str | None, image_size: int, record: bool) -> None:
-    """Worker loop of a RemoteMetaWorldEnv: ("method", args) in, ("ok"|"error", value) out."""
-    try:
-        env = MetaWorldEnv(task, camera, image_size, record)
-        conn.send(("ok", (env.task, env.max_episode_steps)))
-    except Exception as e:  # noqa: BLE001  (reported to the parent, which raises it)
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        return
-    while True:
-        try:
-            method, args = conn.recv()
-        except (EOFError, OSError):  # the parent exited without close()
-            env.close()
-            return
-        if method == "close":
-            env.close()
-            conn.send(("ok", None))
-            return
-        try:
-            conn.send(("ok", getattr(env, method)(*args)))
-        except Exception as e:  # noqa: BLE001
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+class RemoteMetaWorldEnv(workers.WorkerEnv):
+    """A MetaWorldEnv in a spawned worker process, with the same methods (envs/workers.py:
+    MuJoCo's EGL renderer and TensorFlow cannot share a process). A 96x96 frame crossing
+    the pipe is 27 KB, negligible next to rendering it."""
 
-
-class RemoteMetaWorldEnv:
-    """A MetaWorldEnv in a spawned worker process, with the same methods.
-
-    Why: MuJoCo's headless renderer (EGL with Mesa's llvmpipe here) and TensorFlow cannot
-    share a process: importing TensorFlow after an EGL context exists, or rendering after
-    TensorFlow is loaded, segfaults (both bundle LLVM). Camera envs therefore render in a
-    fresh process that never imports TensorFlow; frames come back through a pipe (a 96x96
-    frame is 27 KB, negligible next to the render itself).
-    """
+    label = "Meta-World"
+    crash_hint = "rendering in a process that imported TensorFlow"
 
     def __init__(
         self, task: str, camera: str | None = None, image_size: int = 96, record: bool = False
     ):
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # fork would inherit TensorFlow
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(
-            target=_serve, args=(child, task, camera, image_size, record), daemon=True
+        super().__init__(
+            MetaWorldEnv, task=task, camera=camera, image_size=image_size, record=record
         )
-        self._process.start()
-        child.close()
         self.camera, self.image_size = camera, image_size
-        self.task, self.max_episode_steps = self._receive()
-
-    def _receive(self):
-        try:
-            status, value = self._conn.recv()
-        except EOFError:
-            self._process.join(timeout=5)
-            raise RuntimeError(
-                f"the Meta-World worker process died (exit code {self._process.exitcode}). A "
-                "negative code is a crash, typically rendering in a process that imported "
-                "TensorFlow: spawned workers re-import the main script, so a script that "
-                "imports TensorFlow at module level must do it under `if __name__ == "
-                "'__main__':`"
-            ) from None
-        if status == "error":
-            raise ValueError(f"Meta-World worker: {value}")
-        return value
-
-    def _call(self, method: str, *args):
-        self._send(method, *args)
-        return self._receive()
-
-    def _send(self, method: str, *args):
-        self._conn.send((method, args))
-
-    def reset(self, seed: int) -> dict[str, np.ndarray]:
-        return self._call("reset", int(seed))
-
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool]:
-        return self._call("step", np.asarray(action, np.float32))
 
     def expert_action(self) -> np.ndarray:
         return self._call("expert_action")
-
-    def close(self):
-        if self._process.is_alive():
-            try:
-                self._call("close")
-            except (EOFError, OSError):
-                pass
-            self._process.join(timeout=10)
-        self._conn.close()
-
-
-def _call_all(envs: list, method: str, args: list[tuple]) -> list:
-    """`getattr(env, method)(*a)` for every env; worker envs all start before any is
-    awaited, so their simulators (and renderers) run in parallel."""
-    remote = [isinstance(env, RemoteMetaWorldEnv) for env in envs]
-    for env, a, is_remote in zip(envs, args, remote, strict=True):
-        if is_remote:
-            env._send(method, *a)
-    return [
-        env._receive() if is_remote else getattr(env, method)(*a)
-        for env, a, is_remote in zip(envs, args, remote, strict=True)
-    ]
 
 
 def make_env(task: str, camera: str | None = None, image_size: int = 96, record: bool = False):
@@ -369,7 +287,7 @@ class MetaWorldVecEnv:
         seeds = np.asarray(seed, np.int64).reshape(-1)
         if seeds.shape[0] != self.num_envs:
             raise ValueError(f"reset needs {self.num_envs} seeds, got {seeds.shape[0]}")
-        self._obs = _call_all(self.envs, "reset", [(int(s),) for s in seeds])
+        self._obs = workers.call_all(self.envs, "reset", [(int(s),) for s in seeds])
         self._done[:] = False
         self._success[:] = False
         self._steps[:] = 0
@@ -387,7 +305,7 @@ class MetaWorldVecEnv:
         reward = np.zeros(self.num_envs, np.float32)
         truncated = np.zeros(self.num_envs, bool)
         running = np.flatnonzero(~self._done)
-        results = _call_all(
+        results = workers.call_all(
             [self.envs[i] for i in running], "step", [(actions[i],) for i in running]
         )
         for i, (obs, rew, success, trunc) in zip(running, results, strict=True):

@@ -90,6 +90,43 @@ def demos():
     return out
 
 
+def test_transfer_cube_demos_stay_on_one_wrist_branch():
+    """Cube layouts near the table's centre used to send the right wrist through its pitch
+    singularity onto the (roll + pi, -pitch, rotate + pi) branch (seed 574372308: forearm
+    roll 3.14 at the hand-over, where other layouts have 0): the same gripper pose, joint
+    targets pi apart. The turned approach keeps both roll joints near zero
+    (aloha_scripted.pick_quaternion)."""
+    flipping_seed = 574372308  # cube at x = 0.048, y = 0.409
+    env = aloha.make_env("transfer_cube")
+    try:
+        demo = env.scripted_demo(flipping_seed)
+    finally:
+        env.close()
+    assert demo["replay_success"], demo
+    action = demo["episode"]["action"]
+    forearm_roll, wrist_angle, wrist_rotate = action[:, 10], action[:, 11], action[:, 12]
+    assert np.abs(forearm_roll).max() < 0.6 and np.abs(wrist_rotate).max() < 0.6
+    assert wrist_angle[250] > 0.5  # the branch every layout ends on (0.89 rad)
+
+
+def test_pick_quaternion_turns_the_fingers_towards_the_target():
+    for side, target in (("right", [0.05, 0.6]), ("left", [-0.1, 0.42])):
+        quat = aloha_scripted.pick_quaternion(side, 0, toward=target)
+        finger = 1.0 if side == "left" else -1.0
+        pointing = aloha_scripted.quaternion_multiply(
+            aloha_scripted.quaternion_multiply(quat, [0, finger, 0, 0]), quat * [1, -1, -1, -1]
+        )[1:]
+        direction = np.asarray(target) - aloha_scripted.ARM_BASE_XY[side]
+        np.testing.assert_allclose(pointing[:2], direction / np.linalg.norm(direction), atol=1e-12)
+        assert abs(pointing[2]) < 1e-12
+    # Pitch and turn compose: 90 degrees down points the fingers straight down either way.
+    down = aloha_scripted.pick_quaternion("right", 90, toward=[0.05, 0.6])
+    pointing = aloha_scripted.quaternion_multiply(
+        aloha_scripted.quaternion_multiply(down, [0, -1, 0, 0]), down * [1, -1, -1, -1]
+    )[1:]
+    np.testing.assert_allclose(pointing, [0, 0, -1], atol=1e-12)
+
+
 @pytest.mark.parametrize("task, state_dim", [("transfer_cube", 21), ("insertion", 28)])
 def test_scripted_demo_succeeds_in_ee_and_in_joint_replay(demos, task, state_dim):
     demo = demos[task]
