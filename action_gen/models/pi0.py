@@ -424,12 +424,21 @@ class Pi0(nn.Module):
         s, dt = self.size, self.act_dtype
         batch = obs[schema.OBS_STATE].shape[0]
         tokens, masks = [], []
-        for camera in self._cameras(obs):
-            image = self._image(jnp.asarray(obs[schema.image_key(camera)])[:, -1])  # last frame
-            emb = self.image_proj(self.vit(image))
-            present = obs.get(schema.image_mask_key(camera), jnp.ones((batch,), bool))
-            tokens.append(emb)
-            masks.append(jnp.broadcast_to(jnp.asarray(present, bool)[:, None], emb.shape[:2]))
+        cameras = self._cameras(obs)
+        if cameras:
+            # One ViT pass over all cameras: [C * B, S, S, 3] (camera-major) instead of C
+            # passes at batch B — at serving's B = 1 every GEMM gets C times the rows, and
+            # the weights are read once. Rows are independent, so each camera's tokens are
+            # what its own pass gives (up to GEMM summation order).
+            images = [self._image(jnp.asarray(obs[schema.image_key(c)])[:, -1])  # last frame
+                      for c in cameras]  # fmt: skip
+            emb = self.image_proj(self.vit(jnp.concatenate(images, 0)))  # [C * B, Ni, W]
+            for i, camera in enumerate(cameras):
+                present = obs.get(schema.image_mask_key(camera), jnp.ones((batch,), bool))
+                tokens.append(emb[i * batch : (i + 1) * batch])
+                masks.append(
+                    jnp.broadcast_to(jnp.asarray(present, bool)[:, None], tokens[-1].shape[:2])
+                )
         if schema.PROMPT_TOKENS in obs:
             ids = jnp.asarray(obs[schema.PROMPT_TOKENS], jnp.int32)
             emb = self.token_embedding(ids)

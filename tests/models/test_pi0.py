@@ -171,3 +171,24 @@ def test_remat_changes_neither_params_nor_gradients():
         jax.tree.leaves(grads(model)), jax.tree.leaves(grads(remat_model)), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)  # recompute order
+
+
+def test_cameras_share_one_vit_pass_with_per_camera_tokens():
+    """embed_prefix runs the ViT once over all cameras (camera-major batch); each camera's
+    tokens equal a ViT pass over that camera alone, in camera order, then the prompt."""
+    model, params = _model_and_params()
+    obs = _obs(batch=2, cams=("front", "wrist", "side"))
+    variables = {"params": params}
+    tokens, mask = model.apply(variables, obs, method=model.embed_prefix)
+
+    def one_camera(module, image):
+        return module.image_proj(module.vit(module._image(image)))
+
+    start = 0
+    for camera in ("front", "side", "wrist"):  # sorted: no camera_order on the tiny model
+        alone = model.apply(variables, obs[schema.image_key(camera)][:, -1], method=one_camera)
+        n = alone.shape[1]
+        np.testing.assert_allclose(tokens[:, start : start + n], alone, rtol=1e-5, atol=1e-5)
+        assert mask[:, start : start + n].all()
+        start += n
+    assert start == tokens.shape[1] - obs[schema.PROMPT_TOKENS].shape[1]
