@@ -184,20 +184,25 @@ def insertion_waypoints(
     socket_grasp = np.array([socket[0], socket[1], 0.02])
     peg_grasp = np.array([peg[0], peg[1], 0.02])
 
-    def arm(start, grasp, quat, side_sign, raise_by):
+    def arm(start, grasp, reach, quat, side_sign, raise_by):
         return [
             Waypoint(0, start[:3], start[3:], CLOSED),
-            Waypoint(110, grasp + [0, 0, 0.1], quat, OPEN),  # above the object, jaws open
-            Waypoint(160, grasp, quat, OPEN),  # down around it
-            Waypoint(200, grasp, quat, CLOSED),  # grasp
-            Waypoint(215, grasp, quat, CLOSED),  # let the grip settle before lifting
+            Waypoint(110, grasp + [0, 0, 0.1], reach, OPEN),  # above the object, jaws open
+            Waypoint(160, grasp, reach, OPEN),  # down around it
+            Waypoint(200, grasp, reach, CLOSED),  # grasp
+            Waypoint(215, grasp, reach, CLOSED),  # let the grip settle before lifting
             Waypoint(280, meet + [side_sign * 0.1, 0, 0] + raise_by, quat, CLOSED),  # face
             Waypoint(340, meet + [side_sign * 0.04, 0, 0] + raise_by, quat, CLOSED),  # insert
             Waypoint(400, meet + [side_sign * 0.04, 0, 0] + raise_by, quat, CLOSED),
         ]
 
-    left = arm(left_start, socket_grasp, pick_left, -1.0, np.zeros(3))
-    right = arm(right_start, peg_grasp, pick_right, 1.0, peg_raise)
+    # Reach and grasp with the fingers turned towards the object from the arm's base (as in
+    # transfer_cube_waypoints: the roll joints stay near zero, max 0.5 rad instead of 0.9);
+    # the jaws square the object up in the grasp, and the lift turns it back along x.
+    reach_left = pick_quaternion("left", 60, toward=socket)
+    reach_right = pick_quaternion("right", 60, toward=peg)
+    left = arm(left_start, socket_grasp, reach_left, pick_left, -1.0, np.zeros(3))
+    right = arm(right_start, peg_grasp, reach_right, pick_right, 1.0, peg_raise)
     return left, right
 
 

@@ -142,6 +142,9 @@ def test_scripted_demo_succeeds_in_ee_and_in_joint_replay(demos, task, state_dim
     grippers = action[:, [6, 13]]
     assert grippers.min() >= 0.0 and grippers.max() <= 1.0
     assert (grippers.max(0) > 0.9).all() and (grippers.min(0) < 0.1).all()
+    # Both forearm-roll joints stay near zero: one joint-space branch for every layout
+    # (aloha_scripted.pick_quaternion; the other branch has them at +-pi).
+    assert np.abs(action[:, [3, 10]]).max() < 0.6
     # Success: the reward reaches 4 and, for a real hand-over / insertion, stays there.
     assert episode["reward"].max() == aloha.MAX_REWARD == episode["reward"][-1]
     assert episode["language_instruction"] == aloha.TASKS[task].instruction
