@@ -1,6 +1,8 @@
 """π0 chunk latency through the served path: 3 cameras, 48 text tokens, H=50, 10 Euler steps.
 
   python benchmarks/pi0_latency.py --variant pi0 --dtype bfloat16      # one GPU, < 3 min
+  python benchmarks/pi0_latency.py --attention=cudnn --num_steps=1     # cuDNN attention; the
+                                                                       # 1-step distilled chunk
   .venv/bin/python benchmarks/pi0_latency.py --quick                   # CPU smoke (tiny)
 
 Every figure is taken on `sample.policy.Policy`'s own path: the Policy casts the float32
@@ -11,14 +13,18 @@ Reported, as medians over --runs after a warm-up call:
                      (normalize → prefix once → 10 expert-only steps → unnormalize);
   policy_chunk_ms    `Policy.sample_actions` on the raw observation (host tokenization,
                      transfers and numpy out included);
-  prefix_ms          `prepare` alone with the served parameters (3 ViT passes + backbone);
+  prefix_ms          `prepare` alone with the served parameters (one ViT pass over the 3
+                     cameras + backbone);
   step_ms            one `apply_with_context` (the expert over state + 50 action tokens);
   uncached_chunk_ms  the same chunk re-running the prefix every step (what caching saves);
 and once each: init_s (parameters, compilation included; `init_compile_s` of it), cast_s,
-compile_s. Parameters are random (nothing is downloaded; latency does not depend on their
-values) and cheap to make: `jax.eval_shape` of the model's init gives the shapes (tracing,
-no compilation), one small jitted program draws every leaf (no forward pass is compiled
-for init). Needs no TensorFlow. Prints one JSON object. `build`, `benchmark` and
+compile_s. `--attention` picks `model.attention` (layers.ATTENTION_IMPLEMENTATIONS: einsum,
+xla, cudnn); `--num_steps` the Euler steps per chunk (1 or 2: the cost of a distilled
+student's chunk, the prefix once and one or two expert passes). Parameters are random
+(nothing is downloaded; latency does not depend on their values) and cheap to make:
+`jax.eval_shape` of the model's init gives the shapes (tracing, no compilation), one small
+jitted program draws every leaf (no forward pass is compiled for init). Needs no
+TensorFlow. Prints one JSON object. `build`, `benchmark` and
 `policy_benchmark` are also the π0 section of benchmarks/gpu_suite.py.
 """
 
@@ -85,14 +91,18 @@ class Built:
     obs: dict
     init_s: float  # shapes + compile + draw
     init_compile_s: float
+    attention: str = "einsum"  # model.attention
+    num_steps: int = NUM_STEPS
     policy: object = None  # the Policy built from `params` by `benchmark` (reused)
     figures: dict = dataclasses.field(default_factory=dict)
 
 
-def build(variant: str, dtype: str, batch: int) -> Built:
+def build(
+    variant: str, dtype: str, batch: int, attention: str = "einsum", num_steps: int = NUM_STEPS
+) -> Built:
     """π0 `variant` with random parameters, timed: shapes from `jax.eval_shape` of the init
     (no compilation), then one jitted draw (`init_compile_s`: its compilation)."""
-    model = pi0.Pi0(variant=variant, action_dim=A, dtype=dtype)
+    model = pi0.Pi0(variant=variant, action_dim=A, dtype=dtype, attention=attention)
     obs = observation(pi0.SIZES[variant].image_size, batch)
     tic = time.perf_counter()
     abstract = models.abstract_params(model, obs, (H, A))
@@ -100,10 +110,11 @@ def build(variant: str, dtype: str, batch: int) -> Built:
     params = jax.block_until_ready(random_params(abstract, jax.random.key(0)))
     init_s = time.perf_counter() - tic
     # The draw's compile dominates its wall time on every backend (a few ms of RNG).
-    return Built(variant, dtype, model, params, obs, init_s, time.perf_counter() - compile_tic)
+    compile_s = time.perf_counter() - compile_tic
+    return Built(variant, dtype, model, params, obs, init_s, compile_s, attention, num_steps)
 
 
-def policy_config(variant: str, dtype: str):
+def policy_config(variant: str, dtype: str, attention: str = "einsum", num_steps: int = NUM_STEPS):
     """A flow-π0 run config whose model and observation are `build`'s: 3 cameras at the
     variant's image size, one state step of 32 dims, 48 prompt tokens, H = 50."""
     from configs import flow_pi0_obstacle
@@ -112,11 +123,12 @@ def policy_config(variant: str, dtype: str):
     size = pi0.SIZES[variant].image_size
     config.model.variant, config.model.dtype = variant, dtype
     config.model.vocab_size = None  # the variant's own table, as `build`
+    config.model.attention = attention
     config.data.obs_horizon = 1
     config.data.action_horizon = H
     config.data.cameras = {cam: [size, size] for cam in CAMERAS}
     config.data.prompt_max_len = TEXT_TOKENS
-    config.objective.num_sample_steps = NUM_STEPS
+    config.objective.num_sample_steps = num_steps
     return config
 
 
@@ -148,7 +160,7 @@ def benchmark(
     put("init_compile_s", round(built.init_compile_s, 2))
     tic = time.perf_counter()
     policy = Policy(
-        policy_config(built.variant, built.dtype),
+        policy_config(built.variant, built.dtype, built.attention, built.num_steps),
         built.params,
         {"state": _unit_stats(STATE_DIM), "actions": _unit_stats(A)},
         param_dtype=built.dtype,  # the compute dtype: cast once, here
@@ -175,7 +187,7 @@ def benchmark(
             functools.partial(
                 flow.sample,
                 models.make_uncached_apply_fn(policy.model),
-                num_steps=NUM_STEPS,
+                num_steps=built.num_steps,
                 action_shape=(H, A),
             )
         )
@@ -214,6 +226,11 @@ def main():
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument(
+        "--attention", default="einsum", choices=("einsum", "xla", "cudnn"),
+        help="model.attention (cudnn: NVIDIA GPUs, bfloat16)",
+    )  # fmt: skip
+    parser.add_argument("--num_steps", type=int, default=NUM_STEPS, help="Euler steps.")
     parser.add_argument("--quick", action="store_true", help="CPU smoke: tiny, float32, 2 runs")
     args = parser.parse_args()
     if args.quick:
@@ -223,16 +240,19 @@ def main():
         **device_report(),
         "variant": args.variant,
         "dtype": args.dtype,
+        "attention": args.attention,
         "batch": args.batch,
         "shapes": {
             "cameras": len(CAMERAS),
             "text_tokens": TEXT_TOKENS,
             "H": H,
             "A": A,
-            "steps": NUM_STEPS,
+            "steps": args.num_steps,
         },  # fmt: skip
     }
-    built = build(args.variant, args.dtype, args.batch)
+    if args.num_steps < 1:
+        parser.error("--num_steps must be >= 1")
+    built = build(args.variant, args.dtype, args.batch, args.attention, args.num_steps)
     report.update(benchmark(args.variant, args.dtype, args.batch, args.runs, built=built))
     report.update(policy_benchmark(built, args.runs, args.batch))
     report["total_s"] = round(time.perf_counter() - start, 1)

@@ -169,8 +169,19 @@ def attention(
     )
 
 
+# `dot_product_attention` implementations: "einsum" (ours, below: two einsums around a
+# float32 softmax, what XLA fuses on any backend), or `jax.nn.dot_product_attention`'s
+# "xla" (the same math in JAX's own lowering) and "cudnn" (cuDNN's fused flash attention:
+# NVIDIA GPUs, bfloat16 / float16 inputs only).
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+
+
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None = None,
+    implementation: str = "einsum",
 ) -> jax.Array:
     """Softmax attention over already projected heads, grouped-query when kv < h.
 
@@ -182,9 +193,22 @@ def dot_product_attention(
       q: [B, Nq, h, d].
       k, v: [B, Nk, kv, d], kv dividing h.
       mask: [B, Nq, Nk] bool, True where query i may attend to key j; None: all.
+      implementation: one of ATTENTION_IMPLEMENTATIONS (see there). A query row with no
+        visible key (a padded token) is undefined under "cudnn" and averages every value
+        under the others; such rows are masked out downstream.
     Returns:
       [B, Nq, h, d], dtype of v.
     """
+    if implementation != "einsum":
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention implementation {implementation!r}; use one of "
+                f"{ATTENTION_IMPLEMENTATIONS}"
+            )
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=None if mask is None else mask[:, None], implementation=implementation
+        )
+        return out.astype(v.dtype)
     b, nq, h, d = q.shape
     kv = k.shape[2]
     q = q.reshape(b, nq, kv, h // kv, d)

@@ -256,6 +256,7 @@ class Pi0Layer(nn.Module):
     head_dim: int
     adaptive: bool = False
     dtype: jnp.dtype = jnp.float32
+    attention: str = "einsum"  # layers.ATTENTION_IMPLEMENTATIONS
 
     def setup(self):
         heads = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
@@ -265,10 +266,13 @@ class Pi0Layer(nn.Module):
             self.expert_width, self.expert_mlp_dim, adaptive=self.adaptive, **heads
         )
 
+    def _attend(self, q, k, v, mask):
+        return layers.dot_product_attention(q, k, v, mask, implementation=self.attention)
+
     def prefix(self, x, positions, mask):
         """x [B, Np, W] → (x', (k, v) [B, Np, kv, d])."""
         q, k, v, gate = self.backbone.qkv(x, positions)
-        x = self.backbone.finish(x, layers.dot_product_attention(q, k, v, mask), gate)
+        x = self.backbone.finish(x, self._attend(q, k, v, mask), gate)
         return x, (k, v)
 
     def suffix(self, x, cache, positions, mask, cond):
@@ -276,7 +280,7 @@ class Pi0Layer(nn.Module):
         q, k, v, gate = self.expert.qkv(x, positions, cond)
         k = jnp.concatenate([cache[0].astype(k.dtype), k], 1)
         v = jnp.concatenate([cache[1].astype(v.dtype), v], 1)
-        return self.expert.finish(x, layers.dot_product_attention(q, k, v, mask), gate, cond)
+        return self.expert.finish(x, self._attend(q, k, v, mask), gate, cond)
 
     def joint(self, xs, positions, mask, cond):
         """(prefix [B, Np, W], suffix [B, Ns, We]) through one joint attention."""
@@ -287,7 +291,7 @@ class Pi0Layer(nn.Module):
         q = jnp.concatenate([qp, qs.astype(qp.dtype)], 1)
         k = jnp.concatenate([kp, ks.astype(kp.dtype)], 1)
         v = jnp.concatenate([vp, vs.astype(vp.dtype)], 1)
-        attn = layers.dot_product_attention(q, k, v, mask)
+        attn = self._attend(q, k, v, mask)
         prefix = self.backbone.finish(prefix, attn[:, :n_prefix], gp)
         suffix = self.expert.finish(suffix, attn[:, n_prefix:], gs, cond)
         return prefix, suffix
@@ -336,6 +340,8 @@ class Pi0(nn.Module):
         (e.g. "dots_with_no_batch_dims_saveable"). Same parameters and outputs either way.
       state_pad_dim, state_token, camera_order, image_resize: see the module docstring.
       time_min_period, time_max_period: the periods of the sin-cos time embedding.
+      attention: the attention implementation of every layer, ViT included
+        (layers.ATTENTION_IMPLEMENTATIONS: "einsum", "xla", "cudnn"); the same parameters.
     """
 
     variant: str = "pi0"
@@ -351,11 +357,17 @@ class Pi0(nn.Module):
     image_resize: str = "stretch"
     time_min_period: float = 4e-3
     time_max_period: float = 4.0
+    attention: str = "einsum"
 
     def setup(self):
         s = SIZES[self.variant]
         if self.time_conditioning not in ("mlp", "adarms"):
             raise ValueError(f"time_conditioning must be mlp|adarms: {self.time_conditioning}")
+        if self.attention not in layers.ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"model.attention must be one of {layers.ATTENTION_IMPLEMENTATIONS}: "
+                f"{self.attention!r}"
+            )
         if self.image_resize not in IMAGE_RESIZE:
             raise ValueError(f"image_resize must be one of {IMAGE_RESIZE}: {self.image_resize}")
         dt = jnp.dtype(self.dtype)
@@ -363,7 +375,7 @@ class Pi0(nn.Module):
         adaptive = self.time_conditioning == "adarms"
         self.vit = vision.ViT(
             s.vit_width, s.vit_depth, s.vit_mlp_dim, s.vit_heads, s.patch_size, dt,
-            remat=self.remat, name="vit",
+            remat=self.remat, attention=self.attention, name="vit",
         )  # fmt: skip
         proj = functools.partial(layers.dense, dtype=dt)  # π0's own projections have biases
         self.image_proj = proj(s.width, (None, AXIS_EMBED), name="image_proj")
@@ -379,7 +391,7 @@ class Pi0(nn.Module):
         )
         self.layers = Pi0Layer(
             s.width, s.mlp_dim, s.expert_width, s.expert_mlp_dim, s.num_heads, s.num_kv_heads,
-            s.head_dim, adaptive=adaptive, dtype=dt, name="layers",
+            s.head_dim, adaptive=adaptive, dtype=dt, attention=self.attention, name="layers",
         )  # fmt: skip
         self.expert_norm = RMSNorm(adaptive, dt)
         ew = s.expert_width

@@ -57,6 +57,7 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    attention: str = "einsum"  # layers.ATTENTION_IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, x: jax.Array, _=None):
@@ -66,7 +67,9 @@ class EncoderBlock(nn.Module):
         y = _layer_norm(self.dtype, "ln_attn")(x)
         qkv = layers.dense(3 * width, (AXIS_EMBED, AXIS_HEADS), dtype=self.dtype, name="qkv")(y)
         q, k, v = jnp.split(qkv.reshape(b, n, 3, self.num_heads, head_dim), 3, axis=2)
-        y = layers.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0]).reshape(b, n, width)
+        y = layers.dot_product_attention(
+            q[:, :, 0], k[:, :, 0], v[:, :, 0], implementation=self.attention
+        ).reshape(b, n, width)
         x = x + layers.dense(width, (AXIS_HEADS, AXIS_EMBED), dtype=self.dtype, name="out")(y)
         y = _layer_norm(self.dtype, "ln_mlp")(x)
         y = layers.dense(self.mlp_dim, (AXIS_EMBED, AXIS_MLP), dtype=self.dtype, name="mlp_in")(y)
@@ -84,6 +87,7 @@ class ViT(nn.Module):
       dtype: activation dtype (parameters stay float32; patchify and position embedding
         run in float32, as SigLIP in openpi).
       remat: the blocks' rematerialization (`checkpoint_policy`).
+      attention: the attention implementation (layers.ATTENTION_IMPLEMENTATIONS).
     """
 
     width: int = 1152
@@ -93,6 +97,7 @@ class ViT(nn.Module):
     patch_size: int = 14
     dtype: jnp.dtype = jnp.float32
     remat: bool | str = False
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -117,6 +122,6 @@ class ViT(nn.Module):
             split_rngs={"params": True},
             length=self.depth,
             metadata_params={nn.PARTITION_NAME: layers.AXIS_LAYERS},
-        )(self.mlp_dim, self.num_heads, self.dtype, name="blocks")
+        )(self.mlp_dim, self.num_heads, self.dtype, self.attention, name="blocks")
         x, _ = blocks(x, None)
         return _layer_norm(self.dtype, "ln_final")(x)

@@ -192,3 +192,21 @@ def test_cameras_share_one_vit_pass_with_per_camera_tokens():
         assert mask[:, start : start + n].all()
         start += n
     assert start == tokens.shape[1] - obs[schema.PROMPT_TOKENS].shape[1]
+
+
+def test_attention_implementations_agree():
+    """model.attention="xla" (jax.nn.dot_product_attention) gives the einsum path's output
+    with the same parameters, through the prefix cache and the joint pass; "cudnn" needs a
+    GPU and is measured by benchmarks/pi0_latency.py --attention=cudnn."""
+    model, params = _model_and_params()
+    xla_model, xla_params = _model_and_params(attention="xla")
+    assert jax.tree.structure(params) == jax.tree.structure(xla_params)
+    obs = _obs()
+    x, t = _xt()
+    want = models.make_apply_fn(model)(params, obs, x, t)
+    got = models.make_apply_fn(xla_model)(params, obs, x, t)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    joint = xla_model.apply({"params": params}, obs, x, t, method="forward_joint")
+    np.testing.assert_allclose(joint, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="model.attention must be one of"):
+        _model_and_params(attention="flash")
