@@ -13,13 +13,15 @@ Sections (in this order; each reuses its benchmark script's functions):
            (benchmarks/train_throughput.py);
   serve    the policy server end to end with 1 and 8 clients (benchmarks/serve.py) on a
            checkpoint of the low-dim DDIM U-Net with random weights written here;
-  pi0      π0 (bf16) chunk, prefix, step, init and compile seconds, and the chunk through
-           `sample.policy.Policy` (benchmarks/pi0_latency.py).
+  pi0      π0 (bf16) chunk, prefix, step, init and compile seconds, the chunk through
+           `sample.policy.Policy` (benchmarks/pi0_latency.py), and the chunk with 1 and 2
+           expert passes (a distilled student's cost).
 With --switches, the run instead measures the speed switches, each against its baseline
 in the same process (sampler, low-dim then image: XLA command buffers capturing the
 scanned loop, scan unroll, bf16 parameters cast once, then the winners together; train:
 optimizer on one flat vector, remat, batch size, bf16 U-Net body; π0: bf16 parameters
-cast once, against the pi0 section's figures; fused_blocks: the low-dim U-Net's Pallas
+cast once, and the attention implementations xla / cudnn, against the pi0 section's
+figures; fused_blocks: the low-dim U-Net's Pallas
 residual blocks, benchmarks/fused_blocks.py). Lines of switches start with "switch.".
 
 Every line is printed (and appended to --out) as soon as it is measured, flushed, so a
@@ -76,6 +78,7 @@ class Sizes:
     pi0_variant: str = "pi0"
     pi0_dtype: str = "bfloat16"
     pi0_runs: int = 10
+    pi0_distilled_steps: tuple = (1, 2)
     serve_clients: tuple = (1, 8)
     serve_requests: int = 30
     serve_max_batch: int = 8
@@ -97,6 +100,7 @@ QUICK = Sizes(
     train_warmup=1,
     pi0_variant="tiny",
     pi0_dtype="float32",
+    pi0_distilled_steps=(1,),  # the code path once
     pi0_runs=2,
     serve_clients=(1, 2),
     serve_requests=3,
@@ -359,6 +363,13 @@ def pi0_section(rec: Recorder, sizes: Sizes) -> None:
     )
     for key, value in pi0_latency.policy_benchmark(built, sizes.pi0_runs).items():
         emit(key, value)
+    # A distilled student's chunk: the prefix once, then 1 or 2 expert passes (the same
+    # parameters; the program has the shape of a 1- or 2-step consistency / shortcut sample).
+    for steps in sizes.pi0_distilled_steps:
+        few = dataclasses.replace(built, num_steps=steps, policy=None, figures={})
+        chunk = pi0_latency.benchmark(v, sizes.pi0_dtype, 1, sizes.pi0_runs, built=few,
+                                      uncached=False)["chunk_ms"]  # fmt: skip
+        rec.emit(f"pi0.{v}.steps{steps}.chunk_ms", chunk, "ms", dtype=sizes.pi0_dtype)
 
 
 # --------------------------------------------------------------------------- switches
@@ -389,6 +400,19 @@ def switches_pi0(rec: Recorder, sizes: Sizes) -> None:
     cast = pi0_latency.benchmark(v, sizes.pi0_dtype, 1, sizes.pi0_runs, built=built, uncached=False)
     for key in ("chunk_ms", "prefix_ms", "step_ms"):
         rec.emit(f"switch.pi0.{v}.bf16_params.{key}", cast[key], "ms")
+    # The attention implementations (model.attention; "einsum" is the pi0 section's figure):
+    # JAX's own lowering everywhere, cuDNN's fused kernel on NVIDIA GPUs.
+    implementations = ["xla"] + ["cudnn"] * (jax.default_backend() == "gpu")
+    for attention in implementations:
+        variant = dataclasses.replace(built, attention=attention, policy=None, figures={})
+        try:
+            got = pi0_latency.benchmark(v, sizes.pi0_dtype, 1, sizes.pi0_runs, built=variant,
+                                        uncached=False)  # fmt: skip
+        except Exception as e:  # one implementation the card refuses must not cost the rest
+            rec.error(f"pi0.attention={attention}", e)
+            continue
+        for key in ("chunk_ms", "prefix_ms", "step_ms"):
+            rec.emit(f"switch.pi0.{v}.attention={attention}.{key}", got[key], "ms")
 
 
 def switches_fused_blocks(rec: Recorder, sizes: Sizes) -> None:

@@ -39,7 +39,8 @@ def test_quick_suite_runs_every_section(tmp_path):
         "sampler.tiny_image.ddim2.scan_ms", "sampler.tiny_image.ddim2.loop_ms",
         "train.fp32.samples_per_s", "serve.clients1.e2e_p50_ms", "serve.clients2.e2e_p50_ms",
         "pi0.tiny.chunk_ms", "pi0.tiny.prefix_ms", "pi0.tiny.step_ms", "pi0.tiny.init_s",
-        "pi0.tiny.compile_s", "pi0.tiny.policy_chunk_ms", "profile.small_gemm_tanh_us",
+        "pi0.tiny.compile_s", "pi0.tiny.policy_chunk_ms", "pi0.tiny.steps1.chunk_ms",
+        "profile.small_gemm_tanh_us",
         "suite.total_s",
     ]  # fmt: skip
     for name in expected:
