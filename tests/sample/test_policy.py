@@ -148,8 +148,8 @@ def test_wrong_observations_are_named():
 
 
 def _count_patch_embeddings(jaxpr, patch_features: int, in_loop=False, counts=None):
-    """{"outside": n, "inside": n}: the ViT's patch-embedding matmuls (one per camera per
-    image-encoder call), outside and inside the sampler's loops."""
+    """{"outside": n, "inside": n}: the ViT's patch-embedding matmuls (one per ViT pass,
+    which takes every camera at once), outside and inside the sampler's loops."""
     counts = counts if counts is not None else {"outside": 0, "inside": 0}
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
@@ -178,13 +178,14 @@ def test_pi0_policy_runs_the_prefix_once_per_chunk():
     counts = _count_patch_embeddings(
         jax.make_jaxpr(policy._sample)(policy.params, obs, key).jaxpr, patch_features
     )
-    assert counts == {"outside": 2, "inside": 0}, counts  # two cameras, once each
+    # One ViT pass over both cameras (camera-major batch), before the loop.
+    assert counts == {"outside": 1, "inside": 0}, counts
     prefix = np.zeros((2, policy.action_horizon, policy.model_action_dim), np.float32)
     weights = np.ones((2, policy.action_horizon), np.float32)
     guided = jax.make_jaxpr(lambda *a: policy._sample_rtc(*a, max_guidance=5.0))(
         policy.params, obs, key, prefix, weights
     )
-    assert _count_patch_embeddings(guided.jaxpr, patch_features) == {"outside": 2, "inside": 0}
+    assert _count_patch_embeddings(guided.jaxpr, patch_features) == {"outside": 1, "inside": 0}
     raw = {
         schema.OBS_STATE: np.zeros((2, config.data.obs_horizon, STATE_DIM), np.float32),
         "observation/image/base_0_rgb": np.zeros((2, config.data.obs_horizon, 32, 32, 3), np.uint8),
