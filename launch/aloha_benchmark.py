@@ -39,6 +39,7 @@ import time
 from action_gen import cli
 from action_gen.eval import seed_splits
 from action_gen.run import Run
+from configs import diffusion_unet_aloha as aloha_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {"dp": "diffusion", "flow": "flow"}
@@ -46,7 +47,7 @@ TASKS = ("transfer_cube", "insertion")
 OBSERVATIONS = ("state", "image")
 ROWS = tuple(f"{m}_{t}_{o}" for o in OBSERVATIONS for t in TASKS for m in METHODS)
 TEST_SEED = seed_splits.TEST_SEED  # the configs evaluate on seed_splits.DEV_SEED
-DEFAULT_IMAGE_SIZE = "240x320"  # configs/diffusion_unet_aloha.py's default
+DEFAULT_IMAGE_SIZE = "x".join(map(str, aloha_config.DEFAULT_IMAGE_SIZE))
 STAGES = {
     "transfer_cube": "touched, lifted, touched by the left, transferred",
     "insertion": "both grasped, both lifted, peg touches socket, inserted",
@@ -125,10 +126,8 @@ def collect_command(args, row: dict) -> list[str]:
 def demos_written(args, row: dict) -> bool:
     """Whether collect finished this row's dataset (it writes scripted_stats.json last,
     after renaming the staged dataset into place)."""
-    name = f"aloha_sim_{row['task']}_scripted"
-    name += "_env_state" if row["obs"] == "state" else "_top" + args.image_size
-    if row["obs"] == "image" and args.image_size == "480x640":
-        name = f"aloha_sim_{row['task']}_scripted"
+    size = None if row["obs"] == "state" else aloha_config._image_size(args.image_size)
+    name = aloha_config.dataset_name(row["task"], size)  # the directory the config reads
     return os.path.exists(os.path.join(demos_dir(args), name, "scripted_stats.json"))
 
 
