@@ -48,14 +48,22 @@ def save_frame_strip(path: str, episodes, successes, frames_per_episode: int = 8
     Image.fromarray(frame_strip(episodes, successes, frames_per_episode)).save(path)
 
 
-def save_gif(path: str, episodes, successes, fps: int = 20, stride: int = 2) -> None:
+def save_gif(
+    path: str, episodes, successes, fps: int = 20, stride: int = 2, max_frames: int = 64
+) -> None:
     """Writes the episodes side by side as one animated GIF (every `stride`-th control
-    step at `fps`); an episode that ended early holds its last frame. Each panel is
-    bordered by its outcome and labelled with the episode index."""
+    step, played at `fps` control steps per second, i.e. in the rollout's time); an episode
+    that ended early holds its last frame. Each panel is bordered by its outcome and
+    labelled with the episode index.
+
+    Long episodes widen the stride so that the GIF has at most `max_frames` frames: a
+    rendered simulator frame costs ~16 KB in a GIF, and a 400-step ALOHA episode at stride 2
+    would make a 3 MB file (results/ keeps these in git)."""
     episodes = [np.asarray(f, np.uint8) for f in episodes]
     if not episodes:
         raise ValueError("no episodes to animate")
     length = max(len(f) for f in episodes)
+    stride = max(stride, -(-length // max_frames))
     images = []
     for t in range(0, length, stride):
         panels = []

@@ -28,3 +28,11 @@ def test_gif_has_one_frame_per_stride_and_holds_finished_episodes(tmp_path):
     with Image.open(path) as gif:
         assert gif.n_frames == 5  # ceil(9 / 2) frames of the longest episode
         assert gif.size == (2 * (12 + 2 * media._BORDER), 10 + 2 * media._BORDER)
+
+
+def test_gif_widens_the_stride_of_long_episodes_to_at_most_max_frames(tmp_path):
+    path = tmp_path / "r.gif"
+    media.save_gif(str(path), _episodes(), [True, False], stride=1, max_frames=4)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3  # stride ceil(9 / 4) = 3: frames 0, 3, 6
+        assert gif.info["duration"] == 3 * 1000 // 20  # still played in rollout time
