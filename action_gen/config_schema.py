@@ -109,6 +109,9 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "seed": Field(100_000, "episodes' base seed: 100000 dev, 200000 test (seed_splits.py)"),
         "obs_horizon": Field(2, "observation frames the policy reads"),
         "action_exec_horizon": Field(8, "Ta: actions executed of each chunk, then re-plan"),
+        "temporal_ensemble_decay": Field(
+            None, "m: ACT's temporal ensemble of all covering chunks, w_k ∝ exp(-m k); None = off"
+        ),
         "num_sample_steps": Field(10, "sampling steps (overrides the checkpoint's)"),
         "clip_sample": Field(None, "clip the sampled chunk; None = the checkpoint's"),
         "use_ema": Field(True, "evaluate the EMA parameters"),

@@ -28,6 +28,10 @@ Arg (comma-separated; the part after ':'):
   chunk=N, exec=N  the action chunk H (default 16; ACT: 100) and the actions executed of
                    each before re-planning (default H/2; receding horizon). H must be a
                    multiple of 4 (the U-Net's three levels).
+  ensemble         ACT's temporal ensembling at evaluation instead of receding horizon: a
+                   chunk every step (exec=1 unless given) and the command averages every
+                   chunk covering the step, w_k ∝ exp(-0.01 k) (ACT's m; k = 0 the oldest).
+                   ACT's setting is `chunk=100,ensemble`.
   cpu              CPU scale: U-Net (64, 128, 256), batch 128; image: ResNet width 16, one
                    block per stage, batch 32.
   smoke            tiny: 2 U-Net levels, 4 steps, 1 evaluation episode of 24 steps.
@@ -48,7 +52,8 @@ CAMERA = "top"
 PUBLIC_IMAGE_SIZE = (480, 640)  # gym-aloha's and the public datasets' frames
 DEFAULT_IMAGE_SIZE = (240, 320)
 DEFAULT_DEMOS_DIR = "/tmp/aloha_demos"
-_VARIANTS = {"state", "image", "cpu", "smoke"}
+_VARIANTS = {"state", "image", "cpu", "smoke", "ensemble"}
+ACT_ENSEMBLE_DECAY = 0.01  # sample/executor.py's ACT_DECAY (configs import no action_gen)
 
 
 def env_spec(task: str, image_size: tuple[int, int] | None) -> str:
@@ -129,6 +134,9 @@ def aloha_config(objective: str, arg: str | None = None) -> ml_collections.Confi
     config.eval.num_episodes = int(values.get("episodes", 100))
     config.eval.num_envs = 10  # simulator worker processes; episodes run in rounds
     config.eval.action_exec_horizon = int(values.get("exec", horizon // 2))
+    if "ensemble" in flags:
+        config.eval.action_exec_horizon = int(values.get("exec", 1))
+        config.eval.temporal_ensemble_decay = ACT_ENSEMBLE_DECAY
     config.eval.max_steps = None  # the env's 400 steps; success ends an episode early
     config.eval.plot = False  # the obstacle plot means nothing here
     config.eval.record = f"{CAMERA}:240x320"  # rollouts.gif of 3 episodes

@@ -74,6 +74,7 @@ def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> t
         obs_horizon=policy.obs_horizon,
         action_exec_horizon=eval_config.action_exec_horizon,
         max_steps=eval_config.max_steps,
+        temporal_ensemble_decay=eval_config.temporal_ensemble_decay,
     )
     if hasattr(env, "close"):  # simulator worker processes (Meta-World cameras)
         env.close()
@@ -87,6 +88,7 @@ def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> t
         policy.objective.summary(),
         num_sample_steps=policy.num_sample_steps,
         action_exec_horizon=int(eval_config.action_exec_horizon),
+        temporal_ensemble_decay=eval_config.temporal_ensemble_decay,
         eval_seed=int(eval_config.seed),
         eval_seed_split=seed_splits.split_of(eval_config.seed),
         env=eval_config.env,
@@ -112,6 +114,7 @@ def record_episodes(
             obs_horizon=policy.obs_horizon,
             action_exec_horizon=eval_config.action_exec_horizon,
             max_steps=eval_config.max_steps,
+            temporal_ensemble_decay=eval_config.temporal_ensemble_decay,
             record_frames=True,
         )
     finally:

@@ -2,7 +2,10 @@
 
 Every `action_exec_horizon` (Ta) control steps the policy sees the last T observations of
 each env and returns a chunk of H >= Ta actions; the first Ta are executed open loop, then
-it re-plans (Diffusion Policy's receding horizon). Envs must follow the
+it re-plans (Diffusion Policy's receding horizon). With `temporal_ensemble_decay` = m the
+command at step t is instead ACT's temporal ensemble of every chunk that covers t,
+Σ_k w_k chunk_k[t - start_k], w_k ∝ exp(-m k), k = 0 the oldest
+(`sample.executor.ensembled_action`; ACT queries every step: Ta = 1). Envs must follow the
 `envs.obstacle.ObstacleVecEnv` contract: no auto-reset, finished envs freeze, and `info`
 carries [N] arrays `success` and `collision`; envs whose tasks have stages (envs/aloha.py)
 also report [N] ints `stage` (how far each episode got), and may say how many there are
@@ -23,6 +26,7 @@ import numpy as np
 
 from action_gen import cli
 from action_gen.envs import obstacle
+from action_gen.sample import executor
 
 # policy_fn(obs_history [N, T, S] raw float32, obs_pad_mask [N, T] bool, rng_step)
 #   -> actions [N, H, A] raw. Envs that give instructions also pass `prompt=` [N] str;
@@ -83,6 +87,7 @@ def run_rollouts(
     action_exec_horizon: int = 8,
     max_steps: int | None = None,
     record_frames: bool = False,
+    temporal_ensemble_decay: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate `policy_fn` on `num_episodes` seeded episodes, env.num_envs at a time.
 
@@ -106,6 +111,9 @@ def run_rollouts(
             None runs until every env is done (the env's own step limit).
         record_frames: also return `frames`, every episode's filmed frames (see
             `_recorded_frame`; the env must render them, e.g. Meta-World's `record=`).
+        temporal_ensemble_decay: None executes each chunk's first Ta actions (receding
+            horizon); m >= 0 executes ACT's temporal ensemble of all chunks covering the
+            step (module docstring), a new chunk every Ta steps.
 
     Returns:
         dict with per-episode entries, E = num_episodes:
@@ -120,14 +128,16 @@ def run_rollouts(
           `policy_fn` also gets `prompt=` the [N] instructions on every call; envs with
           cameras (dict observations) pass `images=` {camera: [N, T, h, w, 3]}); and
           policy_call_s, the wall time of every policy call (seconds); plus obs_horizon,
-          action_exec_horizon; with `record_frames`, frames list of [L_e + 1, h, w, 3]
-          uint8.
+          action_exec_horizon, and temporal_ensemble_decay when ensembling; with
+          `record_frames`, frames list of [L_e + 1, h, w, 3] uint8.
     """
     num_envs = env.num_envs
     all_seeds = obstacle.episode_seeds(seed, -(-num_episodes // num_envs) * num_envs)
     limit = max_steps if max_steps is not None else getattr(env, "max_episode_steps", None)
     if limit is None:
         raise ValueError("max_steps is required for an env without max_episode_steps")
+    if temporal_ensemble_decay is not None and temporal_ensemble_decay < 0:
+        raise ValueError(f"temporal_ensemble_decay={temporal_ensemble_decay} must be >= 0")
 
     per_episode: dict[str, list] = {k: [] for k in ("success", "collision", "length")}
     states_out, actions_out, frames_out = [], [], []
@@ -159,6 +169,7 @@ def run_rollouts(
         collision = np.zeros(num_envs, bool)
         length = np.zeros(num_envs, np.int64)
         state_log, action_log = [obs], []
+        plans: list[executor.Chunk] = []  # the chunks an ensembled command averages
         t = 0
         while running.any() and t < limit:
             tic = time.perf_counter()
@@ -173,10 +184,16 @@ def run_rollouts(
                 raise ValueError(
                     f"chunk length {chunk.shape[1]} < action_exec_horizon {action_exec_horizon}"
                 )
+            if temporal_ensemble_decay is not None:
+                plans = [p for p in plans if t < p.start + p.actions.shape[1]]
+                plans.append(executor.Chunk(start=t, actions=chunk))
             for k in range(action_exec_horizon):
                 if not running.any() or t >= limit:
                     break
-                action = chunk[:, k]
+                if temporal_ensemble_decay is None:
+                    action = chunk[:, k]
+                else:
+                    action = executor.ensembled_action(plans, t, temporal_ensemble_decay)
                 obs, _, terminated, truncated, info = env.step(action)
                 if record_frames:
                     frame_log.append(_recorded_frame(obs))
@@ -244,6 +261,8 @@ def run_rollouts(
     result["policy_call_s"] = np.asarray(call_times)
     result["obs_horizon"] = obs_horizon
     result["action_exec_horizon"] = action_exec_horizon
+    if temporal_ensemble_decay is not None:
+        result["temporal_ensemble_decay"] = float(temporal_ensemble_decay)
     return result
 
 

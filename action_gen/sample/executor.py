@@ -108,6 +108,26 @@ def ensemble_weights(num_chunks: int, decay: float = ACT_DECAY) -> np.ndarray:
     return w / w.sum()
 
 
+def ensembled_action(chunks, t: int, decay: float = ACT_DECAY) -> np.ndarray | None:
+    """ACT's temporally ensembled command [N, A] at step t, or None if no chunk covers t.
+
+    a_t = Σ_k w_k · chunk_k.actions[:, t - start_k] over the chunks with
+    start_k <= t < start_k + H (in the order given: oldest first),
+    w = `ensemble_weights(K, decay)`.
+
+    Args:
+      chunks: `Chunk`s, oldest first; each chunk's actions are [N, H, A].
+      t: the control step.
+      decay: m of ACT's weights.
+    """
+    covering = [c for c in chunks if c.start <= t < c.start + c.actions.shape[1]]
+    if not covering:
+        return None
+    weights = ensemble_weights(len(covering), decay)
+    stacked = np.stack([c.actions[:, t - c.start] for c in covering])  # [K, N, A]
+    return np.tensordot(weights, stacked, axes=1).astype(np.float32)
+
+
 def estimate_delay(latencies_s, control_dt: float, window: int = 10) -> int:
     """d = ceil(max of the last `window` latencies / Δt): steps that pass during inference.
 
@@ -342,9 +362,7 @@ class ChunkExecutor:
         if self.mode != "ensemble":
             plan = covering[-1]
             return plan.actions[:, t - plan.start], (id(plan),)
-        weights = ensemble_weights(len(covering), self.ensemble_decay)
-        stacked = np.stack([c.actions[:, t - c.start] for c in covering])  # [K, N, A]
-        action = np.tensordot(weights, stacked, axes=1).astype(np.float32)
+        action = ensembled_action(covering, t, self.ensemble_decay)
         return action, tuple(id(c) for c in covering)
 
 

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from action_gen.envs import aloha
+from action_gen.sample import executor
 from configs import diffusion_unet_aloha
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,7 +41,8 @@ def test_state_policy_trains_and_evaluates_from_scripted_demos(tmp_path):
     assert os.path.isdir(config.data.dataset_dir), "the config reads what collect wrote"
     workdir = tmp_path / "run"
     _run(
-        ["action_gen.main", f"--config=configs/diffusion_unet_aloha.py:smoke,demos={demos}",
+        ["action_gen.main",
+         f"--config=configs/diffusion_unet_aloha.py:smoke,ensemble,demos={demos}",
          f"--workdir={workdir}", "--mode=train_and_eval"]
     )  # fmt: skip
     results = json.loads((workdir / "results.json").read_text())
@@ -49,6 +51,9 @@ def test_state_policy_trains_and_evaluates_from_scripted_demos(tmp_path):
     # Where the episode got to (the evaluation's stage breakdown) is reported.
     assert {f"stage_{k}_rate" for k in range(1, aloha.MAX_REWARD + 1)} <= set(results)
     assert results["eval_seed_split"] == "dev"
+    # Evaluated with ACT's temporal ensembling (a chunk every step), as the config asked.
+    assert results["temporal_ensemble_decay"] == executor.ACT_DECAY
+    assert results["action_exec_horizon"] == 1
 
 
 def test_config_variants_and_errors():
@@ -68,6 +73,10 @@ def test_config_variants_and_errors():
         assert aloha.make_spec(**parsed) == spec
         assert config.data.dataset_dir.endswith("/" + aloha.dataset_name(spec)), arg
     assert diffusion_unet_aloha.get_config("image").data.cameras.top == [240, 320]
+    ensemble = diffusion_unet_aloha.get_config("chunk=100,ensemble")
+    assert ensemble.data.action_horizon == 100 and ensemble.eval.action_exec_horizon == 1
+    assert ensemble.eval.temporal_ensemble_decay == executor.ACT_DECAY
+    assert state.eval.temporal_ensemble_decay is None  # receding horizon by default
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
         diffusion_unet_aloha.get_config("image=240")
     with pytest.raises(ValueError, match="multiple of 4"):

@@ -159,3 +159,40 @@ def test_language_demos_take_the_instructed_side():
     for demo, side in zip(demos, info["instructed_side"], strict=True):
         assert demo["language_instruction"] == obstacle.INSTRUCTIONS[side]
         assert demo["episode_metadata"]["side"] == obstacle.SIDE_NAMES[side]
+
+
+def test_temporal_ensemble_averages_every_covering_chunk_with_acts_weights():
+    # Call n returns a chunk whose action i is the start position + (n, i) scaled small
+    # (actions are target positions): each executed command then says which chunks it
+    # averaged and at which offsets.
+    horizon, decay, scale = 4, 0.5, 1e-3
+    start = {}
+
+    def policy(obs_history, obs_pad_mask, rng_step):
+        start.setdefault("pos", obs_history[:, -1, obstacle.POS])
+        n_i = np.stack(np.meshgrid(rng_step, np.arange(horizon), indexing="ij"), -1)[0]
+        return (start["pos"][:, None] + scale * n_i[None]).astype(np.float32)
+
+    env = obstacle.ObstacleVecEnv(2)
+    r = rollout.run_rollouts(
+        env, policy, num_episodes=2, seed=0, action_exec_horizon=1, max_steps=7,
+        temporal_ensemble_decay=decay,
+    )  # fmt: skip
+    assert r["temporal_ensemble_decay"] == decay
+    for t in range(7):
+        calls = np.arange(max(0, t - horizon + 1), t + 1)  # oldest first; call n starts at n
+        w = np.exp(-decay * np.arange(len(calls)))
+        w /= w.sum()
+        want = r["positions"][0][0] + scale * np.array([w @ calls, w @ (t - calls)])
+        np.testing.assert_allclose(r["actions"][0][t], want, rtol=1e-6, err_msg=f"t={t}")
+    # Without ensembling the same policy executes each chunk's first action only.
+    start.clear()
+    plain = rollout.run_rollouts(
+        env, policy, num_episodes=2, seed=0, action_exec_horizon=1, max_steps=7
+    )
+    offsets = plain["actions"][0] - plain["positions"][0][0]
+    np.testing.assert_allclose(offsets[:, 1], 0.0, atol=1e-7)  # action 0 of each chunk
+    np.testing.assert_allclose(offsets[:, 0], scale * np.arange(7), rtol=1e-5)
+    assert "temporal_ensemble_decay" not in plain
+    with pytest.raises(ValueError, match="temporal_ensemble_decay"):
+        rollout.run_rollouts(env, policy, num_episodes=2, seed=0, temporal_ensemble_decay=-1)

@@ -308,8 +308,12 @@ def test_distillation_chain_teacher_student_one_step_eval(tmp_path):
         results = json.load(f)
     assert results == summary
     assert results["num_sample_steps"] == 1 and results["objective"] == "consistency"
+    episodes = results["episodes"]
+    assert episodes == config.eval.num_episodes
     for key in ("success_rate", "collision_rate", "mode_left_fraction"):
-        assert 0.0 <= results[key] <= 1.0
+        count = results[key] * episodes  # each is a count of the evaluated episodes
+        assert count == pytest.approx(round(count)) and 0 <= round(count) <= episodes, key
+    assert results["success_rate"] + results["collision_rate"] <= 1.0
     assert not os.path.exists(os.path.join(workdir, "teacher", "dataset"))  # shared data
 
     def metadata(path):

@@ -9,10 +9,9 @@ objectives, the train step or the sampler shows up as a failed learning curve:
       98 / 2 / 52-46% on the 2-core CPU; BUILD_NOTES, issue #28);
   regression (MSE), 300 steps: collides in ≥ 50% of episodes (it averages the modes into
       the obstacle; measured 100%).
-U-Net (32, 64, 128), batch 64. Each run is a subprocess compiled with XLA's normal
+U-Net (32, 64, 128), batch 64. The runs share one subprocess compiled with XLA's normal
 optimizations (the test session's `-O0` flags, tests/conftest.py, make these programs run
-about 3x slower, and here run time dominates compile time): about 4 minutes on one core of
-the CI machine.
+about 3x slower, and here run time dominates compile time).
 """
 
 import json
@@ -51,19 +50,20 @@ def _config(objective: str, dataset_dir: str) -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
+    """The three runs in one subprocess (one interpreter start, one TensorFlow and JAX
+    import, the dataset written once and reused)."""
     root = tmp_path_factory.mktemp("learning")
     env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO)
-    out = {}
-    for objective in STEPS:
-        result_file = root / f"{objective}.json"
-        args = [objective, str(root / "dataset"), str(root / objective), str(result_file)]
-        run = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), *args],
-            cwd=REPO, env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        assert run.returncode == 0, run.stderr[-4000:]
-        out[objective] = json.loads(result_file.read_text())
-        shown = {k: v for k, v in out[objective].items() if "rate" in k or "fraction" in k}
+    result_file = root / "results.json"
+    run = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), str(root), str(result_file)],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    out = json.loads(result_file.read_text())
+    assert sorted(out) == sorted(STEPS)
+    for objective, result in out.items():
+        shown = {k: v for k, v in result.items() if "rate" in k or "fraction" in k}
         print(objective, shown)  # the measured figures, with `pytest -s`
     return out
 
@@ -81,10 +81,15 @@ def test_regression_averages_the_modes_into_the_obstacle(results):
 
 
 if __name__ == "__main__":
-    # One learning run (the fixture's subprocess): OBJECTIVE DATASET_DIR WORKDIR RESULT_JSON.
+    # The fixture's subprocess: ROOT RESULT_JSON. Each objective trains in ROOT/<objective>
+    # on the demos in ROOT/dataset (written by the first run).
     from action_gen import main
 
-    objective, dataset_dir, workdir, result_json = sys.argv[1:]
-    result = main.run(_config(objective, dataset_dir), workdir, "train_and_eval")
+    root, result_json = sys.argv[1:]
+    out = {}
+    for objective in STEPS:
+        config = _config(objective, os.path.join(root, "dataset"))
+        result = main.run(config, os.path.join(root, objective), "train_and_eval")
+        out[objective] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
     with open(result_json, "w") as f:
-        json.dump({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, f)
+        json.dump(out, f)
