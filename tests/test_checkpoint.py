@@ -212,3 +212,35 @@ def test_a_fine_tuning_layout_is_fixed_by_the_checkpoint():
         ValueError, match=r"lora\.rank.*optimizer\.trainable|optimizer\.trainable.*lora\.rank"
     ):
         compat.check_resume(stored, other, "W", "use a new --workdir")
+
+
+def test_small_replicated_arrays_are_written_whole_and_large_ones_in_parallel(tmp_path, caplog):
+    """On an 8-device mesh a replicated array is written replica-parallel (one device-side
+    slice program per replica) only when each slice has at least
+    MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL bytes; small arrays are written whole. Both restore
+    exactly."""
+    devices = np.asarray(jax.devices())
+    assert len(devices) == 8  # tests/conftest.py's host devices
+    replicated = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(devices, ("data",)), jax.sharding.PartitionSpec()
+    )
+    rows = checkpoint.MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL * 8 // (4 * 256)  # 1 MiB slices
+    small = {"b": np.arange(24, dtype=np.float32).reshape(3, 8), "s": np.float32(2.0)}
+    large = {"w": np.random.default_rng(0).normal(size=(rows, 256)).astype(np.float32)}
+
+    def save_and_count_slices(name, tree):
+        state = jax.device_put({"step": np.int32(1), "params": tree}, replicated)
+        manager = checkpoint.create_checkpoint_manager(str(tmp_path / name), async_save=False)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), jax.log_compiles():
+            checkpoint.save_checkpoint(
+                manager, 1, state, config={}, norm_stats={}, data_state={"batches_consumed": 1}
+            )
+        manager.close()
+        restored = ocp.PyTreeCheckpointer().restore(str(tmp_path / name / "1" / "state"))
+        for key, value in tree.items():
+            np.testing.assert_array_equal(np.asarray(restored["params"][key]), value)
+        return sum("Compiling jit(slice)" in r.getMessage() for r in caplog.records)
+
+    assert save_and_count_slices("small", small) == 0
+    assert save_and_count_slices("large", large) > 0
