@@ -8,7 +8,10 @@
 Sections (in this order; each reuses its benchmark script's functions):
   sampler  low-dim and image U-Net (benchmarks/sampler.py): forward pass, DDIM-10,
            DDPM-100 and flow-10 chunks, scanned vs a Python loop, with compile seconds
-           and the kernels launched per loop iteration (the batch-1 profile);
+           and the kernels launched per loop iteration (the batch-1 profile); and
+           best-of-M against plain few steps on the low-dim U-Net at batch 1: a 1-step
+           consistency chunk keeping the most stable of 4 candidates (one program, 8
+           rows) against the plain 1- and 2-step chunks;
   train    low-dim training throughput at batch 256, fp32 and bf16
            (benchmarks/train_throughput.py);
   serve    the policy server end to end with 1 and 8 clients (benchmarks/serve.py) on a
@@ -69,6 +72,8 @@ class Sizes:
     image: str = "image"
     samplers: tuple = sampler.SAMPLERS
     image_samplers: tuple = sampler.SAMPLERS
+    # Best-of-M against plain few-step sampling (benchmarks/sampler.py FEW_STEP names).
+    best_of: tuple = (("consistency", 1), ("consistency", 2), ("best_of_4_consistency", 1))
     runs: int = 20
     train_config: str | None = None  # configs/diffusion_unet_obstacle.py variant
     train_dtypes: tuple = ("float32", "bfloat16")
@@ -185,6 +190,19 @@ def sampler_section(rec: Recorder, sizes: Sizes) -> None:
             loop_ms = sampler.time_loop(setup, method, steps, sizes.runs)
             rec.emit(f"{label}.loop_ms", loop_ms, "ms", scan_speedup=loop_ms / scan["ms"])
         del setup
+    # Best-of-M at batch 1: is 1 step with 4 candidates cheaper than 2 plain steps here?
+    few = sampler.few_step(sizes.lowdim, 1, sizes.runs, samplers=sizes.best_of)
+    plain_one = few.get("consistency1", {}).get("scan_ms")
+    for label, figures in few.items():
+        extra = {"vs_plain_1_step": figures["scan_ms"] / plain_one} if plain_one else {}
+        rec.emit(
+            f"sampler.{sizes.lowdim}.{label}.scan_ms",
+            figures["scan_ms"],
+            "ms",
+            compile_s=figures["compile_s"],
+            kernels_per_iteration=figures["kernels_per_iteration"],
+            **extra,
+        )
 
 
 def sampler_switches(rec: Recorder, name: str, chains, runs: int, unrolls) -> None:

@@ -37,6 +37,8 @@ def test_quick_suite_runs_every_section(tmp_path):
         "sampler.tiny.ddpm2.scan_ms", "sampler.tiny.ddpm2.loop_ms",
         "sampler.tiny.flow2.scan_ms", "sampler.tiny.flow2.loop_ms",
         "sampler.tiny_image.ddim2.scan_ms", "sampler.tiny_image.ddim2.loop_ms",
+        "sampler.tiny.consistency1.scan_ms", "sampler.tiny.consistency2.scan_ms",
+        "sampler.tiny.best_of_4_consistency1.scan_ms",
         "train.fp32.samples_per_s", "serve.clients1.e2e_p50_ms", "serve.clients2.e2e_p50_ms",
         "pi0.tiny.chunk_ms", "pi0.tiny.prefix_ms", "pi0.tiny.step_ms", "pi0.tiny.init_s",
         "pi0.tiny.compile_s", "pi0.tiny.policy_chunk_ms", "pi0.tiny.steps1.chunk_ms",
@@ -46,5 +48,9 @@ def test_quick_suite_runs_every_section(tmp_path):
     for name in expected:
         assert figures[name]["value"] > 0, name
     assert figures["sampler.tiny.ddpm2.scan_ms"]["kernels_per_iteration"] > 0
+    best_of = figures["sampler.tiny.best_of_4_consistency1.scan_ms"]
+    assert best_of["vs_plain_1_step"] == round(
+        best_of["value"] / figures["sampler.tiny.consistency1.scan_ms"]["value"], 4
+    )
     # The summary table comes last.
     assert proc.stdout.rstrip().splitlines()[-1].startswith("suite.total_s")
