@@ -74,7 +74,7 @@ def dataset_name(task: str, image_size: tuple[int, int] | None) -> str:
     return f"{name}_{CAMERA}{image_size[0]}x{image_size[1]}"
 
 
-def _image_size(value: str) -> tuple[int, int]:
+def parse_image_size(value: str) -> tuple[int, int]:
     """'240x320' -> (240, 320)."""
     parts = value.split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -95,7 +95,7 @@ def aloha_config(objective: str, arg: str | None = None) -> ml_collections.Confi
     if "image" in values or "image" in flags:
         if "state" in flags:
             raise ValueError("choose one of state, image=HxW")
-        image_size = _image_size(values["image"]) if "image" in values else DEFAULT_IMAGE_SIZE
+        image_size = parse_image_size(values["image"]) if "image" in values else DEFAULT_IMAGE_SIZE
     smoke = "smoke" in flags
     config = common.obstacle_config(
         objective,

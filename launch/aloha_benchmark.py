@@ -126,7 +126,7 @@ def collect_command(args, row: dict) -> list[str]:
 def demos_written(args, row: dict) -> bool:
     """Whether collect finished this row's dataset (it writes scripted_stats.json last,
     after renaming the staged dataset into place)."""
-    size = None if row["obs"] == "state" else aloha_config._image_size(args.image_size)
+    size = None if row["obs"] == "state" else aloha_config.parse_image_size(args.image_size)
     name = aloha_config.dataset_name(row["task"], size)  # the directory the config reads
     return os.path.exists(os.path.join(demos_dir(args), name, "scripted_stats.json"))
 
