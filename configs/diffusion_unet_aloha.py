@@ -25,6 +25,14 @@ Arg (comma-separated; the part after ':'):
                    the 14 joint positions; ResNet18-GN + spatial softmax, DP's random crop
                    (84/96 of the frame) in training, center crop at eval. Default size
                    240x320 (half of gym-aloha's 480x640: the cube is ~10 px wide there).
+  openpi_client    (with image) the row behind the server, for openpi's ALOHA-sim client
+                   (examples/aloha_sim: `images/cam_high` CHW uint8, the 480x640 frame
+                   letterboxed into 224x224 by resize_with_pad, and `state` [14]): frames are
+                   letterboxed into a W x W square in training as that client does (openpi's
+                   own convention, so the model sees the same geometry from the recording and
+                   from the client; an evaluation frame is letterboxed the same way), and
+                   config.robot declares the client's dict, so `--mode=serve` answers it
+                   (absolute joint actions, gym-aloha's joint convention).
   chunk=N, exec=N  the action chunk H (default 16; ACT: 100) and the actions executed of
                    each before re-planning (default H/2; receding horizon). H must be a
                    multiple of 4 (the U-Net's three levels).
@@ -52,8 +60,27 @@ CAMERA = "top"
 PUBLIC_IMAGE_SIZE = (480, 640)  # gym-aloha's and the public datasets' frames
 DEFAULT_IMAGE_SIZE = (240, 320)
 DEFAULT_DEMOS_DIR = "/tmp/aloha_demos"
-_VARIANTS = {"state", "image", "cpu", "smoke", "ensemble"}
+_VARIANTS = {"state", "image", "cpu", "smoke", "ensemble", "openpi_client"}
 ACT_ENSEMBLE_DECAY = 0.01  # sample/executor.py's ACT_DECAY (configs import no action_gen)
+
+
+# openpi's ALOHA-sim client (examples/aloha_sim/env.py): the top camera under
+# images/cam_high (CHW), the 14 joint positions under state, no prompt; absolute actions in
+# gym-aloha's joint convention (our demos' own), so a robot of our own, not the π0
+# adapter `aloha_sim` (openpi's camera slots and π runtime joints).
+OPENPI_CLIENT_ROBOT = {
+    "name": "aloha_sim_client",
+    "cameras": f"{CAMERA}=images/cam_high",
+    "image_layout": "chw",
+    "state": "state",
+    "state_dims": "14",
+    "action_dim": 14,
+    "joints": "none",
+    "dataset": (
+        f"images/cam_high=observation/image/{CAMERA},state=observation/state,"
+        "actions=action,prompt=language_instruction"
+    ),
+}
 
 
 def env_spec(task: str, image_size: tuple[int, int] | None) -> str:
@@ -127,6 +154,16 @@ def aloha_config(objective: str, arg: str | None = None) -> ml_collections.Confi
         config.model.image_features = 64
         config.model.num_keypoints = 32
         config.model.resnet_width = 64  # ResNet18's stem width
+    if "openpi_client" in flags:
+        if image_size is None:
+            raise ValueError("openpi_client serves an image policy: add image or image=HxW")
+        side = max(image_size)
+        data.cameras = {CAMERA: [side, side]}  # letterboxed (data/images.resize_with_pad)
+        crop = [int(round(side * 84 / 96))] * 2
+        data.image_crop = crop
+        config.model.image_crop = crop
+        for key, value in OPENPI_CLIENT_ROBOT.items():
+            config.robot[key] = value
 
     config.train.num_steps = int(values.get("steps", 20_000))
     config.train.checkpoint_every = 2_000

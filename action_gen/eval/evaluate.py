@@ -8,8 +8,10 @@ import re
 
 import jax
 import ml_collections
+import numpy as np
 
 from action_gen import envs, objectives
+from action_gen.data import images as image_tools
 from action_gen.data import schema
 from action_gen.eval import media, metrics, plots, rollout, seed_splits
 from action_gen.sample.policy import Policy
@@ -47,13 +49,29 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 def make_policy_fn(policy: Policy, seed: int) -> rollout.PolicyFn:
     """Adapts a Policy to the rollout's `policy_fn(obs_history, obs_pad_mask, rng_step,
-    prompt=None, images=None)` (images: {camera: [N, T, h, w, 3] uint8})."""
+    prompt=None, images=None)` (images: {camera: [N, T, h, w, 3] uint8}).
+
+    A simulator frame of another size than the model's camera is resized as the training
+    stream resized the recording (data/images.resize_with_pad: e.g. a 96x128 render
+    letterboxed into the 128x128 square of a model served to openpi's 224x224 clients)."""
     base_key = jax.random.key(seed)
+    sizes = {
+        key: tuple(shape[-3:-1])
+        for key, (shape, _) in policy.observation_spec.items()
+        if key.startswith(schema.OBS_IMAGE_PREFIX)
+    }
 
     def policy_fn(obs_history, obs_pad_mask, rng_step, prompt=None, images=None):
         observation = {schema.OBS_STATE: obs_history, schema.OBS_PAD_MASK: obs_pad_mask}
         for camera, frames in (images or {}).items():
-            observation[schema.image_key(camera)] = frames
+            key = schema.image_key(camera)
+            frames = np.asarray(frames)
+            if key in sizes and frames.shape[-3:-1] != sizes[key]:
+                flat = frames.reshape(-1, *frames.shape[-3:])
+                frames = image_tools.resize_frames(flat, *sizes[key]).reshape(
+                    *frames.shape[:-3], *sizes[key], 3
+                )
+            observation[key] = frames
         if prompt is not None:
             observation[schema.PROMPT] = prompt
         return policy.sample_actions(observation, jax.random.fold_in(base_key, rng_step))
