@@ -5,6 +5,8 @@ evaluated on the dev and the test evaluation seeds, and tabulated against ACT.
   python launch/aloha_benchmark.py --workdir=W --rows=dp_transfer_cube_state,flow_insertion_state
   python launch/aloha_benchmark.py --workdir=W --rows=dp_transfer_cube_image --size=gpu \\
       --workers=16                                # an image row on one GPU machine
+  python launch/aloha_benchmark.py --workdir=W --rows=dp_transfer_cube_image --served \\
+      --image_size=96x128                         # + the row behind the policy server
   python launch/aloha_benchmark.py --workdir=W --tabulate_only
 
 A row is `<method>_<task>_<obs>`: method dp (diffusion) or flow, task transfer_cube or
@@ -15,7 +17,11 @@ insertion, obs state (joints + object poses) or image (top camera + joints). Per
   2. `python -m action_gen.main --config=configs/<method>_unet_aloha.py:task=T,<obs>[,cpu]
      [,steps=N],demos=<workdir>/demos --workdir=<workdir>/<row> --mode=train_and_eval`:
      trains, then evaluates on the dev seeds (the config's eval.seed, eval/seed_splits.py);
-  3. the same with `--mode=eval --config.eval.seed=<test>`: the test seeds.
+  3. the same with `--mode=eval --config.eval.seed=<test>`: the test seeds;
+  4. with --served (image rows): the policy is trained for openpi's ALOHA-sim client (the
+     configs' `openpi_client` variant) and also evaluated behind the policy server, driven
+     by that client (`python -m action_gen.eval.served --workdir=<row> --seed=<test>`):
+     `results_served.json`, its own line in the table.
 Each evaluation's results.json is kept as `results_dev.json` / `results_test.json` in the
 row's directory, `benchmark.json` records the commands, wall seconds and machine, and the
 table (`<workdir>/results.md`, and stdout) reports test success with its 95% interval,
@@ -84,12 +90,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=100, help="Evaluation episodes.")
     parser.add_argument("--image_size", default=DEFAULT_IMAGE_SIZE, help="Image rows' HxW.")
     parser.add_argument("--workers", type=int, default=2, help="Demo collection processes.")
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="Image rows: train for openpi's ALOHA-sim client and evaluate behind the server.",
+    )
     parser.add_argument("--tabulate_only", action="store_true", help="Only write the table.")
     args = parser.parse_args(argv)
     try:
         args.rows = [parse_row(r) for r in args.rows.split(",") if r]
     except ValueError as e:
         parser.error(str(e))
+    if args.served and any(row["obs"] != "image" for row in args.rows):
+        parser.error(
+            "--served drives openpi's ALOHA-sim client, which sends images: image rows only"
+        )
     if args.workers < 1 or args.demos < 1 or args.episodes < 1:
         parser.error("--workers, --demos and --episodes must be >= 1")
     return args
@@ -99,6 +114,8 @@ def config_arg(args, row: dict) -> str:
     """The `configs/<method>_unet_aloha.py:<arg>` of a row."""
     parts = [f"task={row['task']}"]
     parts.append("state" if row["obs"] == "state" else f"image={args.image_size}")
+    if args.served:
+        parts.append("openpi_client")
     if args.size == "cpu":
         parts.append("cpu")
     if args.steps is not None:
@@ -163,12 +180,18 @@ def run_row(args, row: dict) -> None:
         ("dev", train + ["--mode=train_and_eval"], "train_and_dev_eval_s"),
         ("test", train + ["--mode=eval", f"--config.eval.seed={TEST_SEED}"], "test_eval_s"),
     ]
+    if args.served:
+        served = [sys.executable, "-m", "action_gen.eval.served", f"--workdir={row_dir}",
+                  f"--episodes={args.episodes}", f"--seed={TEST_SEED}",
+                  f"--out={os.path.join(row_dir, 'results_served.json')}"]  # fmt: skip
+        steps.append(("served", served, "served_eval_s"))
     for split, command, seconds_key in steps:
         kept = os.path.join(row_dir, f"results_{split}.json")
         if os.path.exists(kept):
             continue
         seconds = run(command, f"{row_dir}.{split}.log")
-        os.replace(os.path.join(row_dir, "results.json"), kept)
+        if split != "served":  # main writes results.json; eval.served writes --out
+            os.replace(os.path.join(row_dir, "results.json"), kept)
         config = Run.open(row_dir).config()
         record.update(
             {
@@ -237,6 +260,18 @@ def table(args) -> str:
             f"| {_rate(dev)} | {stages}% "
             f"| {wall:.0f} min, {record.get('size', '?')} ({record.get('machine', '?')}) |"
         )
+        served = _load(os.path.join(row_dir, "results_served.json"))
+        if served is not None:
+            stages = " / ".join(
+                f"{100 * served.get(f'stage_{k}_rate', 0):.0f}" for k in range(1, 5)
+            )
+            lines.append(
+                f"| {row['task']} | image, behind the server (openpi's ALOHA-sim client, "
+                f"{served.get('action_horizon', '?')} actions per request) | the same policy "
+                f"| | | {_rate(served)} | — | {stages}% "
+                f"| {record.get('served_eval_s', 0) / 60:.0f} min ({served.get('clients', '?')} "
+                "clients) |"
+            )
     for task, obs, policy, demos, rate in ACT_ROWS:
         lines.append(f"| {task} | {obs} | {policy} | {demos} | — | {rate} | — | — | — |")
     stages = "; ".join(f"{task}: {text}" for task, text in STAGES.items())

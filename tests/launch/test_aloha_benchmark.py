@@ -120,3 +120,49 @@ def test_a_missing_test_evaluation_runs_alone_and_is_recorded(tmp_path, monkeypa
     assert not (row_dir / "results.json").exists()
     record = json.loads((row_dir / "benchmark.json").read_text())
     assert record["test_eval_s"] == 12.5 and record["train_steps"] == 10_000
+
+
+def test_served_rows_train_for_the_client_and_evaluate_behind_the_server(tmp_path, monkeypatch):
+    args = bench.parse_args(
+        [f"--workdir={tmp_path}", "--rows=dp_transfer_cube_image", "--served",
+         "--image_size=96x128", "--episodes=7"]
+    )  # fmt: skip
+    row = args.rows[0]
+    assert ",openpi_client," in bench.config_arg(args, row)
+    row_dir = tmp_path / "dp_transfer_cube_image"
+    result = {"success_rate": 0.5, "success_ci95_low": 0.3, "success_ci95_high": 0.7}
+    _write(row_dir / "results_dev.json", result)
+    _write(row_dir / "results_test.json", result)
+    _write(row_dir / "benchmark.json", {"train_steps": 100, "batch_size": 32, "demos": 50})
+    _write(tmp_path / "demos" / "aloha_sim_transfer_cube_scripted_top96x128" /
+           "scripted_stats.json", {})  # fmt: skip
+    ran = []
+
+    def fake_run(command, log):
+        ran.append(command)
+        _write(row_dir / "results_served.json", {**result, "success_rate": 0.4,
+               "stage_1_rate": 0.9, "action_horizon": 10, "clients": 2})  # fmt: skip
+        return 60.0
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(bench, "Run", type("R", (), {"open": staticmethod(lambda p: FakeOpen)}))
+    monkeypatch.setattr(bench, "machine", lambda: "CPU")
+    bench.run_row(args, row)
+    # Only the served evaluation was missing: it ran on the test seeds, into its own file.
+    assert len(ran) == 1 and ran[0][1:3] == ["-m", "action_gen.eval.served"]
+    assert f"--seed={bench.TEST_SEED}" in ran[0] and "--episodes=7" in ran[0]
+    record = json.loads((row_dir / "benchmark.json").read_text())
+    assert record["served_eval_s"] == 60.0
+    line = next(x for x in bench.table(args).splitlines() if "behind the server" in x)
+    assert "40% [30.0, 70.0]" in line and "10 actions per request" in line and "90 /" in line
+    with pytest.raises(cli.UserError, match="image rows only"):
+        bench.parse_args([f"--workdir={tmp_path}", "--rows=dp_insertion_state", "--served"])
+
+
+class FakeOpen:
+    @staticmethod
+    def config():
+        config = type("C", (), {})()
+        config.train = type("T", (), {"num_steps": 100})()
+        config.data = type("D", (), {"batch_size": 32})()
+        return config
