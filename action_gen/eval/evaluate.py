@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from action_gen import envs, objectives
+from action_gen import run as run_lib
 from action_gen.data import images as image_tools
 from action_gen.data import schema
 from action_gen.eval import media, metrics, plots, rollout, seed_splits
@@ -169,7 +170,8 @@ def sampling_overrides(eval_config: ml_collections.ConfigDict) -> dict:
 
 
 def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) -> dict:
-    """Restores the latest checkpoint in `workdir`, evaluates it, and writes
+    """Restores the checkpoint in `workdir` at `eval_config.checkpoint_step` (None: the
+    latest), evaluates it, and writes
     `results.json`, `rollouts.npz` and (if `eval_config.plot`) `rollouts.png` there.
 
     With a list of envs in `eval_config.env` (a multi-task policy) each env is evaluated
@@ -178,8 +180,16 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
     and the rollouts go to `rollouts_<env>.npz`. With `eval_config.record` set (a camera,
     "corner2:128") a few episodes per env are also filmed (`record_episodes`).
     """
+    step = eval_config.get("checkpoint_step")
+    run_dir = run_lib.Run.open(workdir, role="policy")
+    if step is not None and int(step) not in run_dir.manager.all_steps():
+        raise ValueError(
+            f"eval.checkpoint_step={step}: {run_dir.directory} has checkpoints at steps "
+            f"{sorted(run_dir.manager.all_steps())}"
+        )
     policy = Policy.from_checkpoint(
         workdir,
+        step=step,
         use_ema=eval_config.use_ema,
         num_sample_steps=eval_config.num_sample_steps,
         clip_sample=eval_config.clip_sample,
@@ -203,6 +213,7 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
         if len(env_names) > 1:
             logging.info("eval %s: %s", name, json.dumps(summary, sort_keys=True))
     summary = per_env[env_names[0]] if len(env_names) == 1 else _multi_task_summary(per_env)
+    summary["checkpoint_step"] = int(step if step is not None else run_dir.latest_step())
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     logging.info("eval: %s", json.dumps(summary, sort_keys=True))

@@ -54,6 +54,33 @@ def test_resume_equals_uninterrupted_run(trained):
     _assert_trees_equal(jax.device_get(full_state), jax.device_get(resumed))
 
 
+def test_an_earlier_checkpoint_is_evaluated_on_request(trained):
+    """`eval.checkpoint_step` (a learning curve) restores that step's parameters; results.json
+    says which step it evaluated."""
+    from action_gen.eval import evaluate, rollout
+
+    root, config, _ = trained
+    workdir = str(root / "full")
+    eval_config = config.eval.copy_and_resolve_references()
+    eval_config.num_episodes, eval_config.num_envs, eval_config.max_steps = 2, 2, 5
+    eval_config.plot, eval_config.record = False, ""
+    rollouts = os.path.join(workdir, evaluate.ROLLOUTS_FILE)
+    latest = evaluate.evaluate_checkpoint(workdir, eval_config)
+    assert latest["checkpoint_step"] == config.train.num_steps
+    latest_actions = rollout.load_rollouts(rollouts)["actions"]
+    eval_config.checkpoint_step = 2
+    earlier = evaluate.evaluate_checkpoint(workdir, eval_config)
+    assert earlier["checkpoint_step"] == 2
+    with open(os.path.join(workdir, evaluate.RESULTS_FILE)) as f:
+        assert json.load(f)["checkpoint_step"] == 2
+    # Other parameters: other actions from the same seeds and sampling noise.
+    earlier_actions = rollout.load_rollouts(rollouts)["actions"]
+    assert not np.allclose(earlier_actions[0], latest_actions[0])
+    eval_config.checkpoint_step = 3  # never saved
+    with pytest.raises(ValueError, match=r"checkpoint_step=3: .* at steps \[2, 4\]"):
+        evaluate.evaluate_checkpoint(workdir, eval_config)
+
+
 def test_checkpoint_is_self_describing(trained):
     root, config, _ = trained
     from action_gen.sample.policy import Policy
