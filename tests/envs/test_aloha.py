@@ -264,3 +264,34 @@ def test_collect_writes_a_lerobot_dataset_the_reader_reads(tmp_path):
     assert stats["replay_successes"] == 1 and stats["kept_seeds"] and stats["attempts"] >= 1
     with pytest.raises(cli.UserError, match="exists; remove it"):
         collect._collect_aloha(flags)
+
+
+def test_the_top_frame_and_state_are_gym_alohas_own(tmp_path):
+    """What eval/served.py hands openpi's ALOHA-sim client (our env's top camera at 480x640
+    and its 14 joints) is what gym-aloha's own env gives that client (`pixels/top`,
+    `agent_pos`), pixel for pixel, at reset and after steps. In a subprocess: dm-control
+    and TensorFlow cannot share this worker."""
+    import subprocess
+    import sys
+
+    code = f"""
+import gymnasium, gym_aloha, numpy as np
+from action_gen.envs import aloha
+ours = aloha.AlohaEnv("transfer_cube", camera="top", image_size=(480, 640))
+theirs = gymnasium.make("gym_aloha/AlohaTransferCube-v0", obs_type="pixels_agent_pos")
+a = ours.reset({SEED})
+b, _ = theirs.reset(seed={SEED})
+action = np.asarray(a["state"], np.float32) + 0.05
+for step in range(3):
+    np.testing.assert_array_equal(a["image/top"], b["pixels"]["top"])
+    np.testing.assert_allclose(a["state"], b["agent_pos"], atol=1e-6)
+    a, reward, _, _ = ours.step(action)
+    b, their_reward, *_ = theirs.step(action)
+    assert reward == their_reward
+print("same", a["image/top"].shape)
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "same (480, 640, 3)" in run.stdout
