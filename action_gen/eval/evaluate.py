@@ -180,7 +180,7 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
     and the rollouts go to `rollouts_<env>.npz`. With `eval_config.record` set (a camera,
     "corner2:128") a few episodes per env are also filmed (`record_episodes`).
     """
-    step = eval_config.get("checkpoint_step")
+    step = eval_config.checkpoint_step
     run_dir = run_lib.Run.open(workdir, role="policy")
     if step is not None and int(step) not in run_dir.manager.all_steps():
         raise ValueError(

@@ -255,52 +255,40 @@ def _stored_task(workdir: str) -> str:
     return aloha.parse_spec(spec)["task"]
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of the policy to serve.")
-_EPISODES = flags.DEFINE_integer("episodes", 100, "Evaluation episodes.")
-_SEED = flags.DEFINE_integer("seed", seed_splits.DEV_SEED, "Base seed (eval/seed_splits.py).")
-_CLIENTS = flags.DEFINE_integer("clients", 2, "Concurrent clients (simulator processes).")
-_ACTION_HORIZON = flags.DEFINE_integer(
-    "action_horizon", OPENPI_ACTION_HORIZON, "Actions executed per chunk (ActionChunkBroker)."
-)
-_MAX_STEPS = flags.DEFINE_integer("max_steps", aloha.EPISODE_STEPS, "Control steps per episode.")
-_HOST = flags.DEFINE_string("host", None, "A running server's host (default: start one).")
-_PORT = flags.DEFINE_integer("port", None, "A running server's port (with --host).")
-_OUT = flags.DEFINE_string("out", None, f"Results file (default WORKDIR/{RESULTS_FILE}).")
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]}")
     cli.own_logs_at_info()
-    workdir = os.path.abspath(_WORKDIR.value)
+    args = flags.FLAGS
+    workdir = os.path.abspath(args.workdir)
     task = _stored_task(workdir)
-    out = pathlib.Path(_OUT.value or os.path.join(workdir, RESULTS_FILE))
+    out = pathlib.Path(args.out or os.path.join(workdir, RESULTS_FILE))
     run = dict(
-        num_episodes=_EPISODES.value,
-        seed=_SEED.value,
-        clients=_CLIENTS.value,
-        action_horizon=_ACTION_HORIZON.value,
-        max_steps=_MAX_STEPS.value,
+        num_episodes=args.episodes,
+        seed=args.seed,
+        clients=args.clients,
+        action_horizon=args.action_horizon,
+        max_steps=args.max_steps,
         api_key=os.environ.get("ACTION_GEN_API_KEY") or None,
     )
     start = time.time()
-    if _HOST.value:
-        if _PORT.value is None:
+    if args.host:
+        if args.port is None:
             raise cli.UserError("--host needs --port")
-        result = run_served_episodes(task, _HOST.value, _PORT.value, **run)
+        result = run_served_episodes(task, args.host, args.port, **run)
     else:
-        port = _PORT.value or _free_port()
+        port = args.port or _free_port()
         with serving(workdir, port, log_path=str(out.with_suffix(".server.log"))):
             result = run_served_episodes(task, "127.0.0.1", port, **run)
     summary = summarize(
         result,
         task=task,
         client="openpi_client (examples/aloha_sim observation, ActionChunkBroker)",
-        clients=_CLIENTS.value,
-        action_horizon=_ACTION_HORIZON.value,
-        max_steps=_MAX_STEPS.value,
-        eval_seed=_SEED.value,
-        eval_seed_split=seed_splits.split_of(_SEED.value),
+        clients=args.clients,
+        action_horizon=args.action_horizon,
+        max_steps=args.max_steps,
+        eval_seed=args.seed,
+        eval_seed_split=seed_splits.split_of(args.seed),
         wall_s=round(time.time() - start, 1),
     )
     out.write_text(json.dumps(summary, indent=2) + "\n")
@@ -308,5 +296,15 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
+    flags.DEFINE_string("workdir", None, "Run directory of the policy to serve.", required=True)
+    flags.DEFINE_integer("episodes", 100, "Evaluation episodes.")
+    flags.DEFINE_integer("seed", seed_splits.DEV_SEED, "Base seed (eval/seed_splits.py).")
+    flags.DEFINE_integer("clients", 2, "Concurrent clients (simulator processes).")
+    flags.DEFINE_integer(
+        "action_horizon", OPENPI_ACTION_HORIZON, "Actions executed per chunk (ActionChunkBroker)."
+    )
+    flags.DEFINE_integer("max_steps", aloha.EPISODE_STEPS, "Control steps per episode.")
+    flags.DEFINE_string("host", None, "A running server's host (default: start one).")
+    flags.DEFINE_integer("port", None, "A running server's port (with --host).")
+    flags.DEFINE_string("out", None, f"Results file (default WORKDIR/{RESULTS_FILE}).")
     cli.absl_main(main, __doc__, module=__name__)
