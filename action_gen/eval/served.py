@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -125,6 +126,10 @@ def _run_client(task, host, port, seeds, action_horizon, max_steps, out, api_key
                 "actions": np.stack(actions),
                 "call_s": timed.call_s[calls_before:],
             }
+            logging.info(
+                "served episode %d done (seed %d): success %s, stage %d, %d steps",
+                len(out), seed, success, stage, len(actions),
+            )  # fmt: skip
     finally:
         env.close()
 
