@@ -115,7 +115,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "num_sample_steps": Field(10, "sampling steps (overrides the checkpoint's)"),
         "clip_sample": Field(None, "clip the sampled chunk; None = the checkpoint's"),
         "use_ema": Field(True, "evaluate the EMA parameters"),
-        "checkpoint_step": Field(None, "the checkpoint step evaluated; None = the latest"),
+        "checkpoint_step": Field(-1, "the checkpoint step evaluated; -1 = the latest"),
         "plot": Field(True, "write rollouts.png (the obstacle plot)"),
         "max_steps": Field(None, "episode step limit; None = the env's own"),
         "record": Field("", "film episodes with camera 'name:size' ('' = no video)"),

@@ -170,7 +170,7 @@ def sampling_overrides(eval_config: ml_collections.ConfigDict) -> dict:
 
 
 def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) -> dict:
-    """Restores the checkpoint in `workdir` at `eval_config.checkpoint_step` (None: the
+    """Restores the checkpoint in `workdir` at `eval_config.checkpoint_step` (-1: the
     latest), evaluates it, and writes
     `results.json`, `rollouts.npz` and (if `eval_config.plot`) `rollouts.png` there.
 
@@ -180,9 +180,10 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
     and the rollouts go to `rollouts_<env>.npz`. With `eval_config.record` set (a camera,
     "corner2:128") a few episodes per env are also filmed (`record_episodes`).
     """
-    step = eval_config.checkpoint_step
     run_dir = run_lib.Run.open(workdir, role="policy")
-    if step is not None and int(step) not in run_dir.manager.all_steps():
+    step = int(eval_config.checkpoint_step)
+    step = run_dir.latest_step() if step == -1 else step
+    if step not in run_dir.manager.all_steps():
         raise ValueError(
             f"eval.checkpoint_step={step}: {run_dir.directory} has checkpoints at steps "
             f"{sorted(run_dir.manager.all_steps())}"
@@ -213,7 +214,7 @@ def evaluate_checkpoint(workdir: str, eval_config: ml_collections.ConfigDict) ->
         if len(env_names) > 1:
             logging.info("eval %s: %s", name, json.dumps(summary, sort_keys=True))
     summary = per_env[env_names[0]] if len(env_names) == 1 else _multi_task_summary(per_env)
-    summary["checkpoint_step"] = int(step if step is not None else run_dir.latest_step())
+    summary["checkpoint_step"] = step
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     logging.info("eval: %s", json.dumps(summary, sort_keys=True))
