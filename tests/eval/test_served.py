@@ -7,7 +7,6 @@ Subprocesses: the simulator's EGL renderer and TensorFlow cannot share a process
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -18,8 +17,8 @@ from action_gen.data import images, lerobot_write
 from action_gen.envs import aloha
 from action_gen.eval import served
 from configs import diffusion_unet_aloha
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.envs.test_aloha_policy import REPO
+from tests.envs.test_aloha_policy import _run as run_module
 
 
 def _scene(height, width):
@@ -84,16 +83,6 @@ def test_openpi_client_variant_config():
         diffusion_unet_aloha.get_config("state,openpi_client")
 
 
-def _run(args, timeout=600):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    run = subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
-
-
 def _write_image_demos(root, size=(48, 64), episodes=2, length=40):
     """A LeRobot dataset in the layout envs.collect writes for `image=HxW` (random smooth
     joint trajectories, synthetic frames): enough for a few training steps."""
@@ -116,7 +105,7 @@ def test_image_policy_is_served_to_openpi_aloha_sim_client(tmp_path):
     demos = tmp_path / "demos"
     _write_image_demos(demos)
     workdir = tmp_path / "run"
-    _run(
+    run_module(
         ["action_gen.main",
          f"--config=configs/diffusion_unet_aloha.py:image=48x64,smoke,openpi_client,demos={demos}",
          f"--workdir={workdir}", "--mode=train_and_eval"]
@@ -127,7 +116,7 @@ def test_image_policy_is_served_to_openpi_aloha_sim_client(tmp_path):
     # Behind the server: openpi_client's WebsocketClientPolicy + ActionChunkBroker, two
     # clients at once, the 480x640 frame sent as openpi's ALOHA-sim client sends it.
     out = tmp_path / "served.json"
-    _run(
+    run_module(
         ["action_gen.eval.served", f"--workdir={workdir}", "--episodes=2", "--clients=2",
          "--max_steps=6", "--action_horizon=4", f"--out={out}"]
     )  # fmt: skip
