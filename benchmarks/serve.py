@@ -18,12 +18,8 @@ Prints one JSON object per run with, per C:
 `benchmark` is also the server section of benchmarks/gpu_suite.py.
 """
 
-import http.client
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -31,29 +27,8 @@ import numpy as np
 import websockets.sync.client
 
 from action_gen import cli
+from action_gen.eval import server_process
 from action_gen.serve import protocol
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"server not healthy after {timeout_s} s")
 
 
 def _request(spec: dict, rng: np.random.Generator) -> dict:
@@ -137,21 +112,11 @@ def benchmark(
     startup_timeout_s: float = 600,
 ) -> dict:
     """Serves `workdir` in a child process and runs each concurrency level against it."""
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "action_gen.main", "--mode=serve", f"--workdir={workdir}",
-        f"--port={port}", f"--max_batch={max_batch}", f"--max_wait_ms={max_wait_ms}",
-    ]  # fmt: skip
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        tic = time.perf_counter()
-        _wait_healthy(port, proc, startup_timeout_s)
-        startup_s = time.perf_counter() - tic
-        levels = [_run_level(port, int(c), requests_per_client) for c in clients]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with server_process.serving(
+        workdir, max_batch=max_batch, max_wait_ms=max_wait_ms, startup_timeout_s=startup_timeout_s
+    ) as server:
+        levels = [_run_level(server.port, int(c), requests_per_client) for c in clients]
+    startup_s = server.startup_s
     return {
         "workdir": os.path.abspath(workdir),
         "max_batch": max_batch,

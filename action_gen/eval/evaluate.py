@@ -48,6 +48,18 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     return low, high
 
 
+def summarize_rollouts(result: dict) -> dict:
+    """`metrics.summarize` of a rollout result (`rollout.run_rollouts`'s layout), without the
+    obstacle's mode split where the env has no goal, with the success rate's 95% interval."""
+    summary = metrics.summarize(result)
+    if "goal" not in result:  # the obstacle's mode split means nothing elsewhere
+        summary.pop("mode_left_fraction", None)
+        summary.pop("mode_right_fraction", None)
+    low, high = wilson_interval(int(result["success"].sum()), len(result["success"]))
+    summary.update(success_ci95_low=low, success_ci95_high=high)
+    return summary
+
+
 def make_policy_fn(policy: Policy, seed: int) -> rollout.PolicyFn:
     """Adapts a Policy to the rollout's `policy_fn(obs_history, obs_pad_mask, rng_step,
     prompt=None, images=None)` (images: {camera: [N, T, h, w, 3] uint8}).
@@ -97,12 +109,7 @@ def evaluate_policy(policy: Policy, eval_config: ml_collections.ConfigDict) -> t
     )
     if hasattr(env, "close"):  # simulator worker processes (Meta-World cameras)
         env.close()
-    summary = metrics.summarize(result)
-    if "goal" not in result:  # the obstacle's mode split means nothing elsewhere
-        summary.pop("mode_left_fraction", None)
-        summary.pop("mode_right_fraction", None)
-    low, high = wilson_interval(int(result["success"].sum()), len(result["success"]))
-    summary.update(success_ci95_low=low, success_ci95_high=high)
+    summary = summarize_rollouts(result)
     summary.update(
         policy.objective.summary(),
         num_sample_steps=policy.num_sample_steps,

@@ -29,30 +29,23 @@ with an error naming the key.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import pathlib
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import numpy as np
 from absl import flags
 
 from action_gen import cli
 from action_gen.envs import aloha, obstacle
-from action_gen.eval import metrics, seed_splits
-from action_gen.eval.evaluate import wilson_interval
+from action_gen.eval import evaluate, seed_splits, server_process
 
 CLIENT_IMAGE_SIZE = 224  # openpi's aloha_sim client: resize_with_pad(img, 224, 224)
 OPENPI_ACTION_HORIZON = 10  # examples/aloha_sim/main.py's default
 RESULTS_FILE = "results_served.json"
-SERVER_START_TIMEOUT_S = 300.0
 
 
 def client_observation(frame: np.ndarray, agent_pos: np.ndarray) -> dict:
@@ -190,61 +183,12 @@ def run_served_episodes(
 
 
 def summarize(result: dict, **settings) -> dict:
-    """The served row's results.json: `metrics.summarize` plus the 95% interval, the seed
-    split and `settings` (task, clients, action_horizon, ...)."""
-    summary = metrics.summarize(result)
-    summary.pop("mode_left_fraction", None)
-    summary.pop("mode_right_fraction", None)
-    low, high = wilson_interval(int(result["success"].sum()), len(result["success"]))
-    summary.update(success_ci95_low=low, success_ci95_high=high)
+    """The served row's results.json: the in-process evaluation's summary
+    (`evaluate.summarize_rollouts`) plus `settings` (task, clients, action_horizon, ...)."""
+    summary = evaluate.summarize_rollouts(result)
     summary["policy_call_ms_note"] = "round trip at the client: request, server, reply"
     summary.update(settings)
     return summary
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serving(workdir: str, port: int, log_path: str | None = None):
-    """`python -m action_gen.main --mode=serve --workdir=W --port=P` as a subprocess, up
-    (its /healthz answers) for the duration of the block, stopped after."""
-    log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "action_gen.main", "--mode=serve", f"--workdir={workdir}",
-         f"--port={port}", "--max_batch=8"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"the policy server for {workdir} exited with status {proc.returncode}"
-                    + (f"; see {log_path}" if log_path else "")
-                )
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                    break
-            except OSError as e:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"the policy server for {workdir} did not start in "
-                        f"{SERVER_START_TIMEOUT_S:.0f} s"
-                    ) from e
-                time.sleep(1.0)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if log is not subprocess.DEVNULL:
-            log.close()
 
 
 def _stored_task(workdir: str) -> str:
@@ -282,9 +226,12 @@ def main(argv) -> None:
             raise cli.UserError("--host needs --port")
         result = run_served_episodes(task, args.host, args.port, **run)
     else:
-        port = args.port or _free_port()
-        with serving(workdir, port, log_path=str(out.with_suffix(".server.log"))):
-            result = run_served_episodes(task, "127.0.0.1", port, **run)
+        log = str(out.with_suffix(".server.log"))
+        # At most `clients` requests are in flight: compile no larger batch at start-up.
+        with server_process.serving(
+            workdir, port=args.port, max_batch=args.clients, log_path=log
+        ) as server:
+            result = run_served_episodes(task, "127.0.0.1", server.port, **run)
     summary = summarize(
         result,
         task=task,
