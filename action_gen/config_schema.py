@@ -65,6 +65,11 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "tokenizer": Field("bytes", "'bytes' or a SentencePiece .model file"),
         "prompt_format": Field("plain", "prompt text layout (data/tokenizer.py)"),
         "validate": Field(True, "check the dataset's episodes before training"),
+        "loader": Field(
+            "tfdata",
+            "training stream: 'tfdata' (RLDS via tf.data) | 'memory' (one LeRobot dataset "
+            "in RAM, no TensorFlow; data/memory.py)",
+        ),
     },
     "optimizer": {
         "lr": Field(1e-4, "peak learning rate"),

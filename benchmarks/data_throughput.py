@@ -19,6 +19,9 @@ Sections:
           LeRobot records; several episodes per file), converted once by
           ``lerobot.convert_lerobot_dataset`` (reported separately as frames/s over all
           cameras) and then streamed from the converted RLDS (PNG).
+  memory  the same LeRobot dataset read in place into RAM (``data.loader=memory``,
+          data/memory.py: no TensorFlow; load time reported as frames/s) and streamed by
+          numpy with DP's random crop (84/96 of the frame) and 4 prefetch threads.
 Frames are synthetic scenes (smooth background, moving boxes, mild noise) so the PNG,
 JPEG and AV1 sizes are in the range of real camera data, not of white noise.
 
@@ -138,15 +141,57 @@ def measure_stream(
     }
 
 
+def measure_memory_stream(path, *, batch_size: int, warmup: int, batches: int) -> dict:
+    """Steady-state windows/s of data/memory.py's stream over the LeRobot dataset at
+    `path`, with the host transform pipeline, as the train loop runs them."""
+    from action_gen import config_schema
+    from action_gen.data import memory, normalize, transforms
+
+    start = time.perf_counter()
+    stats = memory.compute_norm_stats(path)
+    stats_s = time.perf_counter() - start
+    state_dim, action_dim = normalize.feature_dims(stats)
+    start = time.perf_counter()
+    data = memory.load_dataset(
+        path, obs_horizon=2, action_horizon=16, state_dim=state_dim, action_dim=action_dim
+    )
+    load_s = time.perf_counter() - start
+    size = next(iter(data.images.values())).shape[1]
+    crop = (round(size * 84 / 96),) * 2
+    config = config_schema.base_config()
+    transform = transforms.create_pipeline(config, stats)
+    stream = memory.iterate_batches(data, global_batch_size=batch_size, seed=0, image_crop=crop)
+    iterator = (transform.inputs(b)[0] for b in stream)
+    for _ in range(warmup + 1):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    frames = len(data.state) * len(data.images)
+    return {
+        "windows_per_s": round(batches * batch_size / seconds, 1),
+        "batches_per_s": round(batches / seconds, 2),
+        "batch_size": batch_size,
+        "image_crop": list(crop),
+        "timed_batches": batches,
+        "load_frames_per_s": round(frames / load_s, 1),
+        "load_s": round(load_s, 2),
+        "norm_stats_s": round(stats_s, 2),
+    }
+
+
 def _dir_mb(path) -> float:
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
     return round(total / 2**20, 2)
 
 
 def run_section(name: str, args, root: str) -> dict:
-    from action_gen.data import lerobot, lerobot_write, rlds
+    from action_gen.data import lerobot, lerobot_write
 
     if name == "lowdim":
+        from action_gen.data import rlds
+
         windows = dict(batches=args.batches, warmup=args.warmup)
         episodes = lowdim_episodes(args.episodes, args.length, args.state_dim, args.action_dim)
         path = rlds.write_rlds_dataset(episodes, root, name="lowdim")
@@ -167,6 +212,8 @@ def run_section(name: str, args, root: str) -> dict:
     stream = dict(batch_size=args.image_batch_size, shuffle_buffer=args.image_shuffle_buffer)
     windows = dict(batches=args.image_batches, warmup=args.image_warmup)
     if name in ("png", "jpeg"):
+        from action_gen.data import rlds
+
         path = rlds.write_rlds_dataset(episodes, root, name=name, image_encoding=name)
         return {**common, "rlds_mb": _dir_mb(path), **measure_stream(path, **stream, **windows)}
     if name == "mp4":
@@ -186,12 +233,24 @@ def run_section(name: str, args, root: str) -> dict:
             "rlds_mb": _dir_mb(path),
             **measure_stream(path, **stream, **windows),
         }
+    if name == "memory":
+        src = os.path.join(root, "lerobot_src")
+        lerobot_write.write_lerobot_dataset(episodes, src, fps=10, episodes_per_file=4)
+        return {
+            **common,
+            "mp4_mb": _dir_mb(os.path.join(src, "videos")),
+            **measure_memory_stream(src, batch_size=args.image_batch_size, **windows),
+        }
     raise ValueError(f"unknown section {name!r}")
 
 
 def machine() -> dict:
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
 
+        tf_version = tf.__version__
+    except ImportError:  # the memory section runs without it
+        tf_version = None
     return {
         "cpu_count": os.cpu_count(),
         "affinity_cores": len(os.sched_getaffinity(0))
@@ -199,7 +258,7 @@ def machine() -> dict:
         else None,
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "tensorflow": tf_version,
         # Other processes on a shared host slow every figure: the 1-minute load average
         # at the end of the run (2 cores: > 2 means contention).
         "load_average_1m": round(os.getloadavg()[0], 2),
@@ -224,7 +283,7 @@ QUICK = dict(
 
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="lowdim,png,jpeg,mp4")
+    parser.add_argument("--sections", default="lowdim,png,jpeg,mp4,memory")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds; the test)")
     parser.add_argument("--episodes", type=int, default=200, help="low-dim episodes")
     parser.add_argument("--length", type=int, default=100, help="steps per episode")

@@ -28,6 +28,10 @@ table (`<workdir>/results.md`, and stdout) reports test success with its 95% int
 the dev figure beside it, the stage rates, training steps and wall time. A finished step
 is skipped, so an interrupted benchmark resumes where it stopped.
 
+--loader=memory trains from the LeRobot demos held in memory (`data.loader=memory`,
+data/memory.py) instead of tf.data over their RLDS conversion: no TensorFlow, as on the lent
+GPU machines (`launch/device_aloha.sh` runs this launcher there with it).
+
 --size=cpu (default) runs the configs' `cpu` variant (U-Net (64, 128, 256), batch 128,
 5,000 steps; image: ResNet width 16); --size=gpu their full sizes (DP's low-dim U-Net
 (256, 512, 1024), batch 256, 20,000 steps; image: ResNet18-GN at 240x320). --steps
@@ -95,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Image rows: train for openpi's ALOHA-sim client and evaluate behind the server.",
     )
+    parser.add_argument(
+        "--loader",
+        choices=("tfdata", "memory"),
+        default="tfdata",
+        help="Training stream (data.loader): memory needs no TensorFlow.",
+    )
     parser.add_argument("--tabulate_only", action="store_true", help="Only write the table.")
     args = parser.parse_args(argv)
     try:
@@ -104,6 +114,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.served and any(row["obs"] != "image" for row in args.rows):
         parser.error(
             "--served drives openpi's ALOHA-sim client, which sends images: image rows only"
+        )
+    if args.served and args.loader == "memory":
+        parser.error(
+            "--served trains through the client's dataset mapping (config.robot), which "
+            "--loader=memory does not read: use --loader=tfdata"
         )
     if args.workers < 1 or args.demos < 1 or args.episodes < 1:
         parser.error("--workers, --demos and --episodes must be >= 1")
@@ -176,6 +191,8 @@ def run_row(args, row: dict) -> None:
     config = config_arg(args, row)
     train = [sys.executable, "-m", "action_gen.main", f"--config={config}",
              f"--workdir={row_dir}"]  # fmt: skip
+    if args.loader != "tfdata":
+        train.append(f"--config.data.loader={args.loader}")
     steps = [
         ("dev", train + ["--mode=train_and_eval"], "train_and_dev_eval_s"),
         ("test", train + ["--mode=eval", f"--config.eval.seed={TEST_SEED}"], "test_eval_s"),
@@ -201,6 +218,7 @@ def run_row(args, row: dict) -> None:
                 "size": args.size,
                 "train_steps": config.train.num_steps,
                 "batch_size": config.data.batch_size,
+                "loader": config.data.loader,
                 "demos": args.demos,
             }
         )

@@ -111,7 +111,12 @@ FORBIDDEN_THIRD_PARTY = {
     "envs": {"tensorflow"},
 }
 TENSORFLOW = {"tensorflow", "tensorflow_datasets"}
-TF_FREE_DATA_MODULES = {"action_gen.data.schema", "action_gen.data.normalize"}
+TF_FREE_DATA_MODULES = {
+    "action_gen.data.schema",
+    "action_gen.data.normalize",
+    "action_gen.data.memory",  # the training stream of machines without TensorFlow
+    "action_gen.data.sources",
+}
 # What a config file may import (top-level names): configs load instantly, without jax.
 CONFIG_ALLOWED = {"ml_collections", "configs"}
 # ...and the schema they extend, which itself imports only ml_collections ("config_schema"
@@ -397,10 +402,12 @@ def test_resolve_forms():
 
 def test_inference_path_loads_without_tensorflow():
     """The device machines have no TensorFlow: models/, objectives/ and sample/ must import
-    (transitively) without it."""
+    (transitively) without it, and so must the train loop and the evaluation, which a run
+    with data.loader='memory' (data/memory.py) uses there."""
     code = (
         "import sys; import action_gen.sample.policy, action_gen.objectives.diffusion, "
-        "action_gen.objectives.regression, action_gen.models.unet1d; "
+        "action_gen.objectives.regression, action_gen.models.unet1d, action_gen.train.loop, "
+        "action_gen.eval.evaluate, action_gen.data.memory; "
         "bad = [m for m in sys.modules "
         "       if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')]; "
         "assert not bad, bad"

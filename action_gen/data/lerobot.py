@@ -598,7 +598,9 @@ class _Videos:
 # ----------------------------------------------------------------------------- episodes
 
 
-def iterate_lerobot_episodes(src_dir, *, fps_tolerance: float = 0.5) -> Iterator[dict]:
+def iterate_lerobot_episodes(
+    src_dir, *, fps_tolerance: float = 0.5, images: bool = True
+) -> Iterator[dict]:
     """Episodes of a LeRobot dataset in our RLDS episode layout, by episode_index.
 
     Args:
@@ -606,6 +608,8 @@ def iterate_lerobot_episodes(src_dir, *, fps_tolerance: float = 0.5) -> Iterator
       fps_tolerance: timestamp tolerance in frame periods: timestamps may deviate from
         1/fps spacing, and a video frame from its row's timestamp, by at most
         ``fps_tolerance / fps`` seconds (default 0.5: half a frame period).
+      images: False: no camera is read (no video decoded; the episodes lack the
+        ``image/<camera>`` keys), for a pass over states and actions only.
 
     Yields:
       ``{"observation": {"state": [L, S] float32, "image/<camera>": [L, h, w, 3] uint8},
@@ -627,12 +631,12 @@ def iterate_lerobot_episodes(src_dir, *, fps_tolerance: float = 0.5) -> Iterator
     videos = _Videos(info.fps)
     try:
         for episode in episodes:
-            yield _read_episode(info, episode, tasks, tol, data_files, videos)
+            yield _read_episode(info, episode, tasks, tol, data_files, videos, images)
     finally:
         videos.close()
 
 
-def _read_episode(info, episode, tasks, tol, data_files, videos) -> dict:
+def _read_episode(info, episode, tasks, tol, data_files, videos, images=True) -> dict:
     table, path = data_files.rows(episode)
     where = f"{path} episode {episode.index}"
     if table.num_rows != episode.length:
@@ -667,7 +671,7 @@ def _read_episode(info, episode, tasks, tol, data_files, videos) -> dict:
     state = column(STATE_KEY).astype(np.float32)
     action = column(ACTION_KEY).astype(np.float32)
     observation = {schema.RLDS_STATE: state.reshape(len(state), -1)}
-    for camera, key in info.cameras.items():
+    for camera, key in info.cameras.items() if images else ():
         if info.is_video(camera):
             video, from_ts, to_ts = episode.videos[camera]
             times = from_ts + timestamps

@@ -7,7 +7,8 @@ A mixture of external datasets may instead list `data.dataset_dirs` (comma-separ
 `data.dataset_names` names each one's layout (data/standardize.py); a `lerobot` entry's
 directory (or, without names, any directory holding a LeRobot dataset's meta/info.json) is
 converted once by the data step into `<workdir>/dataset/lerobot_<dir name>`
-(`lerobot_conversions`), which the run then reads.
+(`lerobot_conversions`), which the run then reads; with `data.loader='memory'`
+(data/memory.py) nothing is converted and the run reads the LeRobot directory itself.
 Built-in demos are collected by an explicit data step (`envs.collect.collect_builtin_datasets`,
 which `python -m action_gen.main` runs before training), never by the train loop.
 """
@@ -38,6 +39,17 @@ def builtin_tasks(data_config: ml_collections.ConfigDict) -> list[str]:
 
 
 LEROBOT = "lerobot"
+# The training stream (`data.loader`): tf.data over RLDS (data/pipeline.py; LeRobot data is
+# converted first), or one LeRobot dataset held in memory and read in place (data/memory.py).
+TFDATA, MEMORY = "tfdata", "memory"
+
+
+def loader(data_config: ml_collections.ConfigDict) -> str:
+    """`data.loader`, checked (ValueError naming the field and the choices)."""
+    value = data_config.loader
+    if value not in (TFDATA, MEMORY):
+        raise ValueError(f"data.loader={value!r}; choose one of {TFDATA!r}, {MEMORY!r}")
+    return value
 
 
 def dataset_names(data_config: ml_collections.ConfigDict) -> list[str]:
@@ -70,7 +82,10 @@ def is_lerobot_dir(path) -> bool:
 def lerobot_conversions(data_config: ml_collections.ConfigDict, workdir: str) -> list:
     """(LeRobot source directory, RLDS root it is converted into) of each `lerobot` entry,
     and, when `data.dataset_names` is empty, of each directory that is a LeRobot dataset
-    (`is_lerobot_dir`: its meta/info.json)."""
+    (`is_lerobot_dir`: its meta/info.json). None with `data.loader='memory'`, which reads
+    LeRobot datasets in place."""
+    if loader(data_config) == MEMORY:
+        return []
     dirs = _configured_dirs(data_config)
     names = dataset_names(data_config)
     out = []

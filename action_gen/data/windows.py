@@ -11,12 +11,12 @@ and there is one window per step t in [0, L). Clamping repeats the first observa
 and the last action (Diffusion Policy's padding); the masks let a loss ignore the
 repeats. An episode shorter than H still yields L windows, each padded at the end.
 
-``window_indices`` is the numpy reference; ``make_windows`` computes the same indices
-with tf ops so it runs inside a tf.data graph.
+``window_indices`` is the numpy reference (the in-memory stream, data/memory.py, gathers
+with it); ``make_windows`` computes the same indices with tf ops so it runs inside a tf.data
+graph. TensorFlow is imported by the tf functions alone: the numpy part loads without it.
 """
 
 import numpy as np
-import tensorflow as tf
 
 from action_gen.data import schema
 
@@ -55,6 +55,8 @@ def _check_horizons(obs_horizon: int, action_horizon: int) -> None:
 
 def _tf_window_indices(length, obs_horizon: int, action_horizon: int):
     """tf version of ``window_indices`` (same math); ``length`` may be a scalar tensor."""
+    import tensorflow as tf  # the tf.data stream alone needs it
+
     length = tf.cast(length, tf.int32)
     t = tf.range(length)[:, None]
     obs = t - (obs_horizon - 1) + tf.range(obs_horizon)[None, :]
@@ -78,6 +80,8 @@ def make_windows(traj: dict, obs_horizon: int, action_horizon: int) -> dict:
       ``image_key(cam)`` [L, T, h, w, 3], ``OBS_PAD_MASK`` [L, T], ``ACTIONS`` [L, H, A],
       ``ACTION_PAD_MASK`` [L, H], ``PROMPT`` [L] (the step's instruction, when present).
     """
+    import tensorflow as tf
+
     _check_horizons(obs_horizon, action_horizon)
     observation = traj[schema.RLDS_OBSERVATION]
     actions = traj[schema.RLDS_ACTION]
@@ -99,11 +103,13 @@ def make_windows(traj: dict, obs_horizon: int, action_horizon: int) -> dict:
     return out
 
 
-def window_trajectory(traj: dict, obs_horizon: int, action_horizon: int) -> tf.data.Dataset:
+def window_trajectory(traj: dict, obs_horizon: int, action_horizon: int):
     """One dataset element per step of ``traj``: the windows of ``make_windows``.
 
     Use as ``episodes.flat_map(lambda tr: window_trajectory(tr, T, H))``; elements are
     ``OBS_STATE`` [T, S], ``OBS_PAD_MASK`` [T], ``ACTIONS`` [H, A], ``ACTION_PAD_MASK``
     [H], ``PROMPT`` scalar string, ``image_key(cam)`` [T, h, w, 3].
     """
+    import tensorflow as tf
+
     return tf.data.Dataset.from_tensor_slices(make_windows(traj, obs_horizon, action_horizon))

@@ -11,26 +11,35 @@ import numpy as np
 
 from action_gen import checkpoint, cli, compat, config_schema
 from action_gen import run as run_lib
-from action_gen.data import (
-    normalize,
-    pipeline,
-    rlds,
-    sources,
-    spec,
-    standardize,
-    transforms,
-    validate,
-)
+from action_gen.data import memory, normalize, sources, spec, standardize, transforms
 from action_gen.train import distributed, sharding
 from action_gen.train import lora as train_lora
 from action_gen.train import teacher as teacher_lib
 from action_gen.train.metrics_writer import MetricWriter
 from action_gen.train.program import build_train_program
 
+# The tf.data loader's modules (data/pipeline.py, data/rlds.py, data/validate.py's reader)
+# import TensorFlow: they are imported where that loader is used, so a run with
+# data.loader='memory' (data/memory.py) and every evaluation load without it (the lent GPU
+# machines have none).
+
+
+def uses_memory_loader(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run streams with data/memory.py (`data.loader`, checked)."""
+    return sources.loader(config.data) == sources.MEMORY
+
 
 def existing_dataset_dirs(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     """The run's dataset directories (`data.sources.dataset_dirs`), each resolved to its
-    RLDS version directory; a missing one is an error naming it and the data step."""
+    RLDS version directory (the memory loader: the LeRobot dataset's own directory, not
+    converted); a missing one is an error naming it and the data step."""
+    if uses_memory_loader(config):
+        dirs = sources.dataset_dirs(config.data, workdir)  # not converted: LeRobot's own
+        foreign = bool(sources.dataset_names(config.data)) or transforms.robot_of(config)
+        memory.check_supported(dirs, foreign_layout=bool(foreign))
+        return dirs
+    from action_gen.data import rlds
+
     dirs = sources.dataset_dirs(config.data, workdir)
     if not dirs:
         raise ValueError("no training data: set data.dataset_dir or data.builtin_task")
@@ -55,6 +64,10 @@ def _compute_norm_stats(dataset_dirs: list[str], layouts=None, config=None) -> d
     data/robots.py) each dataset's own stats (`normalize.DATASETS`), in the model's space
     when the run's robot converts joints or learns delta actions (`transforms.
     model_space_rows`: openpi computes its stats after the same transforms)."""
+    if config is not None and uses_memory_loader(config):
+        return memory.compute_norm_stats(dataset_dirs[0])
+    from action_gen.data import pipeline
+
     if layouts is not None:
         names, mappings = layouts
         rows, tag = _model_space_rows(config)
@@ -97,6 +110,8 @@ def resolve_layouts(config: ml_collections.ConfigDict, dataset_dirs: list[str]):
     names = sources.dataset_names(config.data)
     robot = transforms.robot_of(config)
     if robot is not None:
+        from action_gen.data import rlds
+
         names = names or [robot.name] * len(dataset_dirs)
         overrides = config.robot.dataset or None
         mappings = [
@@ -141,7 +156,8 @@ def create_training_stream(
     batch_size: int | None = None,
 ):
     """(iterator of raw numpy batches from `start_batch` on, the run's transform pipeline):
-    this process's share of the training stream (data/pipeline.py) and the ordered
+    this process's share of the training stream (data/pipeline.py, or data/memory.py with
+    `data.loader='memory'`) and the ordered
     transforms that prepare each batch for the model (data/transforms.py), the same
     pipeline a Policy restored from the run's checkpoint builds.
 
@@ -149,6 +165,30 @@ def create_training_stream(
       layouts: `resolve_layouts(config, dataset_dirs)` (None: our own layout).
       batch_size: the global batch (default `data.batch_size`), split over processes.
     """
+    transform = transforms.create_pipeline(
+        config, norm_stats, dataset_names=None if layouts is None else layouts[0]
+    )
+    if uses_memory_loader(config):
+        state_dim, action_dim = normalize.feature_dims(norm_stats)
+        data = memory.load_dataset(
+            dataset_dirs[0],
+            obs_horizon=config.data.obs_horizon,
+            action_horizon=config.data.action_horizon,
+            state_dim=state_dim,
+            action_dim=action_dim,
+        )
+        batches = memory.iterate_batches(
+            data,
+            global_batch_size=batch_size or config.data.batch_size,
+            seed=config.seed,
+            start_batch=start_batch,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            image_crop=config.data.image_crop,
+        )
+        return batches, transform
+    from action_gen.data import pipeline
+
     num_processes = jax.process_count()
     dataset = pipeline.create_train_dataset(
         dataset_dirs[0] if len(dataset_dirs) == 1 else dataset_dirs,
@@ -167,9 +207,6 @@ def create_training_stream(
         dataset_names=None if layouts is None else layouts[0],
         cameras=spec.cameras_of(config.data) if layouts is not None else None,
         start_batch=start_batch,  # the stream is built at its position: no replay
-    )
-    transform = transforms.create_pipeline(
-        config, norm_stats, dataset_names=None if layouts is None else layouts[0]
     )
     return pipeline.iterate_numpy_batches(dataset), transform
 
@@ -213,9 +250,15 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataSetup:
     `data.cameras` from the layouts when the config leaves it empty (`resolve_layouts`),
     so it runs before the config is stored."""
     dataset_dirs = existing_dataset_dirs(config, workdir)
+    if uses_memory_loader(config):
+        fingerprint = memory.dataset_fingerprint
+    else:
+        from action_gen.data import pipeline
+
+        fingerprint = pipeline.dataset_fingerprint
     return DataSetup(
         dataset_dirs=dataset_dirs,
-        fingerprints=[pipeline.dataset_fingerprint(d) for d in dataset_dirs],
+        fingerprints=[fingerprint(d) for d in dataset_dirs],
         weights=sources.mixture_weights(config.data, len(dataset_dirs)),
         layouts=resolve_layouts(config, dataset_dirs),
     )
@@ -257,7 +300,11 @@ def resolve_norm_stats(
         )
         _check_feature_dims(norm_stats, data, stored_data, config)
         return dataclasses.replace(data, norm_stats=norm_stats)
-    if config.data.validate:
+    if config.data.validate and uses_memory_loader(config):
+        memory.check_dataset(data.dataset_dirs[0])
+    elif config.data.validate:
+        from action_gen.data import validate
+
         for i, path in enumerate(data.dataset_dirs):
             validate.check_dataset(
                 path,

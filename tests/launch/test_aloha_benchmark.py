@@ -107,7 +107,7 @@ def test_a_missing_test_evaluation_runs_alone_and_is_recorded(tmp_path, monkeypa
             assert path == str(row_dir)
             config = type("C", (), {})()
             config.train = type("T", (), {"num_steps": 10_000})()
-            config.data = type("D", (), {"batch_size": 128})()
+            config.data = type("D", (), {"batch_size": 128, "loader": "memory"})()
             return type("R", (), {"config": lambda self: config})()
 
     monkeypatch.setattr(bench, "run", fake_run)
@@ -115,11 +115,37 @@ def test_a_missing_test_evaluation_runs_alone_and_is_recorded(tmp_path, monkeypa
     monkeypatch.setattr(bench, "machine", lambda: "CPU")
     bench.run_row(args, args.rows[0])
     assert len(ran) == 1 and "--mode=eval" in ran[0]
+    assert not any(a.startswith("--config.data.loader") for a in ran[0])  # tf.data: default
     assert f"--config.eval.seed={bench.TEST_SEED}" in ran[0]
     assert json.loads((row_dir / "results_test.json").read_text()) == {"success_rate": 0.4}
     assert not (row_dir / "results.json").exists()
     record = json.loads((row_dir / "benchmark.json").read_text())
     assert record["test_eval_s"] == 12.5 and record["train_steps"] == 10_000
+    assert record["loader"] == "memory"  # what the run's stored config says
+
+
+def test_the_memory_loader_reaches_every_main_command_and_refuses_served(tmp_path, monkeypatch):
+    """--loader=memory (the lent GPU machines: no TensorFlow) trains and evaluates with
+    data.loader=memory; the served rows' client mapping needs tf.data."""
+    args = bench.parse_args(
+        [f"--workdir={tmp_path}", "--rows=dp_transfer_cube_image", "--loader=memory",
+         "--size=gpu"]
+    )  # fmt: skip
+    _write(tmp_path / "demos" / "aloha_sim_transfer_cube_scripted_top240x320" /
+           "scripted_stats.json", {})  # fmt: skip
+    ran = []
+
+    def fake_run(command, log):
+        ran.append(command)
+        raise RuntimeError("stop after the first command")
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    with pytest.raises(RuntimeError, match="stop after"):
+        bench.run_row(args, args.rows[0])
+    assert ran[0][-2:] == ["--config.data.loader=memory", "--mode=train_and_eval"]
+    with pytest.raises(cli.UserError, match="--loader=tfdata"):
+        bench.parse_args([f"--workdir={tmp_path}", "--rows=dp_transfer_cube_image",
+                          "--served", "--loader=memory"])  # fmt: skip
 
 
 def test_served_rows_train_for_the_client_and_evaluate_behind_the_server(tmp_path, monkeypatch):
@@ -164,5 +190,5 @@ class FakeOpen:
     def config():
         config = type("C", (), {})()
         config.train = type("T", (), {"num_steps": 100})()
-        config.data = type("D", (), {"batch_size": 32})()
+        config.data = type("D", (), {"batch_size": 32, "loader": "tfdata"})()
         return config
