@@ -224,7 +224,14 @@ def test_a_run_trains_and_resumes_without_tensorflow(tmp_path):
     run = _main_without_tf(*args)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (workdir / "dataset").exists() is False  # nothing converted to RLDS
-    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    # Metrics went through tensorboard's own event writer: TensorBoard reads the losses.
+    from tensorboard.backend.event_processing import event_accumulator
+
+    (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
+    accumulator = event_accumulator.EventAccumulator(str(events))
+    accumulator.Reload()
+    losses = accumulator.Scalars("loss")
+    assert [e.step for e in losses] == [2, 4] and all(np.isfinite(e.value) for e in losses)
     run = _main_without_tf(*args, "--config.train.num_steps=6")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Resumed from" in run.stderr and "step 4" in run.stderr
