@@ -59,6 +59,8 @@ def check_supported(dataset_dirs: Sequence[str], *, foreign_layout: bool) -> Non
             f"data.loader='memory' reads one dataset, not a mixture of {len(dataset_dirs)} "
             f"({', '.join(map(str, dataset_dirs))}); use data.loader='tfdata'"
         )
+    if not os.path.isdir(dataset_dirs[0]):
+        raise FileNotFoundError(f"data.loader='memory': no dataset directory {dataset_dirs[0]}")
     if not lerobot.is_lerobot_dataset(dataset_dirs[0]):
         raise ValueError(
             f"data.loader='memory' reads LeRobot datasets (meta/info.json); {dataset_dirs[0]} "

@@ -175,6 +175,8 @@ def test_unsupported_runs_are_refused(source, tmp_path):
         memory.check_supported([root, root], foreign_layout=False)
     with pytest.raises(ValueError, match="needs TensorFlow"):
         memory.check_supported([tmp_path], foreign_layout=False)
+    with pytest.raises(FileNotFoundError, match="no dataset directory .*missing"):
+        memory.check_supported([tmp_path / "missing"], foreign_layout=False)
     with pytest.raises(ValueError, match="data.dataset_names or config.robot"):
         memory.check_supported([root], foreign_layout=True)
 
