@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -220,6 +221,14 @@ def load_dataset(
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(num_windows: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s order of the N windows (cached: every batch of an epoch reads it)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(num_windows)
+    perm.setflags(write=False)
+    return perm
+
+
 def window_ids(num_windows: int, seed: int, start: int, count: int) -> np.ndarray:
     """[count] the windows at positions [start, start + count) of the stream (module
     docstring: epoch e is default_rng([seed, e]).permutation(N))."""
@@ -227,7 +236,7 @@ def window_ids(num_windows: int, seed: int, start: int, count: int) -> np.ndarra
     epochs = positions // num_windows
     out = np.empty(count, np.int64)
     for epoch in np.unique(epochs):
-        perm = np.random.default_rng([int(seed), int(epoch)]).permutation(num_windows)
+        perm = _epoch_permutation(int(num_windows), int(seed), int(epoch))
         here = epochs == epoch
         out[here] = perm[positions[here] % num_windows]
     return out
