@@ -119,15 +119,7 @@ def measure_stream(
     config.data.obs_horizon = obs_horizon
     transform = transforms.create_pipeline(config, stats)
     iterator = (transform.inputs(b)[0] for b in pipeline.iterate_numpy_batches(dataset))
-    start = time.perf_counter()
-    next(iterator)
-    first_s = time.perf_counter() - start
-    for _ in range(warmup):
-        next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    seconds = time.perf_counter() - start
+    first_s, seconds = time_batches(iterator, warmup=warmup, batches=batches)
     return {
         "windows_per_s": round(batches * batch_size / seconds, 1),
         "batches_per_s": round(batches / seconds, 2),
@@ -139,6 +131,19 @@ def measure_stream(
         "first_batch_s": round(first_s, 2),
         "norm_stats_s": round(stats_s, 2),
     }
+
+
+def time_batches(iterator, *, warmup: int, batches: int) -> tuple[float, float]:
+    """(seconds to the first batch, seconds for `batches` batches after `warmup` more)."""
+    start = time.perf_counter()
+    next(iterator)
+    first_s = time.perf_counter() - start
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return first_s, time.perf_counter() - start
 
 
 def measure_memory_stream(path, *, batch_size: int, warmup: int, batches: int) -> dict:
@@ -162,12 +167,7 @@ def measure_memory_stream(path, *, batch_size: int, warmup: int, batches: int) -
     transform = transforms.create_pipeline(config, stats)
     stream = memory.iterate_batches(data, global_batch_size=batch_size, seed=0, image_crop=crop)
     iterator = (transform.inputs(b)[0] for b in stream)
-    for _ in range(warmup + 1):
-        next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    seconds = time.perf_counter() - start
+    _, seconds = time_batches(iterator, warmup=warmup, batches=batches)
     frames = len(data.state) * len(data.images)
     return {
         "windows_per_s": round(batches * batch_size / seconds, 1),

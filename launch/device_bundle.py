@@ -80,6 +80,15 @@ def download_wheels(dest: pathlib.Path, python_version: str = "3.12") -> list[pa
     return sorted(dest.glob("*.whl"))
 
 
+def bundle_wheels(dest: pathlib.Path, python_version: str = "3.12") -> list[pathlib.Path]:
+    """`download_wheels`, with dm-control's wheel repacked without DM_CONTROL_UNUSED."""
+    wheels = download_wheels(dest, python_version)
+    for wheel in wheels:
+        if wheel.name.startswith("dm_control-"):
+            slim_wheel(wheel, DM_CONTROL_UNUSED)
+    return wheels
+
+
 def slim_wheel(path: pathlib.Path, unused: tuple[str, ...]) -> pathlib.Path:
     """Rewrites the wheel at `path` without the members under `unused` (and their RECORD
     lines, so the installed RECORD lists exactly what is there)."""
@@ -135,10 +144,7 @@ def check() -> None:
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="device-check-"))
     try:
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        wheels = download_wheels(scratch / "wheels", python_version=version)
-        for wheel in wheels:
-            if wheel.name.startswith("dm_control-"):
-                slim_wheel(wheel, DM_CONTROL_UNUSED)
+        wheels = bundle_wheels(scratch / "wheels", python_version=version)
         site = scratch / "site"
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
@@ -170,10 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="Run one episode with the wheels.")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
-    wheels = download_wheels(out / "wheels")
-    for wheel in wheels:
-        if wheel.name.startswith("dm_control-"):
-            slim_wheel(wheel, DM_CONTROL_UNUSED)
+    wheels = bundle_wheels(out / "wheels")
     debs = [] if args.no_gl else download_gl(out / "gl")
     carried = sum(p.stat().st_size for p in wheels + debs)
     total = carried + tree_bytes()

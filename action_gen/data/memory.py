@@ -35,7 +35,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import logging
 import os
 from collections.abc import Iterator, Sequence
 
@@ -44,13 +43,6 @@ import numpy as np
 from action_gen import cli
 from action_gen.data import lerobot, schema, validate, windows
 from action_gen.data import normalize as norm
-
-log = logging.getLogger(__name__)
-
-# The stats dict's bookkeeping keys (pipeline.py's, so a run's stored stats read the same).
-_FINGERPRINT = "_fingerprint"
-_EPISODES = "_episodes"
-_STEPS = "_steps"
 
 
 def check_supported(dataset_dirs: Sequence[str], *, foreign_layout: bool) -> None:
@@ -110,9 +102,9 @@ def compute_norm_stats(data_dir) -> dict:
     return {
         norm.STATE: state_acc.finalize(),
         norm.ACTIONS: action_acc.finalize(),
-        _FINGERPRINT: dataset_fingerprint(data_dir),
-        _EPISODES: episodes,
-        _STEPS: steps,
+        norm.FINGERPRINT: dataset_fingerprint(data_dir),
+        norm.EPISODES: episodes,
+        norm.STEPS: steps,
     }
 
 
@@ -131,10 +123,7 @@ def check_dataset(data_dir) -> validate.Report:
     report = validate.validate_trajectories(
         with_boundaries(), path=os.fspath(data_dir), control_hz=fps
     )
-    if not report.ok(False):
-        raise ValueError(f"dataset validation failed:\n{report.format()}")
-    (log.warning if report.findings else log.info)("%s", report.format())
-    return report
+    return validate.enforce(report)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -300,6 +300,12 @@ def feature_dims(stats: dict) -> tuple[int, int]:
 # one-dataset run.
 
 DATASETS = "_datasets"
+# Bookkeeping a dataset's stats carry beside "state" / "actions" (data/pipeline.py,
+# data/memory.py): the fingerprint of the data they were computed from, and the episodes and
+# steps they cover (the training stream's block size).
+FINGERPRINT = "_fingerprint"
+EPISODES = "_episodes"
+STEPS = "_steps"
 # In a dataset's entry: the camera slots it has (a policy for its robot asks only for
 # these; the others are black with image_mask False, as in training).
 CAMERAS = "_cameras"

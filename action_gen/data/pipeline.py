@@ -45,9 +45,6 @@ from action_gen.data import normalize as norm
 log = logging.getLogger(__name__)
 
 NORM_STATS_FILE = "action_gen_norm_stats.json"
-_FINGERPRINT = "_fingerprint"
-_EPISODES = "_episodes"
-_STEPS = "_steps"
 # Defaults of the block stream (module docstring): episodes per block E, and Q, the run of
 # windows over which a mixture's quotas are exact.
 EPISODES_PER_BLOCK = 64
@@ -125,7 +122,7 @@ def compute_dataset_norm_stats(
         except ValueError as e:
             log.warning("ignoring unreadable norm stats cache: %s", e)
         else:
-            if stats.get(_FINGERPRINT) == fingerprint:
+            if stats.get(norm.FINGERPRINT) == fingerprint:
                 return stats
             log.info("norm stats cache %s is stale; recomputing", cache_file)
 
@@ -137,9 +134,9 @@ def compute_dataset_norm_stats(
     stats = {
         norm.STATE: state_acc.finalize(),
         norm.ACTIONS: action_acc.finalize(),
-        _FINGERPRINT: fingerprint,
-        _EPISODES: episodes,
-        _STEPS: steps,
+        norm.FINGERPRINT: fingerprint,
+        norm.EPISODES: episodes,
+        norm.STEPS: steps,
     }
     if cache:
         try:
@@ -263,10 +260,12 @@ def create_train_dataset(
             state_dim,
             action_dim,
         )
-        total_episodes = own[i].get(_EPISODES) or norm_stats.get(_EPISODES)
+        total_episodes = own[i].get(norm.EPISODES) or norm_stats.get(norm.EPISODES)
         if not total_episodes:
             total_episodes = index.builder.info.splits[split.split("[")[0]].num_examples
-        steps = own[i].get(_STEPS) or norm_stats.get(_STEPS) or own[i][norm.ACTIONS]["count"]
+        steps = (
+            own[i].get(norm.STEPS) or norm_stats.get(norm.STEPS) or own[i][norm.ACTIONS]["count"]
+        )
         mean_length = steps / max(1, int(total_episodes))
         streams.append(
             _block_stream(
@@ -453,8 +452,8 @@ def compute_mixture_norm_stats(data_dirs: Sequence) -> dict:
     return {
         norm.STATE: state_acc.finalize(),
         norm.ACTIONS: action_acc.finalize(),
-        _EPISODES: sum(c[0] for c in counts),
-        _STEPS: sum(c[1] for c in counts),
+        norm.EPISODES: sum(c[0] for c in counts),
+        norm.STEPS: sum(c[1] for c in counts),
     }
 
 

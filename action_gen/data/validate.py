@@ -316,6 +316,12 @@ def check_dataset(
     """The train-start hook: logs the report; raises ValueError (with it) on errors (or on
     any finding if `strict`)."""
     report = validate_dataset(data_dir, mapping=mapping, name=name or "", **kwargs)
+    return enforce(report, strict)
+
+
+def enforce(report: Report, strict: bool = False) -> Report:
+    """Raises ValueError (with the report) on errors (or on any finding if `strict`), else
+    logs the report (warnings as warnings) and returns it."""
     if not report.ok(strict):
         raise ValueError(f"dataset validation failed:\n{report.format()}")
     (log.warning if report.findings else log.info)("%s", report.format())

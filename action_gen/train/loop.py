@@ -35,8 +35,10 @@ def existing_dataset_dirs(config: ml_collections.ConfigDict, workdir: str) -> li
     converted); a missing one is an error naming it and the data step."""
     if uses_memory_loader(config):
         dirs = sources.dataset_dirs(config.data, workdir)  # not converted: LeRobot's own
-        foreign = bool(sources.dataset_names(config.data)) or transforms.robot_of(config)
-        memory.check_supported(dirs, foreign_layout=bool(foreign))
+        foreign = (
+            bool(sources.dataset_names(config.data)) or transforms.robot_of(config) is not None
+        )
+        memory.check_supported(dirs, foreign_layout=foreign)
         return dirs
     from action_gen.data import rlds
 
